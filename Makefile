@@ -1,0 +1,48 @@
+# stowd: `make run` starts the engine, `make test` runs the whole suite.
+# Both install what is missing first (Debian packages as root, then the venv).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+APT_PACKAGES := runc conmon iptables busybox-static procps tar containernetworking-plugins tmux
+STOWD_HOST ?= unix:///run/stowd.sock
+
+.PHONY: run test deps venv lint unit integration bench clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: deps venv
+	$(VENV)/bin/stowd serve -H $(STOWD_HOST) --seed-busybox
+
+lint: venv
+	$(VENV)/bin/ruff check stowd tests bench
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: deps venv
+	$(VENV)/bin/pytest -q tests/integration
+
+test: deps venv lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+bench: deps venv
+	$(VENV)/bin/python bench/lifecycle.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

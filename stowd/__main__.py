@@ -1,0 +1,3 @@
+from stowd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,233 @@
+"""Container routes: parse the request, call one engine method, shape the answer."""
+
+import asyncio
+import json
+import logging
+
+from aiohttp import web
+
+from stowd.api import shapes
+from stowd.api.app import Router, engine_of
+from stowd.api.filters import parse_filters
+from stowd.api.params import api_version, bool_param, int_param, json_body
+from stowd.engine import listing
+from stowd.engine.containers import Container
+from stowd.engine.errors import InvalidParameter
+from stowd.engine.logs import STDOUT, LogReader, frame
+
+log = logging.getLogger("stowd.api")
+
+
+def _paths(request: web.Request, c: Container) -> dict[str, str]:
+    base = engine_of(request).container_dir(c)
+    return {"resolv_conf": str(base / "resolv.conf"), "hostname": str(base / "hostname"),
+            "hosts": str(base / "hosts"), "log": str(base / "ctr.log")}
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
+    size = bool_param(request, "size")
+
+    def ancestors(name: str) -> set[str]:
+        image = engine.images.find(name)
+        return {image.id} if image else set()
+
+    selected = listing.select(
+        engine.containers(), filters, all_=bool_param(request, "all"),
+        limit=int_param(request, "limit"), resolve=engine.get, ancestors=ancestors,
+    )
+    version = api_version(request)
+    rows = []
+    for c in selected:
+        sizes = await engine.container_sizes(c) if size else None
+        rows.append(shapes.container_summary(c, c.config.get("Image") or c.image_id, sizes,
+                                             version))
+    return web.json_response(rows)
+
+
+async def create(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    body = await json_body(request, required=True)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    if api_version(request) < (1, 42) and isinstance(body.get("HostConfig"), dict):
+        body["HostConfig"].pop("ConsoleSize", None)
+    cid, warnings = await engine.create_container(request.query.get("name"), body)
+    return web.json_response({"Id": cid, "Warnings": warnings}, status=201)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    c = engine.get(request.match_info["id"])
+    sizes = await engine.container_sizes(c) if bool_param(request, "size") else None
+    base = engine.container_dir(c)
+    image = await asyncio.to_thread(engine.images.find, c.image_id)
+    lowers = [str(base / "init")] + (engine.images.layer_dirs(image) if image else [])
+    graph = {"LowerDir": ":".join(lowers), "MergedDir": str(base / "rootfs"),
+             "UpperDir": str(base / "upper"), "WorkDir": str(base / "work")}
+    return web.json_response(
+        shapes.container_inspect(c, _paths(request, c), graph, sizes, api_version(request)))
+
+
+async def _no_body(request: web.Request) -> None:
+    if (request.content_length and request.content_length > 7) or (
+            request.headers.get("Transfer-Encoding", "").lower() == "chunked"):
+        raw = await request.read()
+        if len(raw.strip()) > 7 or raw.strip() not in (b"", b"{}", b"null"):
+            raise InvalidParameter(
+                "starting container with non-empty request body was deprecated since API v1.22 "
+                "and removed in v1.24")
+
+
+async def start(request: web.Request) -> web.Response:
+    await _no_body(request)
+    await engine_of(request).start(request.match_info["id"])
+    return web.Response(status=204)
+
+
+def _stop_args(request: web.Request) -> tuple[int | None, str | None]:
+    timeout = int_param(request, "t")
+    sig = request.query.get("signal") or None
+    if api_version(request) < (1, 42):
+        sig = None
+    return timeout, sig
+
+
+async def stop(request: web.Request) -> web.Response:
+    timeout, sig = _stop_args(request)
+    await engine_of(request).stop(request.match_info["id"], timeout, sig)
+    return web.Response(status=204)
+
+
+async def restart(request: web.Request) -> web.Response:
+    timeout, sig = _stop_args(request)
+    await engine_of(request).restart(request.match_info["id"], timeout, sig)
+    return web.Response(status=204)
+
+
+async def kill(request: web.Request) -> web.Response:
+    await engine_of(request).kill(request.match_info["id"], request.query.get("signal") or None)
+    return web.Response(status=204)
+
+
+async def pause(request: web.Request) -> web.Response:
+    await engine_of(request).pause(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def unpause(request: web.Request) -> web.Response:
+    await engine_of(request).unpause(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def remove(request: web.Request) -> web.Response:
+    await engine_of(request).remove(request.match_info["id"], force=bool_param(request, "force"),
+                                    volumes=bool_param(request, "v"))
+    return web.Response(status=204)
+
+
+async def rename(request: web.Request) -> web.Response:
+    await engine_of(request).rename(request.match_info["id"], request.query.get("name", ""))
+    return web.Response(status=204)
+
+
+async def top(request: web.Request) -> web.Response:
+    titles, rows = await engine_of(request).top(request.match_info["id"],
+                                                request.query.get("ps_args", "-ef"))
+    return web.json_response({"Titles": titles, "Processes": rows})
+
+
+async def wait(request: web.Request) -> web.StreamResponse:
+    engine = engine_of(request)
+    condition = request.query.get("condition") or "not-running"
+    # Register first, so a container that exits right after cannot be missed.
+    waiter = engine.wait(request.match_info["id"], condition)
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    if api_version(request) >= (1, 30):
+        # The CLI calls wait before start and blocks until it sees these headers.
+        await response.prepare(request)
+    try:
+        status = await waiter
+    except asyncio.CancelledError:
+        waiter.cancel()
+        raise
+    body: dict[str, object] = {"StatusCode": status.code}
+    if status.error:
+        body["Error"] = {"Message": status.error}
+    if not response.prepared:
+        await response.prepare(request)
+    await response.write(json.dumps(body).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+def _log_time(request: web.Request, key: str) -> float:
+    raw = request.query.get(key, "")
+    if not raw:
+        return 0.0
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid value for {key}: {raw}") from exc
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    engine = engine_of(request)
+    c = engine.get(request.match_info["id"])
+    stdout, stderr = bool_param(request, "stdout"), bool_param(request, "stderr")
+    if not (stdout or stderr):
+        raise InvalidParameter("You must choose at least one stream")
+    tail_raw = request.query.get("tail", "all") or "all"
+    if tail_raw == "all":
+        tail = -1
+    elif tail_raw.lstrip("-").isdigit():
+        tail = int(tail_raw)
+    else:
+        raise InvalidParameter(f"invalid value for tail: {tail_raw}")
+    since, until = _log_time(request, "since"), _log_time(request, "until")
+    timestamps = bool_param(request, "timestamps")
+    tty = bool(c.config.get("Tty"))
+    multiplexed = not tty and api_version(request) >= (1, 42)
+    ctype = ("application/vnd.docker.multiplexed-stream" if multiplexed
+             else "application/vnd.docker.raw-stream")
+    reader = LogReader(str(engine.log_path(c)), stdout=stdout, stderr=stderr, since=since,
+                       until=until, tail=tail)
+    response = web.StreamResponse(headers={"Content-Type": ctype})
+    await response.prepare(request)
+    await asyncio.to_thread(reader.open)
+    try:
+        while True:
+            batch = await asyncio.to_thread(reader.read_batch)
+            if not batch:
+                batch = await asyncio.to_thread(reader.flush_partial)
+                if not batch:
+                    break
+            out = bytearray()
+            for message in batch:
+                data = message.data
+                if timestamps:
+                    data = message.time.encode() + b" " + data
+                out += data if tty else frame(message.stream if not tty else STDOUT, data)
+            await response.write(bytes(out))
+    finally:
+        await asyncio.to_thread(reader.close)
+    await response.write_eof()
+    return response
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/containers/json", list_containers)
+    router.add("POST", "/containers/create", create)
+    router.add("GET", "/containers/{id}/json", inspect)
+    router.add("POST", "/containers/{id}/start", start)
+    router.add("POST", "/containers/{id}/stop", stop)
+    router.add("POST", "/containers/{id}/restart", restart)
+    router.add("POST", "/containers/{id}/kill", kill)
+    router.add("POST", "/containers/{id}/pause", pause)
+    router.add("POST", "/containers/{id}/unpause", unpause)
+    router.add("POST", "/containers/{id}/wait", wait)
+    router.add("POST", "/containers/{id}/rename", rename)
+    router.add("GET", "/containers/{id}/top", top)
+    router.add("GET", "/containers/{id}/logs", logs)
+    router.add("DELETE", "/containers/{id}", remove)

@@ -1,0 +1,235 @@
+"""/_ping, /version, /info and /events."""
+
+import asyncio
+import json
+import os
+import platform
+import time
+from typing import Any
+
+from aiohttp import web
+
+from stowd import __version__
+from stowd.api import versions
+from stowd.api.app import Router, engine_of
+from stowd.api.filters import parse_filters
+from stowd.api.params import api_version
+from stowd.engine import hostinfo
+from stowd.engine.containers import PAUSED, RESTARTING, RUNNING
+from stowd.engine.errors import InvalidParameter
+from stowd.engine.events import Event
+
+PING_HEADERS = {
+    "Cache-Control": "no-cache, no-store, must-revalidate",
+    "Pragma": "no-cache",
+    "Builder-Version": "1",
+    "Swarm": "inactive",
+}
+
+
+async def ping(request: web.Request) -> web.Response:
+    if request.method == "HEAD":
+        return web.Response(status=200, headers={**PING_HEADERS, "Content-Length": "0",
+                                                 "Content-Type": "text/plain; charset=utf-8"})
+    return web.Response(text="OK", headers=PING_HEADERS, content_type="text/plain",
+                        charset="utf-8")
+
+
+async def version(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    info = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path)
+    details = {
+        "ApiVersion": versions.MAX_API_VERSION,
+        "Arch": info.arch,
+        "BuildTime": "",
+        "Experimental": "false",
+        "GitCommit": "",
+        "GoVersion": f"python{platform.python_version()}",
+        "KernelVersion": info.kernel,
+        "MinAPIVersion": versions.MIN_API_VERSION,
+        "Os": "linux",
+    }
+    body = {
+        "Platform": {"Name": "stowd"},
+        "Components": [
+            {"Name": "Engine", "Version": __version__, "Details": details},
+            {"Name": engine.runtime.name, "Version": info.runtime_version,
+             "Details": {"GitCommit": ""}},
+            {"Name": "conmon", "Version": info.conmon_version, "Details": {"GitCommit": ""}},
+        ],
+        "Version": __version__,
+        "ApiVersion": versions.MAX_API_VERSION,
+        "MinAPIVersion": versions.MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": details["GoVersion"],
+        "Os": "linux",
+        "Arch": info.arch,
+        "KernelVersion": info.kernel,
+        "BuildTime": "",
+    }
+    return web.json_response(body)
+
+
+async def info(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    facts = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path)
+    containers = engine.containers()
+    running = sum(1 for c in containers if c.state.status in (RUNNING, RESTARTING))
+    paused = sum(1 for c in containers if c.state.status == PAUSED)
+    images = await asyncio.to_thread(engine.images.all)
+    body: dict[str, Any] = {
+        "ID": facts.engine_id(engine.data_root),
+        "Containers": len(containers),
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": len(containers) - running - paused,
+        "Images": len(images),
+        "Driver": "overlay2",
+        "DriverStatus": [["Backing Filesystem", facts.backing_fs], ["Supports d_type", "true"],
+                         ["Native Overlay Diff", "true"], ["userxattr", "false"]],
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"],
+                    "Authorization": None, "Log": ["k8s-file"]},
+        "MemoryLimit": True,
+        "SwapLimit": facts.cgroup_version == "2",
+        "CpuCfsPeriod": True,
+        "CpuCfsQuota": True,
+        "CPUShares": True,
+        "CPUSet": True,
+        "PidsLimit": True,
+        "IPv4Forwarding": facts.ipv4_forwarding,
+        "BridgeNfIptables": facts.bridge_nf_iptables,
+        "BridgeNfIp6tables": facts.bridge_nf_ip6tables,
+        "Debug": engine.settings.log_level == "debug",
+        "NFd": facts.open_fds,
+        "OomKillDisable": facts.cgroup_version == "1",
+        "NGoroutines": len(asyncio.all_tasks()),
+        "SystemTime": _now_rfc3339(),
+        "LoggingDriver": "k8s-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": facts.cgroup_version,
+        "NEventsListener": engine.events.listeners,
+        "KernelVersion": facts.kernel,
+        "OperatingSystem": facts.os_name,
+        "OSVersion": facts.os_version,
+        "OSType": "linux",
+        "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [],
+                           "AllowNondistributableArtifactsHostnames": [],
+                           "InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {},
+                           "Mirrors": []},
+        "NCPU": os.cpu_count() or 1,
+        "MemTotal": facts.mem_total,
+        "GenericResources": None,
+        "DockerRootDir": str(engine.data_root),
+        "HttpProxy": os.environ.get("HTTP_PROXY", ""),
+        "HttpsProxy": os.environ.get("HTTPS_PROXY", ""),
+        "NoProxy": os.environ.get("NO_PROXY", ""),
+        "Name": facts.hostname,
+        "Labels": [],
+        "ExperimentalBuild": False,
+        "ServerVersion": __version__,
+        "Runtimes": {engine.runtime.name: {"path": engine.runtime.path}},
+        "DefaultRuntime": engine.runtime.name,
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
+                  "ControlAvailable": False, "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": True,
+        "Isolation": "",
+        "InitBinary": "",
+        "ContainerdCommit": {"ID": "", "Expected": ""},
+        "RuncCommit": {"ID": facts.runtime_version, "Expected": facts.runtime_version},
+        "InitCommit": {"ID": "", "Expected": ""},
+        "SecurityOptions": ["name=seccomp,profile=default"],
+        "Warnings": None,
+    }
+    return web.json_response(body)
+
+
+def _now_rfc3339() -> str:
+    from stowd.engine.containers import rfc3339_nano
+
+    return rfc3339_nano()
+
+
+_EVENT_FILTERS = {"container", "event", "image", "label", "type", "volume", "network", "daemon",
+                  "plugin", "node", "service", "secret", "config", "scope"}
+
+
+def _event_matches(event: Event, filters: dict[str, list[str]]) -> bool:
+    attrs = event.attributes
+    for key, values in filters.items():
+        if key == "type" and event.type not in values:
+            return False
+        if key == "event" and not any(event.action == v or event.action.startswith(v + ":")
+                                      for v in values):
+            return False
+        if key == "container" and (event.type != "container" or not any(
+                event.actor_id.startswith(v) or attrs.get("name") == v for v in values)):
+            return False
+        if key == "image":
+            image = attrs.get("image", attrs.get("name", ""))
+            if not any(v in (image, event.actor_id) or event.actor_id.startswith(v)
+                       or image.split(":")[0] == v for v in values):
+                return False
+        if key == "label":
+            for v in values:
+                k, sep, val = v.partition("=")
+                if k not in attrs or (sep and attrs[k] != val):
+                    return False
+        if key == "scope" and "local" not in values:
+            return False
+    return True
+
+
+def _parse_event_time(raw: str | None) -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid timestamp: {raw}") from exc
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    engine = engine_of(request)
+    filters = parse_filters(request.query.get("filters"), _EVENT_FILTERS)
+    since = _parse_event_time(request.query.get("since"))
+    until = _parse_event_time(request.query.get("until"))
+    legacy = api_version(request) < (1, 52)
+    queue = engine.events.subscribe()
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    try:
+        await response.prepare(request)
+        if since is not None:
+            for event in list(engine.events.history):
+                ts = event.time_nano / 1e9
+                if ts >= since and (until is None or ts <= until) and _event_matches(event,
+                                                                                     filters):
+                    await response.write(json.dumps(event.to_docker(legacy)).encode() + b"\n")
+        while True:
+            timeout = None
+            if until is not None:
+                timeout = until - time.time()
+                if timeout <= 0:
+                    break
+            try:
+                event = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                break
+            if since is not None and event.time_nano / 1e9 < since:
+                continue
+            if _event_matches(event, filters):
+                await response.write(json.dumps(event.to_docker(legacy)).encode() + b"\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        engine.events.unsubscribe(queue)
+    return response
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/_ping", ping)
+    router.add("HEAD", "/_ping", ping)
+    router.add("GET", "/version", version)
+    router.add("GET", "/info", info)
+    router.add("GET", "/events", events)

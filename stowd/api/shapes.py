@@ -1,0 +1,277 @@
+"""Docker's JSON shapes, built from engine records: one function per shape."""
+
+import time
+from typing import Any
+
+from stowd.engine.containers import (
+    CREATED,
+    DEAD,
+    EXITED,
+    PAUSED,
+    REMOVING,
+    RESTARTING,
+    RUNNING,
+    ZERO_TIME,
+    Container,
+    parse_time,
+)
+from stowd.engine.images.store import Image
+
+
+def human_duration(seconds: float) -> str:
+    """go-units HumanDuration, which `docker ps` shows."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = s // 60
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{hours // 24 // 365} years"
+
+
+def status_text(c: Container, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    st = c.state
+    if st.status == RUNNING:
+        return "Up " + human_duration(now - parse_time(st.started_at))
+    if st.status == PAUSED:
+        return "Up " + human_duration(now - parse_time(st.started_at)) + " (Paused)"
+    if st.status == RESTARTING:
+        return f"Restarting ({st.exit_code}) {human_duration(now - parse_time(st.finished_at))} ago"
+    if st.status == REMOVING:
+        return "Removal In Progress"
+    if st.status == DEAD:
+        return "Dead"
+    if st.status == EXITED or (st.status == CREATED and st.finished_at != ZERO_TIME):
+        if st.finished_at == ZERO_TIME:
+            return "Created"
+        return f"Exited ({st.exit_code}) {human_duration(now - parse_time(st.finished_at))} ago"
+    return "Created"
+
+
+def command_text(c: Container) -> str:
+    return " ".join([c.path, *c.args])
+
+
+def network_mode(c: Container) -> str:
+    mode = c.host_config.get("NetworkMode") or "default"
+    return "bridge" if mode == "default" else mode
+
+
+def ports_summary(c: Container) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for key in sorted((c.config.get("ExposedPorts") or {}).keys()):
+        number, _, proto = key.partition("/")
+        if number.isdigit():
+            out.append({"PrivatePort": int(number), "Type": proto or "tcp"})
+    return out
+
+
+def container_summary(c: Container, image_ref: str, sizes: tuple[int, int] | None,
+                      version: tuple[int, int]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "Id": c.id,
+        "Names": ["/" + c.name],
+        "Image": image_ref,
+        "ImageID": c.image_id,
+        "Command": command_text(c),
+        "Created": int(parse_time(c.created)),
+        "Ports": ports_summary(c),
+        "Labels": c.config.get("Labels") or {},
+        "State": c.state.status,
+        "Status": status_text(c),
+        "HostConfig": {"NetworkMode": network_mode(c)},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": mounts_of(c),
+    }
+    if sizes is not None:
+        row["SizeRw"], row["SizeRootFs"] = sizes
+    return row
+
+
+def mounts_of(c: Container) -> list[dict[str, Any]]:
+    out = []
+    for bind in c.host_config.get("Binds") or []:
+        parts = bind.split(":")
+        opts = parts[2].split(",") if len(parts) > 2 else []
+        if parts[0].startswith("/"):
+            out.append({"Type": "bind", "Source": parts[0], "Destination": parts[1],
+                        "Mode": parts[2] if len(parts) > 2 else "", "RW": "ro" not in opts,
+                        "Propagation": "rprivate"})
+        else:
+            out.append({"Type": "volume", "Name": parts[0], "Source": "", "Destination": parts[1],
+                        "Driver": "local", "Mode": parts[2] if len(parts) > 2 else "",
+                        "RW": "ro" not in opts, "Propagation": ""})
+    return out
+
+
+def state_of(c: Container) -> dict[str, Any]:
+    st = c.state
+    return {
+        "Status": st.status,
+        "Running": st.status in (RUNNING, PAUSED, RESTARTING),
+        "Paused": st.status == PAUSED,
+        "Restarting": st.status == RESTARTING,
+        "OOMKilled": st.oom_killed,
+        "Dead": st.status == DEAD,
+        "Pid": st.pid if st.status in (RUNNING, PAUSED) else 0,
+        "ExitCode": st.exit_code,
+        "Error": st.error,
+        "StartedAt": st.started_at,
+        "FinishedAt": st.finished_at,
+    }
+
+
+def network_settings(c: Container) -> dict[str, Any]:
+    ports: dict[str, Any] = {}
+    for key in (c.config.get("ExposedPorts") or {}):
+        ports[key] = None
+    return {
+        "Bridge": "",
+        "SandboxID": "",
+        "HairpinMode": False,
+        "LinkLocalIPv6Address": "",
+        "LinkLocalIPv6PrefixLen": 0,
+        "Ports": ports,
+        "SandboxKey": "",
+        "SecondaryIPAddresses": None,
+        "SecondaryIPv6Addresses": None,
+        "EndpointID": "",
+        "Gateway": "",
+        "GlobalIPv6Address": "",
+        "GlobalIPv6PrefixLen": 0,
+        "IPAddress": "",
+        "IPPrefixLen": 0,
+        "IPv6Gateway": "",
+        "MacAddress": "",
+        "Networks": {},
+    }
+
+
+def container_inspect(c: Container, paths: dict[str, str], graph: dict[str, str],
+                      sizes: tuple[int, int] | None, version: tuple[int, int]) -> dict[str, Any]:
+    host_config = dict(c.host_config)
+    if version < (1, 42):
+        host_config["ConsoleSize"] = [0, 0]
+    out: dict[str, Any] = {
+        "Id": c.id,
+        "Created": c.created,
+        "Path": c.path,
+        "Args": c.args,
+        "State": state_of(c),
+        "Image": c.image_id,
+        "ResolvConfPath": paths["resolv_conf"],
+        "HostnamePath": paths["hostname"],
+        "HostsPath": paths["hosts"],
+        "LogPath": paths["log"],
+        "Name": "/" + c.name,
+        "RestartCount": c.restart_count,
+        "Driver": c.driver,
+        "Platform": c.platform,
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": None,
+        "HostConfig": host_config,
+        "GraphDriver": {"Data": graph, "Name": c.driver},
+        "Mounts": mounts_of(c),
+        "Config": c.config,
+        "NetworkSettings": network_settings(c),
+    }
+    if sizes is not None:
+        out["SizeRw"], out["SizeRootFs"] = sizes
+    return out
+
+
+def image_summary(image: Image, containers: int) -> dict[str, Any]:
+    return {
+        "Containers": containers,
+        "Created": int(parse_time(image.created)) if image.created else 0,
+        "Id": image.id,
+        "Labels": image.container_config.get("Labels") or None,
+        "ParentId": image.parent,
+        "RepoDigests": image.repo_digests or ([] if image.repo_tags else ["<none>@<none>"]),
+        "RepoTags": image.repo_tags or ["<none>:<none>"],
+        "SharedSize": -1,
+        "Size": image.size,
+        "VirtualSize": image.size,
+    }
+
+
+def image_inspect(image: Image, layer_dirs: list[str], version: tuple[int, int]) -> dict[str, Any]:
+    cfg = image.config
+    out: dict[str, Any] = {
+        "Id": image.id,
+        "RepoTags": image.repo_tags,
+        "RepoDigests": image.repo_digests,
+        "Parent": image.parent,
+        "Comment": cfg.get("comment", ""),
+        "Created": cfg.get("created", image.created),
+        "Container": cfg.get("container", ""),
+        "ContainerConfig": cfg.get("container_config") or _empty_config(),
+        "DockerVersion": cfg.get("docker_version", ""),
+        "Author": cfg.get("author", ""),
+        "Config": _image_config(image.container_config),
+        "Architecture": cfg.get("architecture", ""),
+        **({"Variant": cfg["variant"]} if cfg.get("variant") else {}),
+        "Os": cfg.get("os", "linux"),
+        "Size": image.size,
+        "VirtualSize": image.size,
+        "GraphDriver": {
+            "Data": {"MergedDir": "", "UpperDir": layer_dirs[0] if layer_dirs else "",
+                     "LowerDir": ":".join(layer_dirs[1:]), "WorkDir": ""}
+            if layer_dirs else None,
+            "Name": "overlay2",
+        },
+        "RootFS": {"Type": "layers",
+                   "Layers": list((cfg.get("rootfs") or {}).get("diff_ids") or [])},
+        "Metadata": {"LastTagTime": image.last_tag_time or ZERO_TIME},
+    }
+    if version >= (1, 44):
+        out.pop("VirtualSize")
+    return out
+
+
+def _empty_config() -> dict[str, Any]:
+    return _image_config({})
+
+
+def _image_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Hostname": cfg.get("Hostname", ""),
+        "Domainname": cfg.get("Domainname", ""),
+        "User": cfg.get("User", ""),
+        "AttachStdin": bool(cfg.get("AttachStdin")),
+        "AttachStdout": bool(cfg.get("AttachStdout")),
+        "AttachStderr": bool(cfg.get("AttachStderr")),
+        **({"ExposedPorts": cfg["ExposedPorts"]} if cfg.get("ExposedPorts") else {}),
+        "Tty": bool(cfg.get("Tty")),
+        "OpenStdin": bool(cfg.get("OpenStdin")),
+        "StdinOnce": bool(cfg.get("StdinOnce")),
+        "Env": cfg.get("Env"),
+        "Cmd": cfg.get("Cmd"),
+        "Image": cfg.get("Image", ""),
+        "Volumes": cfg.get("Volumes"),
+        "WorkingDir": cfg.get("WorkingDir", ""),
+        "Entrypoint": cfg.get("Entrypoint"),
+        "OnBuild": cfg.get("OnBuild"),
+        "Labels": cfg.get("Labels"),
+        **({"StopSignal": cfg["StopSignal"]} if cfg.get("StopSignal") else {}),
+    }

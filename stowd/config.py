@@ -1,0 +1,25 @@
+"""Daemon settings: flags over defaults."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "unix:///run/stowd.sock"
+DEFAULT_DATA_ROOT = Path("/var/lib/stowd")
+DEFAULT_EXEC_ROOT = Path("/run/stowd")
+
+
+@dataclass
+class Settings:
+    hosts: list[str] = field(default_factory=lambda: [DEFAULT_HOST])
+    data_root: Path = DEFAULT_DATA_ROOT
+    exec_root: Path = DEFAULT_EXEC_ROOT
+    runtime: str = "runc"
+    log_level: str = "info"
+    tls_verify: bool = False
+    tls_ca_cert: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_tcp: bool = False
+    cgroup_parent: str = "stowd"
+    socket_group: str = "docker"
+    stop_timeout: int = 10

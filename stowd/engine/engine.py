@@ -1,0 +1,817 @@
+"""The engine facade the API calls: containers and images, their rules and state machine.
+
+Every state change is committed to SQLite before the method returns. Work that blocks
+(runtime calls, mounts, file writes) runs in worker threads; the event loop only decides.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from stowd.config import Settings
+from stowd.engine import create as create_rules
+from stowd.engine import names, rootfs
+from stowd.engine.containers import (
+    CREATED,
+    DEAD,
+    EXITED,
+    PAUSED,
+    REMOVING,
+    RESTARTING,
+    RUNNING,
+    Container,
+    parse_time,
+    rfc3339_nano,
+)
+from stowd.engine.errors import (
+    Conflict,
+    InvalidParameter,
+    NotFound,
+    NotModified,
+    SystemError_,
+)
+from stowd.engine.events import EventBus
+from stowd.engine.images import archive, reference
+from stowd.engine.images.store import Image, ImageStore
+from stowd.engine.restart import RestartManager
+from stowd.engine.runtime import mounts
+from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
+from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec
+from stowd.engine.signals import parse_signal
+from stowd.engine.store import NameTaken, Store, name_conflict
+
+log = logging.getLogger("stowd.engine")
+
+KILL_WAIT = 10.0
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+class ExitStatus:
+    """What a waiter learns: the exit code and, for a failed start, the error."""
+
+    def __init__(self, code: int, error: str = "") -> None:
+        self.code = code
+        self.error = error
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_root = settings.data_root
+        self.exec_root = settings.exec_root
+        self.events = EventBus()
+        self._containers: dict[str, Container] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exit_waiters: dict[str, list[asyncio.Future[ExitStatus]]] = {}
+        self._removal_waiters: dict[str, list[asyncio.Future[ExitStatus]]] = {}
+        self._pidfds: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.restarts = RestartManager(self)
+        self.store: Store
+        self.images: ImageStore
+        self.runtime: OciRuntime
+
+    # start-up and shut-down -------------------------------------------------------------
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open_blocking)
+        for container in list(self._containers.values()):
+            await self._recover(container)
+
+    def _open_blocking(self) -> None:
+        for d in (self.data_root, self.exec_root, self.data_root / "containers"):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.exec_root, 0o711)
+        self.store = Store(self.data_root / "stowd.db")
+        self.images = ImageStore(self.store, self.data_root)
+        self.runtime = OciRuntime(self.settings.runtime, self.exec_root)
+        for record in self.store.all_containers():
+            container = Container.from_record(record)
+            self._containers[container.id] = container
+
+    async def close(self) -> None:
+        """Stop watching; containers keep running (conmon is their parent, not stowd)."""
+        loop = asyncio.get_running_loop()
+        self.restarts.cancel_all()
+        for cid, fd in list(self._pidfds.items()):
+            loop.remove_reader(fd)
+            os.close(fd)
+            self._pidfds.pop(cid, None)
+        for task in list(self._tasks):
+            task.cancel()
+        if hasattr(self, "store"):
+            self.store.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def _recover(self, c: Container) -> None:
+        """Reconcile one container with what conmon and the runtime say after a restart."""
+        status = c.state.status
+        if status in (RUNNING, PAUSED):
+            alive = await asyncio.to_thread(process_alive, c.state.conmon_pid, c.id)
+            if alive and self._watch(c):
+                return
+            await self._handle_exit(c.id, c.state.conmon_pid)
+        elif status == RESTARTING:
+            c.state.status = EXITED
+            self._persist(c)
+            self.restarts.after_exit(c, daemon_start=True)
+        elif status == REMOVING:
+            await self._finish_remove(c)
+
+    # lookup -----------------------------------------------------------------------------
+
+    def get(self, ref: str) -> Container:
+        """By full ID, name (with or without /), or unique ID prefix, as Docker resolves."""
+        if not ref:
+            raise InvalidParameter('invalid name or ID supplied: ""')
+        if ref in self._containers:
+            return self._containers[ref]
+        name = ref.lstrip("/")
+        for c in self._containers.values():
+            if c.name == name:
+                return c
+        matches = [c for c in self._containers.values() if c.id.startswith(ref)]
+        if len(matches) > 1:
+            raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
+        if not matches:
+            raise NotFound(f"No such container: {ref}")
+        return matches[0]
+
+    def containers(self) -> list[Container]:
+        return sorted(self._containers.values(), key=lambda c: c.created, reverse=True)
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    def _persist(self, c: Container) -> None:
+        self.store.update_container(c.id, c.to_record())
+
+    def container_dir(self, c: Container | str) -> Path:
+        cid = c if isinstance(c, str) else c.id
+        return self.data_root / "containers" / cid
+
+    def log_path(self, c: Container) -> Path:
+        return self.container_dir(c) / "ctr.log"
+
+    def _event(self, c: Container, action: str, **extra: str) -> None:
+        attrs = dict(c.config.get("Labels") or {})
+        attrs["image"] = c.config.get("Image") or c.image_id
+        attrs["name"] = c.name
+        attrs.update(extra)
+        self.events.publish("container", action, c.id, attrs)
+
+    # create -----------------------------------------------------------------------------
+
+    async def create_container(self, name: str | None, body: dict[str, Any]) -> tuple[str, list[str]]:
+        if not isinstance(body, dict):
+            raise InvalidParameter("the request body must be a JSON object")
+        config = create_rules.normalize_config(body)
+        host_config = create_rules.normalize_host_config(body.get("HostConfig"),
+                                                         self.runtime.name)
+        image_name = config.get("Image") or ""
+        if not image_name:
+            raise InvalidParameter("No image was specified")
+        if name:
+            name = names.validate_name(name)
+        image = await asyncio.to_thread(self.images.resolve, image_name)
+        merged = create_rules.merge_image_defaults(config, image.container_config)
+        path, args = create_rules.entrypoint_and_args(merged)
+        cid = names.new_id()
+        if not merged.get("Hostname"):
+            merged["Hostname"] = cid[:12]
+        merged["Image"] = image_name
+        c = Container(
+            id=cid,
+            name=name or "",
+            created=rfc3339_nano(),
+            image_id=image.id,
+            config=create_rules.full_config(merged),
+            host_config=host_config,
+            path=path,
+            args=args,
+            networking_config=body.get("NetworkingConfig") or {},
+        )
+        await asyncio.to_thread(self._prepare_dirs, c, image)
+        try:
+            self._reserve(c, explicit_name=bool(name))
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, self.container_dir(c), True)
+            raise
+        self._containers[cid] = c
+        self._event(c, "create")
+        return cid, []
+
+    def _reserve(self, c: Container, explicit_name: bool) -> None:
+        for attempt in range(7):
+            if not explicit_name:
+                c.name = names.random_name(attempt) if attempt < 6 else c.short_id
+            try:
+                self.store.insert_container(c.id, c.name, time.time(), c.to_record())
+                return
+            except NameTaken as taken:
+                if explicit_name:
+                    raise name_conflict(taken.name, taken.holder) from None
+        raise Conflict("could not find a free name for the container")
+
+    def _prepare_dirs(self, c: Container, image: Image) -> None:
+        base = self.container_dir(c)
+        for sub in ("upper", "work", "rootfs", "init", "bundle"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        rootfs.make_init_layer(base / "init")
+        self._write_etc_files(c)
+
+    def _write_etc_files(self, c: Container) -> None:
+        base = self.container_dir(c)
+        hostname = c.config.get("Hostname") or c.short_id
+        (base / "hostname").write_text(hostname + "\n")
+        (base / "hosts").write_text(rootfs.hosts_file(hostname, None,
+                                                      c.host_config.get("ExtraHosts")))
+        (base / "resolv.conf").write_text(rootfs.resolv_conf(
+            c.host_config.get("Dns"), c.host_config.get("DnsSearch"),
+            c.host_config.get("DnsOptions")))
+
+    # start ------------------------------------------------------------------------------
+
+    async def start(self, ref: str) -> None:
+        c = self.get(ref)
+        async with self._lock(c.id):
+            await self._start_locked(c)
+
+    async def _start_locked(self, c: Container, restarting: bool = False) -> None:
+        if c.id not in self._containers:
+            raise NotFound(f"No such container: {c.id}")
+        st = c.state
+        if st.status == PAUSED:
+            raise Conflict("cannot start a paused container, try unpause instead")
+        if st.status == RUNNING:
+            raise NotModified("container already started")
+        if st.status in (REMOVING, DEAD):
+            raise Conflict("container is marked for removal and cannot be started")
+        if not restarting:
+            self.restarts.cancel(c.id)
+        image = await asyncio.to_thread(self.images.find, c.image_id)
+        if image is None:
+            raise NotFound(f"No such image: {c.image_id}")
+        try:
+            pid, conmon_pid = await asyncio.to_thread(self._create_task, c, image)
+        except (InvalidParameter, RuntimeError_, OSError) as exc:
+            await self._start_failed(c, exc)
+            raise
+        st.conmon_pid = conmon_pid
+        st.pid = pid
+        if not self._watch(c):
+            # conmon already gone: the container died at once; let the exit path record it.
+            pass
+        try:
+            await asyncio.to_thread(self.runtime.start, c.id)
+        except RuntimeError_ as exc:
+            await self._start_failed(c, exc)
+            raise
+        st.status = RUNNING
+        st.started_at = rfc3339_nano()
+        st.exit_code = 0
+        st.error = ""
+        st.oom_killed = False
+        st.has_been_started = True
+        if not restarting:
+            st.manually_stopped = False
+        self._persist(c)
+        self._event(c, "start")
+
+    def _create_task(self, c: Container, image: Image) -> tuple[int, int]:
+        """Blocking: mount the rootfs, write the bundle, and have conmon create the task."""
+        base = self.container_dir(c)
+        target = str(base / "rootfs")
+        lowers = [str(base / "init")] + self.images.layer_dirs(image)
+        mounts.mount_overlay(lowers, str(base / "upper"), str(base / "work"), target)
+        try:
+            spec = build_spec(self._spec_input(c, Path(target)))
+            bundle = base / "bundle"
+            tmp = bundle / "config.json.tmp"
+            tmp.write_text(json.dumps(spec))
+            os.replace(tmp, bundle / "config.json")
+            self.runtime.delete(c.id, force=True)
+            log_opts = (c.host_config.get("LogConfig") or {}).get("Config") or {}
+            return self.runtime.create(
+                c.id, c.name, bundle, self.log_path(c),
+                tty=bool(c.config.get("Tty")), open_stdin=bool(c.config.get("OpenStdin")),
+                stdin_once=bool(c.config.get("StdinOnce")),
+                log_size_max=_parse_size(log_opts.get("max-size", "")),
+            )
+        except BaseException:
+            mounts.unmount(target)
+            raise
+
+    def _spec_input(self, c: Container, root: Path) -> SpecInput:
+        cfg, hc = c.config, c.host_config
+        user = rootfs.resolve_user(root, cfg.get("User") or "", hc.get("GroupAdd"))
+        env = list(cfg.get("Env") or [])
+        keys = {e.split("=", 1)[0] for e in env}
+        if "PATH" not in keys:
+            env.insert(0, f"PATH={DEFAULT_PATH}")
+        if "HOSTNAME" not in keys:
+            env.insert(1, f"HOSTNAME={cfg.get('Hostname') or c.short_id}")
+        if cfg.get("Tty") and "TERM" not in keys:
+            env.append("TERM=xterm")
+        if "HOME" not in keys:
+            env.append("HOME=" + _home_of(root, user.uid))
+        base = self.container_dir(c)
+        binds = []
+        for spec in hc.get("Binds") or []:
+            parts = spec.split(":")
+            src, dest = parts[0], parts[1]
+            opts = parts[2].split(",") if len(parts) > 2 else []
+            if src.startswith("/"):
+                binds.append({"source": src, "destination": dest, "readonly": "ro" in opts})
+        size = hc.get("ConsoleSize") or [0, 0]
+        cgroup_parent = hc.get("CgroupParent") or self.settings.cgroup_parent
+        return SpecInput(
+            rootfs=str(root),
+            args=[c.path, *c.args],
+            env=env,
+            cwd=cfg.get("WorkingDir") or "/",
+            user=user,
+            hostname=cfg.get("Hostname") or c.short_id,
+            domainname=cfg.get("Domainname") or "",
+            tty=bool(cfg.get("Tty")),
+            open_stdin=bool(cfg.get("OpenStdin")),
+            cgroups_path=f"/{cgroup_parent.strip('/')}/{c.id}",
+            hosts_path=str(base / "hosts"),
+            hostname_path=str(base / "hostname"),
+            resolv_conf_path=str(base / "resolv.conf"),
+            console_size=(size[0], size[1]) if size[0] and size[1] else None,
+            privileged=bool(hc.get("Privileged")),
+            cap_add=hc.get("CapAdd") or [],
+            cap_drop=hc.get("CapDrop") or [],
+            readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
+            memory_limit=hc.get("Memory") or 0,
+            nano_cpus=hc.get("NanoCpus") or 0,
+            cpu_shares=hc.get("CpuShares") or 0,
+            pids_limit=hc.get("PidsLimit") or 0,
+            binds=binds,
+            shm_size=hc.get("ShmSize") or 64 * 1024 * 1024,
+            labels=cfg.get("Labels") or {},
+        )
+
+    async def _start_failed(self, c: Container, exc: Exception) -> None:
+        """Undo a half-made start; the container stays as it was, with the error recorded."""
+        self._unwatch(c.id)
+        await asyncio.to_thread(self._teardown_task, c)
+        message = exc.message if isinstance(exc, SystemError_ | InvalidParameter) else str(exc)
+        code = 128
+        lowered = message.lower()
+        if "executable file not found" in lowered or "no such file or directory" in lowered:
+            code = 127
+        elif "permission denied" in lowered:
+            code = 126
+        c.state.error = message
+        c.state.exit_code = code
+        c.state.pid = 0
+        c.state.conmon_pid = 0
+        if c.state.status not in (CREATED, EXITED):
+            c.state.status = EXITED
+        self._persist(c)
+        if isinstance(exc, RuntimeError_) and code in (126, 127):
+            # The user's command is at fault, not the host: Docker answers 400.
+            raise InvalidParameter(message) from exc
+
+    def _teardown_task(self, c: Container) -> None:
+        """Blocking: remove the runtime's task, conmon's files and the rootfs mount."""
+        with contextlib.suppress(RuntimeError_):
+            self.runtime.delete(c.id, force=True)
+        self.runtime.cleanup_files(c.id)
+        mounts.unmount(str(self.container_dir(c) / "rootfs"))
+
+    # exits ------------------------------------------------------------------------------
+
+    def _watch(self, c: Container) -> bool:
+        """Follow conmon's exit through a pidfd; False when it is gone already."""
+        self._unwatch(c.id)
+        conmon_pid = c.state.conmon_pid
+        try:
+            fd = os.pidfd_open(conmon_pid)
+        except (OSError, ValueError):
+            self._spawn(self._handle_exit(c.id, conmon_pid))
+            return False
+        self._pidfds[c.id] = fd
+        asyncio.get_running_loop().add_reader(fd, self._on_conmon_exit, c.id, conmon_pid)
+        return True
+
+    def _unwatch(self, cid: str) -> None:
+        fd = self._pidfds.pop(cid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def _on_conmon_exit(self, cid: str, conmon_pid: int) -> None:
+        self._unwatch(cid)
+        self._spawn(self._handle_exit(cid, conmon_pid))
+
+    async def _handle_exit(self, cid: str, conmon_pid: int) -> None:
+        c = self._containers.get(cid)
+        if c is None:
+            return
+        async with self._lock(cid):
+            if c.state.conmon_pid != conmon_pid or c.state.status not in (RUNNING, PAUSED):
+                return
+            record = await asyncio.to_thread(self.runtime.read_exit, cid)
+            oom = await asyncio.to_thread(
+                os.path.exists, self.runtime.conmon_dir / cid / "oom")
+            await asyncio.to_thread(self._teardown_task, c)
+            st = c.state
+            started = st.started_at
+            st.status = EXITED
+            st.exit_code = record.code if record else 255
+            st.finished_at = rfc3339_nano(record.finished_at if record else None)
+            st.pid = 0
+            st.conmon_pid = 0
+            st.oom_killed = oom
+            self._persist(c)
+            duration = max(0.0, time.time() - parse_time(started))
+            self._event(c, "die", exitCode=str(st.exit_code),
+                        execDuration=str(int(duration)))
+            self._resolve(self._exit_waiters, cid, ExitStatus(st.exit_code))
+        self.restarts.after_exit(c)
+
+    def _resolve(self, table: dict[str, list[asyncio.Future[ExitStatus]]], cid: str,
+                 status: ExitStatus) -> None:
+        for fut in table.pop(cid, []):
+            if not fut.done():
+                fut.set_result(status)
+
+    def _exit_future(self, cid: str) -> "asyncio.Future[ExitStatus]":
+        fut: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        self._exit_waiters.setdefault(cid, []).append(fut)
+        return fut
+
+    # wait -------------------------------------------------------------------------------
+
+    def wait(self, ref: str, condition: str) -> "asyncio.Future[ExitStatus]":
+        """Register a waiter at once (so a fast exit is never missed) and return it."""
+        if condition not in WAIT_CONDITIONS:
+            raise InvalidParameter(f'invalid condition: "{condition}"')
+        c = self.get(ref)
+        loop = asyncio.get_running_loop()
+        if condition == "removed":
+            fut: asyncio.Future[ExitStatus] = loop.create_future()
+            self._removal_waiters.setdefault(c.id, []).append(fut)
+            return fut
+        if condition == "not-running" and c.state.status not in (RUNNING, PAUSED, RESTARTING):
+            fut = loop.create_future()
+            fut.set_result(ExitStatus(c.state.exit_code, c.state.error))
+            return fut
+        return self._exit_future(c.id)
+
+    # stop, kill, restart ----------------------------------------------------------------
+
+    async def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
+        c = self.get(ref)
+        if c.state.status == RESTARTING:
+            self.restarts.cancel(c.id)
+            c.state.manually_stopped = True
+            c.state.status = EXITED
+            self._persist(c)
+            self._event(c, "stop")
+            return
+        if c.state.status not in (RUNNING, PAUSED):
+            raise NotModified("container is already stopped")
+        signum = parse_signal(sig or c.config.get("StopSignal") or "SIGTERM")
+        if timeout is None:
+            timeout = c.config.get("StopTimeout")
+            if timeout is None:
+                timeout = self.settings.stop_timeout
+        c.state.manually_stopped = True
+        self._persist(c)
+        await self._stop_with(c, signum, timeout)
+        self._event(c, "stop")
+
+    async def _stop_with(self, c: Container, signum: int, timeout: float) -> None:
+        """Send signum, give the container timeout seconds, then SIGKILL."""
+        exited = self._exit_future(c.id)
+        try:
+            await self._signal(c, signum)
+        except RuntimeError_:
+            timeout = min(timeout, 2) if timeout >= 0 else 2
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), None if timeout < 0 else timeout)
+            return
+        except TimeoutError:
+            pass
+        with contextlib.suppress(RuntimeError_):
+            await self._signal(c, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
+        except TimeoutError as exc:
+            raise SystemError_(f"cannot stop container: {c.name}: tried to kill container, "
+                               "but did not receive an exit event") from exc
+
+    async def _signal(self, c: Container, signum: int) -> None:
+        self._event(c, "kill", signal=str(signum))
+        await asyncio.to_thread(self.runtime.kill, c.id, signum, True)
+        if c.state.status == PAUSED and signum == signal.SIGKILL:
+            with contextlib.suppress(RuntimeError_):
+                await asyncio.to_thread(self.runtime.resume, c.id)
+
+    async def kill(self, ref: str, sig: str | None = None) -> None:
+        signum = parse_signal(sig) if sig else int(signal.SIGKILL)
+        c = self.get(ref)
+        if c.state.status not in (RUNNING, PAUSED):
+            raise Conflict(f"cannot kill container: {c.name}: container {c.id} is not running")
+        c.state.manually_stopped = True
+        self.restarts.cancel(c.id)
+        self._persist(c)
+        exited = self._exit_future(c.id)
+        try:
+            await self._signal(c, signum)
+        except RuntimeError_ as exc:
+            raise SystemError_(f"cannot kill container: {c.name}: {exc.message}") from exc
+        if signum == signal.SIGKILL:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
+
+    async def restart(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
+        c = self.get(ref)
+        self.restarts.cancel(c.id)
+        if c.state.status in (RUNNING, PAUSED):
+            signum = parse_signal(sig or c.config.get("StopSignal") or "SIGTERM")
+            if timeout is None:
+                timeout = c.config.get("StopTimeout")
+                if timeout is None:
+                    timeout = self.settings.stop_timeout
+            # A manual restart is not a crash: the policy must not start it a second time.
+            c.state.manually_stopped = True
+            self._persist(c)
+            await self._stop_with(c, signum, timeout)
+            self._event(c, "stop")
+        elif c.state.status == RESTARTING:
+            c.state.status = EXITED
+        async with self._lock(c.id):
+            with contextlib.suppress(NotModified):
+                await self._start_locked(c)
+        self._event(c, "restart")
+
+    # pause ------------------------------------------------------------------------------
+
+    async def pause(self, ref: str) -> None:
+        c = self.get(ref)
+        async with self._lock(c.id):
+            if c.state.status == PAUSED:
+                raise Conflict(f"Container {c.id} is already paused")
+            if c.state.status != RUNNING:
+                raise Conflict(f"Container {c.id} is not running")
+            await asyncio.to_thread(self.runtime.pause, c.id)
+            c.state.status = PAUSED
+            self._persist(c)
+            self._event(c, "pause")
+
+    async def unpause(self, ref: str) -> None:
+        c = self.get(ref)
+        async with self._lock(c.id):
+            if c.state.status != PAUSED:
+                raise Conflict(f"Container {c.id} is not paused")
+            await asyncio.to_thread(self.runtime.resume, c.id)
+            c.state.status = RUNNING
+            self._persist(c)
+            self._event(c, "unpause")
+
+    # remove, rename ---------------------------------------------------------------------
+
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        c = self.get(ref)
+        if c.state.status == REMOVING:
+            raise Conflict(f"removal of container {c.name} is already in progress")
+        if c.state.status in (RUNNING, PAUSED) and not force:
+            if c.state.status == PAUSED:
+                raise Conflict(f'cannot remove container "/{c.name}": container is paused and '
+                               "must be unpaused first")
+            raise Conflict(f'cannot remove container "/{c.name}": container is running: stop '
+                           "the container before removing or force remove")
+        self.restarts.cancel(c.id)
+        if c.state.status in (RUNNING, PAUSED):
+            c.state.manually_stopped = True
+            exited = self._exit_future(c.id)
+            with contextlib.suppress(RuntimeError_):
+                await self._signal(c, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
+            except TimeoutError as exc:
+                raise SystemError_(f"cannot remove container \"/{c.name}\": could not kill "
+                                   "it") from exc
+        async with self._lock(c.id):
+            if c.id not in self._containers:
+                return
+            c.state.status = REMOVING
+            self._persist(c)
+            await self._finish_remove(c)
+
+    async def _finish_remove(self, c: Container) -> None:
+        self._unwatch(c.id)
+        await asyncio.to_thread(self._remove_files, c)
+        self.store.delete_container(c.id)
+        self._containers.pop(c.id, None)
+        self._locks.pop(c.id, None)
+        self._event(c, "destroy")
+        status = ExitStatus(c.state.exit_code)
+        self._resolve(self._exit_waiters, c.id, status)
+        self._resolve(self._removal_waiters, c.id, status)
+
+    def _remove_files(self, c: Container) -> None:
+        self._teardown_task(c)
+        base = self.container_dir(c)
+        if mounts.is_mounted(str(base / "rootfs")):
+            raise SystemError_(f"rootfs of {c.id} is still mounted")
+        shutil.rmtree(base, ignore_errors=True)
+
+    async def rename(self, ref: str, new_name: str) -> None:
+        c = self.get(ref)
+        if not new_name:
+            raise InvalidParameter("Neither old nor new names may be empty")
+        new_name = names.validate_name(new_name)
+        if new_name == c.name:
+            raise Conflict("Renaming a container with the same name as its current name")
+        old = c.name
+        c.name = new_name
+        try:
+            self.store.rename_container(c.id, new_name, c.to_record())
+        except NameTaken as taken:
+            c.name = old
+            raise name_conflict(taken.name, taken.holder) from None
+        self._event(c, "rename", oldName="/" + old)
+
+    # top ----------------------------------------------------------------------------------
+
+    async def top(self, ref: str, ps_args: str = "-ef") -> tuple[list[str], list[list[str]]]:
+        c = self.get(ref)
+        if c.state.status not in (RUNNING, PAUSED):
+            raise Conflict(f"Container {c.id} is not running")
+        pids = set(await asyncio.to_thread(self.runtime.pids, c.id))
+        return await asyncio.to_thread(_ps_table, ps_args or "-ef", pids)
+
+    # images -------------------------------------------------------------------------------
+
+    def image_users(self, image_id: str) -> list[Container]:
+        return [c for c in self._containers.values() if c.image_id == image_id]
+
+    async def import_image(self, source: BinaryIO, repo: str, tag: str, changes: list[str],
+                           message: str) -> Image:
+        tags = []
+        if repo:
+            ref = reference.parse(repo, default_tag=False)
+            if ref.digest:
+                raise InvalidParameter("cannot import digest reference")
+            if tag and ref.tag:
+                raise InvalidParameter("invalid reference format")
+            tags.append(ref.with_tag(tag or ref.tag or reference.DEFAULT_TAG))
+        # Validate changes before reading a byte of the body.
+        archive.apply_changes({}, changes)
+        image, replaced = await asyncio.to_thread(
+            archive.import_rootfs, self.images, source, changes, message, tags)
+        self.events.publish("image", "import", image.id, {"name": image.id})
+        for ref in tags:
+            self.events.publish("image", "tag", image.id, {"name": ref.familiar()})
+        self._untag_events(replaced)
+        return image  # type: ignore[no-any-return]
+
+    def _untag_events(self, image_ids: list[str]) -> None:
+        for image_id in image_ids:
+            self.events.publish("image", "untag", image_id, {"name": image_id})
+
+    async def tag_image(self, source: str, repo: str, tag: str) -> None:
+        image = await asyncio.to_thread(self.images.tag, source, repo, tag)
+        ref = reference.parse(repo, default_tag=False)
+        name = ref.with_tag(tag or ref.tag or reference.DEFAULT_TAG).familiar()
+        self.events.publish("image", "tag", image.id, {"name": name})
+
+    async def remove_image(self, name: str, force: bool = False,
+                           prune: bool = True) -> list[dict[str, str]]:
+        """Docker's image delete: untag by reference; delete the image when nothing is left."""
+        image = await asyncio.to_thread(self.images.resolve, name)
+        report: list[dict[str, str]] = []
+        tags = self.images.tags_of(image.id)
+        by_ref = None
+        with contextlib.suppress(InvalidParameter):
+            parsed = reference.parse(name)
+            by_ref = next((t for t in tags if t.full() == parsed.full()), None)
+        users = self.image_users(image.id)
+        if by_ref is not None and (len(tags) > 1 or (force and users)):
+            # Removing one of several names only untags.
+            self.images.untag(by_ref)
+            report.append({"Untagged": by_ref.familiar()})
+            self.events.publish("image", "untag", image.id, {"name": by_ref.familiar()})
+            if len(tags) > 1:
+                return report
+        if users:
+            running = [c for c in users if c.state.status in (RUNNING, PAUSED)]
+            if running or not force:
+                kind = "running" if running else "stopped"
+                target = (running or users)[0]
+                if by_ref is None and len(tags) > 1 and not force:
+                    raise Conflict(
+                        f"conflict: unable to delete {image.id[7:19]} (must be forced) - image "
+                        "is referenced in multiple repositories")
+                raise Conflict(
+                    f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is "
+                    f"being used by {kind} container {target.short_id}")
+        if by_ref is None and len(tags) > 1 and not force:
+            raise Conflict(f"conflict: unable to delete {image.id[7:19]} (must be forced) - "
+                           "image is referenced in multiple repositories")
+        for t in self.images.tags_of(image.id):
+            self.images.untag(t)
+            report.append({"Untagged": t.familiar()})
+            self.events.publish("image", "untag", image.id, {"name": t.familiar()})
+        if users:
+            # A forced removal of an image containers still use keeps its layers.
+            return report
+        await asyncio.to_thread(self.images.remove_image, image)
+        report.append({"Deleted": image.id})
+        self.events.publish("image", "delete", image.id, {"name": image.id})
+        return report
+
+    # sizes ------------------------------------------------------------------------------
+
+    async def container_sizes(self, c: Container) -> tuple[int, int]:
+        """(SizeRw, SizeRootFs): bytes in the writable layer, and with the image."""
+        image = await asyncio.to_thread(self.images.find, c.image_id)
+        rw = await asyncio.to_thread(_dir_size, self.container_dir(c) / "upper")
+        return rw, rw + (image.size if image else 0)
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for f in filenames:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, f))
+                total += st.st_size
+    return total
+
+
+def _home_of(root: Path, uid: int) -> str:
+    try:
+        with open(root / "etc" / "passwd", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split(":")
+                if len(parts) > 5 and parts[2] == str(uid):
+                    return parts[5] or "/"
+    except OSError:
+        pass
+    return "/root" if uid == 0 else "/"
+
+
+def _parse_size(text: str) -> int:
+    text = (text or "").strip().lower()
+    if not text:
+        return 0
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "b": 1}
+    mult = 1
+    if text[-1] in units:
+        mult = units[text[-1]]
+        text = text[:-1]
+    try:
+        return int(float(text) * mult)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid size: {text!r}") from exc
+
+
+def _ps_table(ps_args: str, pids: set[int]) -> tuple[list[str], list[list[str]]]:
+    """Docker's top: run ps on the host and keep the container's rows."""
+    import shlex
+
+    args = shlex.split(ps_args)
+    proc = subprocess.run(["ps", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise InvalidParameter(f"Error running ps: {proc.stderr.strip()}")
+    lines = proc.stdout.splitlines()
+    if not lines:
+        return [], []
+    titles = lines[0].split()
+    try:
+        pid_index = titles.index("PID")
+    except ValueError as exc:
+        raise InvalidParameter("Couldn't find PID field in ps output") from exc
+    rows = []
+    for line in lines[1:]:
+        fields = line.split(None, len(titles) - 1)
+        if len(fields) <= pid_index or not fields[pid_index].isdigit():
+            continue
+        if int(fields[pid_index]) in pids:
+            rows.append(fields)
+    return titles, rows
+

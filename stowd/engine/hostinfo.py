@@ -1,0 +1,95 @@
+"""Facts about the host for /info and /version (blocking: read files, run --version)."""
+
+import functools
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    kernel: str
+    arch: str
+    os_name: str
+    os_version: str
+    hostname: str
+    mem_total: int
+    cgroup_version: str
+    runtime_version: str
+    conmon_version: str
+    backing_fs: str
+    ipv4_forwarding: bool
+    bridge_nf_iptables: bool
+    bridge_nf_ip6tables: bool
+    open_fds: int
+
+    def engine_id(self, data_root: Path) -> str:
+        digest = hashlib.sha256(f"{self.hostname}:{data_root}".encode()).hexdigest().upper()
+        return ":".join(digest[i:i + 4] for i in range(0, 48, 4))
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def cgroup_version() -> str:
+    """"2" on a unified hierarchy, "1" on legacy or hybrid hosts."""
+    return "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1"
+
+
+@functools.cache
+def _tool_version(path: str) -> str:
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                             check=False, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    first = out.splitlines()[0] if out else ""
+    return first.split()[-1] if first else ""
+
+
+def _os_release() -> tuple[str, str]:
+    fields = {}
+    for line in _read("/etc/os-release").splitlines():
+        key, _, value = line.partition("=")
+        fields[key] = value.strip('"')
+    return fields.get("PRETTY_NAME", "Linux"), fields.get("VERSION_ID", "")
+
+
+def _mem_total() -> int:
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def host_facts(runtime_path: str) -> HostFacts:
+    os_name, os_version = _os_release()
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = 0
+    return HostFacts(
+        kernel=platform.release(),
+        arch={"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine()),
+        os_name=os_name,
+        os_version=os_version,
+        hostname=socket.gethostname(),
+        mem_total=_mem_total(),
+        cgroup_version=cgroup_version(),
+        runtime_version=_tool_version(runtime_path),
+        conmon_version=_tool_version("conmon"),
+        backing_fs="extfs",
+        ipv4_forwarding=_read("/proc/sys/net/ipv4/ip_forward") == "1",
+        bridge_nf_iptables=_read("/proc/sys/net/bridge/bridge-nf-call-iptables") == "1",
+        bridge_nf_ip6tables=_read("/proc/sys/net/bridge/bridge-nf-call-ip6tables") == "1",
+        open_fds=fds,
+    )

@@ -1,0 +1,206 @@
+"""Reading conmon's k8s-file logs as Docker's logs API serves them.
+
+Each line conmon writes is `<RFC3339Nano time> <stdout|stderr> <F|P> <text>`: F ends a
+line (the newline is implied), P is a piece of a longer line or output that ended without
+a newline. The reader reassembles pieces into one message, filters by stream and time,
+and finds the last N messages by reading the file backwards, so memory stays bounded
+whatever the log's size. Blocking: use from a worker thread.
+"""
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from stowd.engine.containers import parse_time
+
+STDOUT = 1
+STDERR = 2
+SYSTEMERR = 3
+_STREAMS = {b"stdout": STDOUT, b"stderr": STDERR}
+_BLOCK = 64 * 1024
+
+
+@dataclass
+class LogMessage:
+    time: str  # RFC3339Nano in UTC, Docker's spelling (…Z)
+    stream: int  # STDOUT or STDERR
+    data: bytes  # with its newline when the line was complete
+    seconds: float  # time as unix seconds, for since/until
+
+
+def frame(stream: int, data: bytes) -> bytes:
+    """One stdcopy frame: [stream, 0, 0, 0, size (big-endian u32)] + payload."""
+    return struct.pack(">BxxxL", stream, len(data)) + data
+
+
+def docker_time(ts: bytes) -> str:
+    text = ts.decode()
+    if text.endswith("+00:00"):
+        text = text[:-6] + "Z"
+    main, _, frac = text.partition(".")
+    if frac:
+        digits = frac.rstrip("Z")
+        if digits.isdigit():
+            text = f"{main}.{digits[:9].ljust(9, '0')}Z"
+    return text
+
+
+def parse_line(line: bytes) -> tuple[bytes, int, bool, bytes] | None:
+    """(time, stream, partial, text) for one k8s-file line, None for a malformed one."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    parts = line.split(b" ", 3)
+    if len(parts) < 3 or parts[1] not in _STREAMS:
+        return None
+    text = parts[3] if len(parts) == 4 else b""
+    return parts[0], _STREAMS[parts[1]], parts[2] == b"P", text
+
+
+class LogReader:
+    """Messages of one log file, from a start point, in batches (blocking)."""
+
+    def __init__(self, path: str, *, stdout: bool = True, stderr: bool = True,
+                 since: float = 0.0, until: float = 0.0, tail: int = -1) -> None:
+        self.path = path
+        self.streams = {s for s, on in ((STDOUT, stdout), (STDERR, stderr)) if on}
+        self.since = since
+        self.until = until
+        self.tail = tail
+        self._file: BinaryIO | None = None
+        self._pending: dict[int, tuple[bytes, bytes]] = {}  # stream -> (time, pieces so far)
+        self._carry = b""
+        self.done = False  # past `until`: nothing more will match
+
+    def open(self) -> None:
+        try:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open across batches
+        except FileNotFoundError:
+            self._file = None
+            return
+        if self.tail >= 0:
+            self._file.seek(self._tail_offset(self.tail))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "LogReader":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tail_offset(self, count: int) -> int:
+        """Offset of the first line of the last `count` complete messages we would show."""
+        assert self._file is not None
+        if count == 0:
+            return self._file.seek(0, os.SEEK_END)
+        end = self._file.seek(0, os.SEEK_END)
+        pos = end
+        buf = b""
+        seen = 0
+        while pos > 0:
+            step = min(_BLOCK, pos)
+            pos -= step
+            self._file.seek(pos)
+            buf = self._file.read(step) + buf
+            lines = buf.split(b"\n")
+            # The first piece may be cut; keep it for the next block unless at the start.
+            head = lines[0] if pos > 0 else None
+            body = lines[1:] if pos > 0 else lines
+            offset = pos + (len(head) + 1 if head is not None else 0)
+            offsets = []
+            for line in body:
+                offsets.append((offset, line))
+                offset += len(line) + 1
+            for line_offset, line in reversed(offsets):
+                parsed = parse_line(line)
+                if parsed is None or parsed[1] not in self.streams or parsed[2]:
+                    continue
+                if self._out_of_window(parse_time(docker_time(parsed[0]))):
+                    continue
+                seen += 1
+                if seen > count:
+                    # The message after this one starts the tail; step past this line.
+                    return line_offset + len(line) + 1
+            buf = head if head is not None else b""
+        return 0
+
+    def _out_of_window(self, seconds: float) -> bool:
+        return (self.since and seconds < self.since) or bool(self.until and seconds > self.until)
+
+    def read_batch(self, max_bytes: int = 256 * 1024) -> list[LogMessage]:
+        """Messages available now, up to about max_bytes of log; [] when none are."""
+        if self._file is None:
+            if self.done:
+                return []
+            self.open()
+            if self._file is None:
+                return []
+        raw = self._file.read(max_bytes)
+        if not raw:
+            return []
+        data = self._carry + raw
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._carry = data
+            return []
+        self._carry = data[cut + 1:]
+        out: list[LogMessage] = []
+        for line in data[:cut].split(b"\n"):
+            message = self._feed(line)
+            if message is not None:
+                out.append(message)
+        return out
+
+    def _feed(self, line: bytes) -> LogMessage | None:
+        parsed = parse_line(line)
+        if parsed is None:
+            return None
+        ts, stream, partial, text = parsed
+        if stream not in self.streams:
+            return None
+        start_ts, pieces = self._pending.pop(stream, (ts, b""))
+        pieces += text
+        if partial:
+            self._pending[stream] = (start_ts, pieces)
+            if len(pieces) < 1024 * 1024:
+                return None
+            # A huge line without a newline: hand it out in pieces, as Docker splits at 16K.
+            self._pending.pop(stream)
+            complete = pieces
+        else:
+            complete = pieces + b"\n"
+        when = docker_time(start_ts)
+        seconds = parse_time(when)
+        if self.until and seconds > self.until:
+            self.done = True
+            return None
+        if self.since and seconds < self.since:
+            return None
+        return LogMessage(when, stream, complete, seconds)
+
+    def flush_partial(self) -> list[LogMessage]:
+        """Pieces still waiting for their end: output that stopped without a newline."""
+        out = []
+        for stream, (ts, pieces) in sorted(self._pending.items()):
+            when = docker_time(ts)
+            seconds = parse_time(when)
+            if pieces and not self._out_of_window(seconds):
+                out.append(LogMessage(when, stream, pieces, seconds))
+        self._pending.clear()
+        return out
+
+
+def read_all(reader: LogReader) -> Iterator[LogMessage]:
+    """Every message the reader sees now (blocking generator)."""
+    while True:
+        batch = reader.read_batch()
+        if not batch:
+            break
+        yield from batch
+    yield from reader.flush_partial()

@@ -1,0 +1,249 @@
+"""A container's settings → an OCI runtime spec (config.json), with Docker's defaults.
+
+The defaults follow what dockerd gives a container that asks for nothing special: its
+capability set, masked and read-only /proc paths, /dev as tmpfs with devpts, mqueue and
+shm, /sys read-only, and a seccomp filter with the default profile's semantics.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from stowd.engine.runtime.seccomp import default_seccomp_profile
+
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+
+ALL_CAPABILITIES = DEFAULT_CAPABILITIES + [
+    "CAP_DAC_READ_SEARCH",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_LEASE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+]
+
+MASKED_PATHS = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+
+READONLY_PATHS = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class ProcessUser:
+    uid: int = 0
+    gid: int = 0
+    additional_gids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SpecInput:
+    """Everything spec generation needs, already resolved by the engine."""
+
+    rootfs: str
+    args: list[str]
+    env: list[str]
+    cwd: str
+    user: ProcessUser
+    hostname: str
+    domainname: str
+    tty: bool
+    open_stdin: bool
+    cgroups_path: str
+    hosts_path: str
+    hostname_path: str
+    resolv_conf_path: str
+    console_size: tuple[int, int] | None = None
+    privileged: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    readonly_rootfs: bool = False
+    memory_limit: int = 0
+    nano_cpus: int = 0
+    cpu_shares: int = 0
+    pids_limit: int = 0
+    binds: list[dict[str, Any]] = field(default_factory=list)
+    netns_path: str | None = None
+    shm_size: int = 64 * 1024 * 1024
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _normalize_cap(cap: str) -> str:
+    cap = cap.upper()
+    return cap if cap.startswith("CAP_") else "CAP_" + cap
+
+
+def capabilities(inp: SpecInput) -> list[str]:
+    if inp.privileged:
+        return list(ALL_CAPABILITIES)
+    caps = list(DEFAULT_CAPABILITIES)
+    adds = [_normalize_cap(c) for c in inp.cap_add]
+    drops = [_normalize_cap(c) for c in inp.cap_drop]
+    if "CAP_ALL" in adds:
+        caps = list(ALL_CAPABILITIES)
+    else:
+        caps += [c for c in adds if c not in caps]
+    if "CAP_ALL" in drops:
+        caps = [c for c in caps if c in adds]
+    else:
+        caps = [c for c in caps if c not in drops]
+    return caps
+
+
+def build_spec(inp: SpecInput) -> dict[str, Any]:
+    caps = capabilities(inp)
+    process: dict[str, Any] = {
+        "terminal": inp.tty,
+        "user": {
+            "uid": inp.user.uid,
+            "gid": inp.user.gid,
+            **({"additionalGids": inp.user.additional_gids} if inp.user.additional_gids else {}),
+        },
+        "args": inp.args,
+        "env": inp.env,
+        "cwd": inp.cwd or "/",
+        "capabilities": {
+            "bounding": caps,
+            "effective": caps,
+            "permitted": caps,
+        },
+        "noNewPrivileges": False,
+    }
+    if inp.tty and inp.console_size and all(inp.console_size):
+        process["consoleSize"] = {"height": inp.console_size[0], "width": inp.console_size[1]}
+
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": ["ro", "nosuid", "noexec", "nodev"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={inp.shm_size}"]},
+    ]
+    for dest, src in (
+        ("/etc/resolv.conf", inp.resolv_conf_path),
+        ("/etc/hostname", inp.hostname_path),
+        ("/etc/hosts", inp.hosts_path),
+    ):
+        mounts.append({"destination": dest, "type": "bind", "source": src,
+                       "options": ["rbind", "rprivate"]})
+    for bind in inp.binds:
+        opts = ["rbind", "rprivate"] + (["ro"] if bind.get("readonly") else [])
+        mounts.append({"destination": bind["destination"], "type": "bind",
+                       "source": bind["source"], "options": opts})
+
+    namespaces: list[dict[str, str]] = [
+        {"type": "pid"},
+        {"type": "ipc"},
+        {"type": "uts"},
+        {"type": "mount"},
+        {"type": "cgroup"},
+    ]
+    if inp.netns_path:
+        namespaces.append({"type": "network", "path": inp.netns_path})
+    else:
+        namespaces.append({"type": "network"})
+
+    resources: dict[str, Any] = {
+        "devices": [
+            {"allow": False, "access": "rwm"},
+            {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "rwm"},
+            {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+            {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"},
+            {"allow": True, "type": "c", "major": 1, "minor": 8, "access": "rwm"},
+            {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
+            {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
+            {"allow": False, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+        ]
+    }
+    if inp.memory_limit:
+        resources["memory"] = {"limit": inp.memory_limit}
+    if inp.nano_cpus:
+        period = 100000
+        resources["cpu"] = {"quota": inp.nano_cpus * period // 1_000_000_000, "period": period}
+    if inp.cpu_shares:
+        resources.setdefault("cpu", {})["shares"] = inp.cpu_shares
+    if inp.pids_limit:
+        resources["pids"] = {"limit": inp.pids_limit}
+
+    linux: dict[str, Any] = {
+        "namespaces": namespaces,
+        "cgroupsPath": inp.cgroups_path,
+        "resources": resources,
+    }
+    if not inp.privileged:
+        linux["maskedPaths"] = MASKED_PATHS
+        linux["readonlyPaths"] = READONLY_PATHS
+        linux["seccomp"] = default_seccomp_profile(caps)
+
+    return {
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": inp.rootfs, "readonly": inp.readonly_rootfs},
+        "hostname": inp.hostname,
+        **({"domainname": inp.domainname} if inp.domainname else {}),
+        "mounts": mounts,
+        "linux": linux,
+        "annotations": {k: str(v) for k, v in inp.labels.items()},
+    }
