@@ -1,0 +1,155 @@
+"""A real stowd daemon for tests: its own socket, data-root, exec-root and cgroup parent.
+
+Each instance lives in a fresh directory under /tmp and leaves nothing behind when
+stopped with `cleanup()`: no containers, conmon processes, mounts or cgroups.
+"""
+
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import docker
+
+from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    def __init__(self, extra_args: list[str] | None = None, hosts: list[str] | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="stowd-t-", dir="/tmp"))
+        self.socket = self.root / "s.sock"
+        self.data_root = self.root / "data"
+        self.exec_root = self.root / "exec"
+        self.cgroup_parent = f"stowd-test-{secrets.token_hex(4)}"
+        self.extra_args = extra_args or []
+        self.hosts = hosts
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.root / "stowd.log"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def command(self) -> list[str]:
+        hosts = self.hosts or [self.url]
+        args = [sys.executable, "-m", "stowd", "serve", "--data-root", str(self.data_root),
+                "--exec-root", str(self.exec_root), "--cgroup-parent", self.cgroup_parent,
+                "--log-level", "debug"]
+        for h in hosts:
+            args += ["-H", h]
+        return args + self.extra_args
+
+    def start(self, wait: bool = True) -> "Daemon":
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     env=env, cwd=str(REPO))
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stowd exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                s = socket.socket(socket.AF_UNIX)
+                s.connect(str(self.socket))
+                s.close()
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"stowd did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def client(self, version: str = "auto") -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.url, version=version, timeout=60)
+
+    def import_busybox(self, name: str = "busybox:latest") -> str:
+        binary = busybox_binary()
+        assert binary, "busybox-static must be installed"
+        buf = io.BytesIO()
+        busybox_rootfs_tar(binary, buf)
+        api = docker.APIClient(base_url=self.url)
+        repo, _, tag = name.partition(":")
+        out = api.import_image_from_data(buf.getvalue(), repository=repo, tag=tag or "latest")
+        api.close()
+        return str(out)
+
+    def cleanup(self) -> None:
+        """Remove every container through the API, stop the daemon, and check the host."""
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                c = self.client()
+                for ctr in c.containers.list(all=True):
+                    with contextlib.suppress(Exception):
+                        ctr.remove(force=True)
+                c.close()
+            self.stop()
+        leftovers = leftover_conmons(self.data_root)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+            target = line.split()[1]
+            if target.startswith(str(self.root)):
+                subprocess.run(["umount", "-l", target], check=False)
+        remove_cgroups(self.cgroup_parent)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def leftover_conmons(data_root: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes()
+            if cmdline.startswith(b"conmon") or b"/conmon\0" in cmdline:
+                if str(data_root).encode() in cmdline:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def remove_cgroups(parent: str) -> None:
+    base = Path("/sys/fs/cgroup")
+    for ctrl in [base] + [p for p in base.iterdir() if p.is_dir()]:
+        target = ctrl / parent
+        if target.is_dir():
+            for child in sorted(target.rglob("*"), reverse=True):
+                if child.is_dir():
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+            with contextlib.suppress(OSError):
+                target.rmdir()
