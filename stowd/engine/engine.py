@@ -179,7 +179,9 @@ class Engine:
 
     # create -----------------------------------------------------------------------------
 
-    async def create_container(self, name: str | None, body: dict[str, Any]) -> tuple[str, list[str]]:
+    async def create_container(
+        self, name: str | None, body: dict[str, Any]
+    ) -> tuple[str, list[str]]:
         if not isinstance(body, dict):
             raise InvalidParameter("the request body must be a JSON object")
         config = create_rules.normalize_config(body)

@@ -7,9 +7,20 @@ from stowd.engine.errors import InvalidParameter
 
 NAME_PATTERN = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
-_ADJECTIVES = ["agile", "amazing", "bold", "brave", "bright", "calm", "clever", "cool", "crisp", "curious", "daring", "eager", "elegant", "epic", "fervent", "festive", "fond", "friendly", "gentle", "happy", "hardy", "jolly", "keen", "kind", "lively", "loving", "lucid", "merry", "modest", "nifty", "noble", "patient", "peaceful", "plucky", "proud", "quick", "quiet", "relaxed", "sharp", "silly", "sleepy", "stoic", "sunny", "swift", "tender", "upbeat", "vibrant", "vigilant", "wizardly", "witty", "youthful", "zealous"]
+_ADJECTIVES = (
+    "agile amazing bold brave bright calm clever cool crisp curious daring eager elegant epic "
+    "fervent festive fond friendly gentle happy hardy jolly keen kind lively loving lucid merry "
+    "modest nifty noble patient peaceful plucky proud quick quiet relaxed sharp silly sleepy "
+    "stoic sunny swift tender upbeat vibrant vigilant wizardly witty youthful zealous"
+).split()
 
-_SURNAMES = ["agnesi", "albattani", "babbage", "banach", "bardeen", "bohr", "boole", "carson", "cerf", "chandrasekhar", "curie", "darwin", "dijkstra", "einstein", "euclid", "euler", "faraday", "fermat", "fermi", "feynman", "franklin", "galileo", "gauss", "goldberg", "hamilton", "hawking", "hopper", "hypatia", "johnson", "kepler", "knuth", "lamarr", "leakey", "lovelace", "maxwell", "mayer", "meitner", "mendel", "newton", "noether", "pascal", "pasteur", "perlman", "planck", "ramanujan", "ritchie", "shannon", "stallman", "tesla", "thompson", "torvalds", "turing", "volta", "wiles", "wozniak"]
+_SURNAMES = (
+    "agnesi albattani babbage banach bardeen bohr boole carson cerf chandrasekhar curie darwin "
+    "dijkstra einstein euclid euler faraday fermat fermi feynman franklin galileo gauss "
+    "goldberg hamilton hawking hopper hypatia johnson kepler knuth lamarr leakey lovelace "
+    "maxwell mayer meitner mendel newton noether pascal pasteur perlman planck ramanujan "
+    "ritchie shannon stallman tesla thompson torvalds turing volta wiles wozniak"
+).split()
 
 
 def new_id() -> str:

@@ -1,4 +1,4 @@
-"""Signal names and numbers as Docker accepts them (`KILL`, `SIGKILL`, `sigterm`, `9`, `RTMIN+3`)."""
+"""Signal names and numbers as Docker accepts them: KILL, SIGKILL, sigterm, 9, RTMIN+3."""
 
 import signal
 
