@@ -156,7 +156,8 @@ def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
     if labels is not None and (not isinstance(labels, dict) or
                                not all(isinstance(v, str) for v in labels.values())):
         raise InvalidParameter("Labels must be a map of strings")
-    for field in ("Hostname", "Domainname", "User", "WorkingDir", "StopSignal", "MacAddress"):
+    for field in ("Image", "Hostname", "Domainname", "User", "WorkingDir", "StopSignal",
+                  "MacAddress"):
         if config.get(field) is not None and not isinstance(config[field], str):
             raise InvalidParameter(f"{field} must be a string")
     for field in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr"):
