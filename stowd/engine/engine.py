@@ -486,12 +486,15 @@ class Engine:
     async def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
         c = self.get(ref)
         if c.state.status == RESTARTING:
-            self.restarts.cancel(c.id)
-            c.state.manually_stopped = True
-            c.state.status = EXITED
-            self._persist(c)
-            self._event(c, "stop")
-            return
+            async with self._lock(c.id):
+                # The restart may have won the lock first; then this is a normal stop.
+                if c.state.status == RESTARTING:
+                    self.restarts.cancel(c.id)
+                    c.state.manually_stopped = True
+                    c.state.status = EXITED
+                    self._persist(c)
+                    self._event(c, "stop")
+                    return
         if c.state.status not in (RUNNING, PAUSED):
             raise NotModified("container is already stopped")
         signum = parse_signal(sig or c.config.get("StopSignal") or "SIGTERM")

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from stowd.engine.containers import EXITED, RESTARTING, Container, parse_time
+from stowd.engine.containers import RESTARTING, Container, parse_time
 
 if TYPE_CHECKING:
     from stowd.engine.engine import Engine
@@ -70,11 +70,11 @@ class RestartManager:
 
     async def _restart(self, c: Container) -> None:
         self._pending.pop(c.id, None)
-        if c.state.status != RESTARTING or c.id not in self.engine._containers:
-            return
-        c.restart_count += 1
         async with self.engine._lock(c.id):
-            c.state.status = EXITED
+            if (c.state.status != RESTARTING or c.state.manually_stopped
+                    or c.id not in self.engine._containers):
+                return
+            c.restart_count += 1
             try:
                 await self.engine._start_locked(c, restarting=True)
             except Exception as exc:

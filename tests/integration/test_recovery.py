@@ -1,0 +1,75 @@
+"""Containers outlive stowd: kill -9 the daemon, start it again, and find them as they are."""
+
+import time
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from tests.daemon import Daemon, leftover_conmons
+
+
+@pytest.fixture
+def own_daemon() -> Iterator[Daemon]:
+    d = Daemon().start()
+    d.import_busybox()
+    yield d
+    d.cleanup()
+    assert not leftover_conmons(d.data_root)
+
+
+def test_sigkill_of_stowd_leaves_containers_running(own_daemon: Daemon) -> None:
+    client = own_daemon.client()
+    keeps = client.containers.run("busybox", ["sleep", "300"], detach=True, name="keeps-running")
+    dies = client.containers.run("busybox", ["sh", "-c", "sleep 1; exit 9"], detach=True,
+                                 name="dies-while-down")
+    short = client.containers.run("busybox", ["sh", "-c", "exit 4"], detach=True, name="short")
+    short.wait(timeout=10)
+    created = client.containers.create("busybox", ["true"], name="just-created")
+    auto = client.containers.run("busybox", ["sh", "-c", "sleep 1"], detach=True,
+                                 name="auto-removed", auto_remove=True)
+    pid_before = client.api.inspect_container(keeps.id)["State"]["Pid"]
+    client.close()
+
+    own_daemon.kill9()
+    time.sleep(2.0)  # `dies-while-down` and `auto-removed` exit while nobody watches.
+    own_daemon.start()
+
+    client = own_daemon.client()
+    st = client.api.inspect_container("keeps-running")["State"]
+    assert st["Status"] == "running" and st["Pid"] == pid_before
+    st = client.api.inspect_container("dies-while-down")["State"]
+    assert st["Status"] == "exited" and st["ExitCode"] == 9
+    assert st["FinishedAt"] > st["StartedAt"]
+    assert client.api.inspect_container("short")["State"]["ExitCode"] == 4
+    assert client.api.inspect_container("just-created")["State"]["Status"] == "created"
+    with pytest.raises(docker.errors.NotFound):
+        client.api.inspect_container("auto-removed")
+    names = {c.name for c in client.containers.list(all=True)}
+    assert names == {"keeps-running", "dies-while-down", "short", "just-created"}
+    assert [c.name for c in client.containers.list()] == ["keeps-running"]
+
+    # The recovered container is fully manageable: its exit is seen and recorded.
+    client.api.kill("keeps-running")
+    assert client.api.wait("keeps-running", timeout=10)["StatusCode"] == 137
+    assert created.id == client.api.inspect_container("just-created")["Id"]
+    assert auto.id not in {c.id for c in client.containers.list(all=True)}
+    client.close()
+
+
+def test_restart_policy_applies_to_exits_while_down(own_daemon: Daemon) -> None:
+    client = own_daemon.client()
+    ctr = client.containers.run("busybox", ["sh", "-c", "sleep 1; exit 1"], detach=True,
+                                restart_policy={"Name": "on-failure", "MaximumRetryCount": 1})
+    client.close()
+    own_daemon.kill9()
+    time.sleep(1.5)
+    own_daemon.start()
+    client = own_daemon.client()
+    deadline = time.monotonic() + 15
+    info = client.api.inspect_container(ctr.id)
+    while time.monotonic() < deadline and info["RestartCount"] < 1:
+        time.sleep(0.1)
+        info = client.api.inspect_container(ctr.id)
+    assert info["RestartCount"] == 1
+    client.close()
