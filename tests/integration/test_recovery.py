@@ -21,8 +21,8 @@ def own_daemon() -> Iterator[Daemon]:
 def test_sigkill_of_stowd_leaves_containers_running(own_daemon: Daemon) -> None:
     client = own_daemon.client()
     keeps = client.containers.run("busybox", ["sleep", "300"], detach=True, name="keeps-running")
-    dies = client.containers.run("busybox", ["sh", "-c", "sleep 1; exit 9"], detach=True,
-                                 name="dies-while-down")
+    client.containers.run("busybox", ["sh", "-c", "sleep 1; exit 9"], detach=True,
+                          name="dies-while-down")
     short = client.containers.run("busybox", ["sh", "-c", "exit 4"], detach=True, name="short")
     short.wait(timeout=10)
     created = client.containers.create("busybox", ["true"], name="just-created")
