@@ -5,6 +5,7 @@ capability set, masked and read-only /proc paths, /dev as tmpfs with devpts, mqu
 shm, /sys read-only, and a seccomp filter with the default profile's semantics.
 """
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,35 +28,39 @@ DEFAULT_CAPABILITIES = [
     "CAP_AUDIT_WRITE",
 ]
 
-ALL_CAPABILITIES = DEFAULT_CAPABILITIES + [
-    "CAP_DAC_READ_SEARCH",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_LEASE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
+# Every capability by its bit number (linux/capability.h).
+CAPABILITY_BITS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE",
 ]
+
+
+@functools.cache
+def host_capabilities() -> list[str]:
+    """The capabilities stowd itself may hand out: its own bounding set.
+
+    Privileged containers get all of these (as Docker does), never one the host withholds,
+    which the runtime would refuse."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    mask = int(line.split()[1], 16)
+                    return [c for bit, c in enumerate(CAPABILITY_BITS) if mask >> bit & 1]
+    except OSError:
+        pass
+    return list(CAPABILITY_BITS)
+
+
+ALL_CAPABILITIES = CAPABILITY_BITS
+
 
 MASKED_PATHS = [
     "/proc/asound",
@@ -127,13 +132,14 @@ def _normalize_cap(cap: str) -> str:
 
 
 def capabilities(inp: SpecInput) -> list[str]:
+    host = host_capabilities()
     if inp.privileged:
-        return list(ALL_CAPABILITIES)
+        return list(host)
     caps = list(DEFAULT_CAPABILITIES)
     adds = [_normalize_cap(c) for c in inp.cap_add]
     drops = [_normalize_cap(c) for c in inp.cap_drop]
     if "CAP_ALL" in adds:
-        caps = list(ALL_CAPABILITIES)
+        caps = list(host)
     else:
         caps += [c for c in adds if c not in caps]
     if "CAP_ALL" in drops:
