@@ -3,71 +3,127 @@
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from stowd import __version__
 from stowd.api.versions import MAX_API_VERSION, MIN_API_VERSION
 from stowd.config import DEFAULT_DATA_ROOT, DEFAULT_EXEC_ROOT, DEFAULT_HOST, Settings
 
+if TYPE_CHECKING:
+    from stowd.api.server import ListenPlan
+
 log = logging.getLogger("stowd")
 
-DESCRIPTION = """\
-stowd is a container engine that serves the Docker Engine API. Point the docker CLI,
-docker-py, compose or Testcontainers at its socket and run real Linux containers:
-
-  stowd serve                      # listens on unix:///run/stowd.sock
-  DOCKER_HOST=unix:///run/stowd.sock docker run --rm busybox echo hi
+DESCRIPTION = f"""\
+stowd is a container engine that serves the Docker Engine API (versions {MIN_API_VERSION} to
+{MAX_API_VERSION}). Point the docker CLI, docker-py, compose or Testcontainers at its socket
+and run real Linux containers with runc and conmon.
 """
 
+EPILOG = """\
+examples:
+  stowd serve                                  # unix:///run/stowd.sock
+  DOCKER_HOST=unix:///run/stowd.sock docker run --rm busybox echo hi
+  stowd serve -H unix:///run/stowd.sock -H tcp://127.0.0.1:2375
+  stowd serve -H tcp://0.0.0.0:2376 --tlsverify \\
+      --tlscacert ca.pem --tlscert server-cert.pem --tlskey server-key.pem
 
-def _serve_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+Run 'stowd serve --help' for every daemon flag.
+"""
+
+SERVE_EPILOG = """\
+listening safely:
+  unix sockets are created with mode 0660, owned by root and --group.
+  tcp:// on a loopback address (127.0.0.1, ::1, localhost) serves plain HTTP.
+  Any other TCP address needs mutual TLS (--tlsverify --tlscacert --tlscert --tlskey:
+  clients must present a certificate signed by the CA), or --insecure-tcp.
+  On TCP, requests carrying a browser Origin header are refused, and on loopback a Host
+  header that is not a loopback name is refused (DNS rebinding).
+
+Containers keep running when stowd stops; the next start picks them up again.
+"""
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "warning": logging.WARNING, "error": logging.ERROR, "fatal": logging.CRITICAL}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a hint on every usage error: which --help to read."""
+
+    commands: "dict[str, Parser]"
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n"
+                     f"Run '{self.prog} --help' for the accepted flags.\n")
+
+
+def _serve_parser(sub: "argparse._SubParsersAction[Parser]") -> Parser:
     p = sub.add_parser(
         "serve", help="run the engine in the foreground",
-        description="Run the engine in the foreground, serving the Docker API on each -H "
-                    "address. Containers keep running when stowd stops.")
-    p.add_argument("-H", "--host", action="append", dest="hosts", metavar="ADDR",
-                   help=f"where to listen: unix:///path or tcp://IP:PORT; repeatable "
-                        f"(default {DEFAULT_HOST}). TCP off loopback needs --tlsverify "
-                        "or --insecure-tcp")
-    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
-                   help=f"persistent state: database, images, containers "
-                        f"(default {DEFAULT_DATA_ROOT})")
-    p.add_argument("--exec-root", type=Path, default=DEFAULT_EXEC_ROOT,
-                   help=f"runtime state lost at reboot: sockets, exit files "
-                        f"(default {DEFAULT_EXEC_ROOT})")
-    p.add_argument("--runtime", default="runc", choices=["runc", "crun"],
-                   help="OCI runtime (default runc; crun needs a cgroup v2 host)")
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"], help="default info")
-    p.add_argument("--tlsverify", action="store_true",
-                   help="require clients to present a certificate signed by --tlscacert")
-    p.add_argument("--tlscacert", type=Path, help="CA certificate for client certificates")
-    p.add_argument("--tlscert", type=Path, help="server certificate")
-    p.add_argument("--tlskey", type=Path, help="server key")
-    p.add_argument("--insecure-tcp", action="store_true",
-                   help="allow plain HTTP on a non-loopback TCP address (dangerous: anyone "
-                        "who reaches it gets root)")
-    p.add_argument("--cgroup-parent", default="stowd",
-                   help="cgroup under which containers are placed (default stowd)")
-    p.add_argument("--group", default="docker",
-                   help="group that owns the unix socket, when it exists (default docker)")
-    p.add_argument("--seed-busybox", action="store_true",
-                   help="when the store has no busybox image, import one made from the "
-                        "host's busybox-static binary")
+        description="Run the engine in the foreground, serving the Docker API on each -H\n"
+                    "address until SIGTERM or SIGINT.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    listen = p.add_argument_group("listening")
+    listen.add_argument(
+        "-H", "--host", action="append", dest="hosts", metavar="ADDR",
+        help=f"where to listen, repeatable: unix:///PATH, tcp://IP:PORT or IP:PORT "
+             f"(default {DEFAULT_HOST})")
+    listen.add_argument("-G", "--group", default="docker",
+                        help="group that owns the unix socket, when it exists "
+                             "(default docker)")
+    listen.add_argument("--tlsverify", action="store_true",
+                        help="serve TCP with TLS and require client certificates signed by "
+                             "--tlscacert")
+    listen.add_argument("--tlscacert", type=Path, metavar="FILE",
+                        help="CA certificate (PEM) that signs client certificates")
+    listen.add_argument("--tlscert", type=Path, metavar="FILE",
+                        help="server certificate (PEM)")
+    listen.add_argument("--tlskey", type=Path, metavar="FILE", help="server key (PEM)")
+    listen.add_argument("--insecure-tcp", action="store_true",
+                        help="allow plain HTTP on a non-loopback TCP address (dangerous: "
+                             "anyone who reaches it gets root on this host)")
+    engine = p.add_argument_group("engine")
+    engine.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, metavar="DIR",
+                        help=f"persistent state: database, images, containers "
+                             f"(default {DEFAULT_DATA_ROOT})")
+    engine.add_argument("--exec-root", type=Path, default=DEFAULT_EXEC_ROOT, metavar="DIR",
+                        help=f"runtime state lost at reboot: conmon files, exit files "
+                             f"(default {DEFAULT_EXEC_ROOT})")
+    engine.add_argument("--runtime", default="runc", choices=["runc", "crun"],
+                        help="OCI runtime (default runc; crun needs a cgroup v2 host)")
+    engine.add_argument("--cgroup-parent", default="stowd", metavar="NAME",
+                        help="cgroup under which containers are placed (default stowd)")
+    engine.add_argument("--seed-busybox", action="store_true",
+                        help="when the store has no busybox image, import one made from the "
+                             "host's busybox-static binary")
+    logs = p.add_argument_group("logging")
+    logs.add_argument("-l", "--log-level", default="info", choices=list(LOG_LEVELS),
+                      metavar="LEVEL",
+                      help="debug, info, warn, error or fatal (default info)")
+    logs.add_argument("-D", "--debug", action="store_true", help="same as --log-level debug")
+    return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stowd", description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version",
+def build_parser() -> Parser:
+    parser = Parser(prog="stowd", description=DESCRIPTION, epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--version", action="version",
                         version=f"stowd {__version__} (API {MAX_API_VERSION}, "
                                 f"minimum {MIN_API_VERSION})")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _serve_parser(sub)
-    sub.add_parser("version", help="print stowd's version and API range")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
+                                parser_class=Parser)
+    parser.commands = {
+        "serve": _serve_parser(sub),
+        "version": sub.add_parser(
+            "version", help="print stowd's version and the API versions it serves",
+            description="Print stowd's version and the API versions it serves."),
+    }
     return parser
 
 
@@ -77,7 +133,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         data_root=args.data_root.resolve(),
         exec_root=args.exec_root.resolve(),
         runtime=args.runtime,
-        log_level=args.log_level,
+        log_level="debug" if args.debug else {"warn": "warning", "fatal": "critical"}.get(
+            args.log_level, args.log_level),
         tls_verify=args.tlsverify,
         tls_ca_cert=args.tlscacert,
         tls_cert=args.tlscert,
@@ -88,7 +145,22 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-async def serve(settings: Settings, seed_busybox: bool = False) -> int:
+def _quiet_tls_handshake_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """One warning line for a refused TLS client, instead of asyncio's traceback."""
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, ssl.SSLError | ConnectionResetError) and "transport" in context:
+            transport = context["transport"]
+            peer = getattr(transport, "get_extra_info", lambda _k: None)("peername")
+            log.warning("TLS handshake with %s refused: %s", peer, getattr(exc, "reason", exc))
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+async def serve(settings: Settings, seed_busybox: bool = False,
+                plan: "ListenPlan | None" = None) -> int:
     from aiohttp import web
 
     from stowd.api.app import make_app
@@ -96,7 +168,10 @@ async def serve(settings: Settings, seed_busybox: bool = False) -> int:
     from stowd.engine.engine import Engine
     from stowd.engine.seed import seed_busybox_image
 
-    plan_listeners(settings)  # refuse unsafe addresses before touching any state
+    loop = asyncio.get_running_loop()
+    _quiet_tls_handshake_errors(loop)
+    if plan is None:  # refuse unsafe addresses before touching any state
+        plan = await asyncio.to_thread(plan_listeners, settings)
     engine = Engine(settings)
     await engine.open()
     if seed_busybox:
@@ -105,14 +180,13 @@ async def serve(settings: Settings, seed_busybox: bool = False) -> int:
                            shutdown_timeout=2)
     await runner.setup()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sites = None
     try:
-        sites = await start_sites(runner, settings)
-        log.info("stowd %s ready (data-root %s, runtime %s)", __version__, settings.data_root,
-                 settings.runtime)
+        sites = await start_sites(runner, settings, plan)
+        log.info("stowd %s ready (API %s, data-root %s, runtime %s)", __version__,
+                 MAX_API_VERSION, settings.data_root, settings.runtime)
         await stop.wait()
         log.info("shutting down; containers keep running")
     finally:
@@ -125,21 +199,27 @@ async def serve(settings: Settings, seed_busybox: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.error("a command is required: 'stowd serve' runs the engine")
+    if extra:  # reported by the subcommand, so the hint names the right --help
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "version":
         print(f"stowd {__version__}\nAPI version {MAX_API_VERSION} (minimum {MIN_API_VERSION})")
         return 0
-    if args.command != "serve":
-        parser.print_help()
-        return 2
     settings = settings_from(args)
     logging.basicConfig(level=getattr(logging, settings.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from stowd.api.server import ListenError
+    from stowd.api.server import ListenError, plan_listeners
     from stowd.engine.errors import EngineError
 
     try:
-        return asyncio.run(serve(settings, args.seed_busybox))
+        plan = plan_listeners(settings)  # before any state is touched, no loop yet
+        if os.geteuid() != 0:
+            print("stowd: 'stowd serve' needs root: it runs containers with runc, mounts "
+                  "their filesystems and manages cgroups. Run it with sudo.", file=sys.stderr)
+            return 1
+        return asyncio.run(serve(settings, args.seed_busybox, plan))
     except ListenError as exc:
         print(f"stowd: {exc}", file=sys.stderr)
         return 1
@@ -149,3 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as exc:
         print(f"stowd: {exc}. stowd runs containers and needs root.", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"stowd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

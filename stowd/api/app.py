@@ -1,13 +1,16 @@
 """The aiohttp application: routes (bare and /vX.Y), version checks, and error mapping."""
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
 
+import pydantic
 from aiohttp import web
 
 from stowd import __version__
 from stowd.api import versions
+from stowd.api.server import host_header_is_loopback, is_loopback_ip
 from stowd.engine.engine import Engine
 from stowd.engine.errors import (
     Conflict,
@@ -40,16 +43,21 @@ COMMON_HEADERS = {
     "Api-Version": versions.MAX_API_VERSION,
     "Docker-Experimental": "false",
     "Ostype": "linux",
-    "Server": f"stowd/{__version__} (linux)",
 }
+SERVER = f"stowd/{__version__} (linux)"
 
 
-def error_response(status: int, message: str) -> web.Response:
+def error_response(status: int, message: str, plain_text: bool = False) -> web.Response:
+    """Docker's error body: `{"message": ...}` JSON, or text for pre-1.24 path versions."""
     if status == 304:
         return web.Response(status=304)
+    if plain_text:  # as Go's http.Error, which dockerd uses for these old clients
+        return web.Response(status=status, body=message.encode() + b"\n",
+                            headers={"Content-Type": "text/plain; charset=utf-8",
+                                     "X-Content-Type-Options": "nosniff"})
     return web.Response(
         status=status,
-        body=json.dumps({"message": message}).encode() + b"\n",
+        body=json.dumps({"message": message}, separators=(",", ":")).encode() + b"\n",
         content_type="application/json",
     )
 
@@ -61,35 +69,80 @@ def status_for(exc: EngineError) -> int:
     return 500
 
 
+def _validation_message(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
+    return "invalid request: " + "; ".join(parts)
+
+
+def check_browser_guard(request: web.Request) -> None:
+    """Refuse what only a web page would send, on TCP (a browser cannot reach the socket).
+
+    - An `Origin` header: browsers add it to cross-site and scripted requests; the docker
+      CLI, docker-py and other API clients never send one, and stowd serves no CORS.
+    - On plain-HTTP loopback, a `Host` that is not a loopback name: the mark of DNS
+      rebinding (a page on evil.example whose name now resolves to 127.0.0.1).
+    """
+    transport = request.transport
+    if transport is None:
+        return
+    sockname = transport.get_extra_info("sockname")
+    if not isinstance(sockname, tuple):  # the unix socket
+        return
+    if "Origin" in request.headers:
+        raise Forbidden(
+            f"request refused: it carries an Origin header ({request.headers['Origin']!r}), "
+            "so it comes from a web page; stowd does not serve the API to browsers (no CORS)")
+    host = request.headers.get("Host")
+    if (host and transport.get_extra_info("ssl_object") is None
+            and is_loopback_ip(str(sockname[0])) and not host_header_is_loopback(host)):
+        raise Forbidden(
+            f"request refused: Host {host!r} is not a loopback name, but this listener is on "
+            "loopback (DNS rebinding protection); address it as localhost or 127.0.0.1")
+
+
 @web.middleware
 async def docker_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check the path version, answer errors as Docker does, and set the common headers."""
+    """Check the caller and the path version, answer errors as Docker does."""
+    version = request.match_info.get("version")
     try:
-        version = request.match_info.get("version")
-        request["api_version"] = (
-            versions.check(version) if version else versions.parse(versions.DEFAULT_API_VERSION)
-        )
-        response = await handler(request)
+        check_browser_guard(request)
+        request["api_version"] = versions.check(version) if version else versions.MAX
+        return await handler(request)
     except EngineError as exc:
         status = status_for(exc)
         if status == 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
-        return error_response(status, exc.message)
+        return error_response(status, exc.message, versions.wants_plain_text_errors(version))
     except web.HTTPException as exc:
         if exc.status in (404, 405):
             return error_response(404, "page not found")
         if exc.status == 413:
             return error_response(413, "request body too large")
-        raise
+        if exc.status < 400:
+            raise
+        text = exc.text or ""
+        if not text or text == f"{exc.status}: {exc.reason}":
+            text = exc.reason
+        return error_response(exc.status, text, versions.wants_plain_text_errors(version))
+    except pydantic.ValidationError as exc:
+        return error_response(400, _validation_message(exc))
+    except json.JSONDecodeError as exc:
+        return error_response(400, f"invalid JSON: {exc}")
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise  # the client went away: nothing to answer
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, f"{type(exc).__name__}: {exc}")
-    return response
 
 
 async def _add_common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    headers = response.headers
     for key, value in COMMON_HEADERS.items():
-        response.headers.setdefault(key, value)
+        headers.setdefault(key, value)
+    headers["Server"] = SERVER  # aiohttp has set its own by now
 
 
 class Router:
@@ -100,7 +153,7 @@ class Router:
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         self.app.router.add_route(method, path, handler)
-        self.app.router.add_route(method, r"/v{version:[0-9]+\.[0-9]+}" + path, handler)
+        self.app.router.add_route(method, r"/v{version:[0-9.]+}" + path, handler)
 
 
 def make_app(engine: Engine) -> web.Application:

@@ -1,28 +1,39 @@
 """Listeners: the unix socket and TCP (plain on loopback only, else mutual TLS).
 
-The founding document reaches the engine at IP:2375. An engine API on a network address
-without TLS gives root to anyone who can reach it, so stowd refuses it unless the operator
-says `--insecure-tcp` on purpose; loopback stays plain HTTP, as a local socket would.
+An engine API on a network address without TLS gives root to anyone who can reach it, so
+stowd refuses it unless the operator says `--insecure-tcp` on purpose; loopback stays plain
+HTTP, as a local socket would. Everything here is checked by `plan_listeners` before the
+engine touches any state, so a bad `-H` costs nothing.
+
+`-H` accepts what dockerd accepts (moby `opts/hosts.go`): `unix:///path`, `unix://` (the
+default socket), `tcp://HOST:PORT`, `tcp://HOST` (port 2375, or 2376 with TLS), `tcp://:PORT`
+and `tcp://` (host localhost), and a bare `HOST:PORT`, which means TCP.
 """
 
+import asyncio
+import contextlib
 import grp
 import ipaddress
 import logging
 import os
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from stowd.config import Settings
+from stowd.config import DEFAULT_HOST, Settings
 
 log = logging.getLogger("stowd.server")
 
 DEFAULT_TCP_PORT = 2375
 DEFAULT_TLS_PORT = 2376
+DEFAULT_TCP_HOST = "localhost"
+DEFAULT_UNIX_PATH = DEFAULT_HOST[len("unix://"):]
+# sockaddr_un.sun_path is 108 bytes, one of them the terminating NUL.
+MAX_UNIX_PATH = 107
 
 
 class ListenError(Exception):
@@ -40,91 +51,210 @@ class Listener:
     def loopback(self) -> bool:
         if self.kind == "unix":
             return True
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
+        return is_loopback_name(self.host)
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+def is_loopback_ip(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (::ffff:127.0.0.1)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def is_loopback_name(host: str) -> bool:
+    """A loopback IP, `localhost`, or a `*.localhost` name (RFC 6761: always loopback)."""
+    name = host.lower().rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or is_loopback_ip(name)
+
+
+def host_header_is_loopback(value: str) -> bool:
+    """Whether an HTTP Host header (`name`, `name:port`, `[v6]:port`) names loopback."""
+    value = value.strip()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
             return False
+        return is_loopback_ip(value[1:end])
+    name, sep, port = value.rpartition(":")
+    if not sep or ":" in name:  # no port, or a bare IPv6 address without brackets
+        name = value
+    elif not port.isdigit():
+        return False
+    return is_loopback_name(name)
+
+
+def _split_host_port(spec: str, rest: str, default_port: int) -> tuple[str, int]:
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise ListenError(f"invalid TCP address {spec!r}: unclosed '[' in an IPv6 address")
+        host, tail = rest[1:end], rest[end + 1:]
+        if tail and not tail.startswith(":"):
+            raise ListenError(f"invalid TCP address {spec!r}: use tcp://[IPv6]:PORT")
+        port_text = tail[1:]
+    elif rest.count(":") > 1:
+        raise ListenError(f"invalid TCP address {spec!r}: write IPv6 addresses in brackets, "
+                          "as tcp://[::1]:2375")
+    else:
+        host, _, port_text = rest.partition(":")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ListenError(f"invalid port in {spec!r}: use a number from 1 to 65535")
+    return host, int(port_text)
 
 
 def parse_host(spec: str, tls: bool) -> Listener:
-    """`unix:///path`, `tcp://IP:PORT`, `tcp://IP`, `fd://` is not supported."""
-    if spec.startswith("unix://"):
-        path = spec[len("unix://"):]
+    """One `-H` value as a Listener; ListenError says what is wrong and what to write."""
+    value = spec.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        if not value:
+            raise ListenError("empty listen address: use unix:///path or tcp://IP:PORT")
+        if value.startswith("/"):
+            raise ListenError(f"invalid listen address {spec!r}: a socket path needs the "
+                              f"unix:// scheme, as unix://{value}")
+        scheme, rest = "tcp", value
+    if scheme == "unix":
+        path = rest or DEFAULT_UNIX_PATH
         if not path.startswith("/"):
-            raise ListenError(f"invalid unix socket address {spec!r}: use unix:///absolute/path")
+            raise ListenError(f"invalid unix socket address {spec!r}: "
+                              "use unix:///absolute/path")
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise ListenError(f"unix socket path {path!r} is longer than {MAX_UNIX_PATH} "
+                              "bytes, the kernel's limit: choose a shorter path")
         return Listener("unix", path=path)
-    if spec.startswith("tcp://") or spec.startswith("http://"):
-        parts = urlsplit(spec if spec.startswith("tcp://") else "tcp://" + spec[7:])
-        host = parts.hostname or ""
-        if not host:
-            raise ListenError(f"invalid TCP address {spec!r}: use tcp://IP:PORT")
-        try:
-            port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_TCP_PORT)
-        except ValueError as exc:
-            raise ListenError(f"invalid port in {spec!r}") from exc
-        return Listener("tcp", host=host, port=port)
+    if scheme == "tcp":
+        default_port = DEFAULT_TLS_PORT if tls else DEFAULT_TCP_PORT
+        if "/" in rest or "?" in rest or "@" in rest:
+            raise ListenError(f"invalid TCP address {spec!r}: use tcp://IP:PORT "
+                              "(no path, query or user)")
+        host, port = _split_host_port(spec, rest, default_port)
+        return Listener("tcp", host=host or DEFAULT_TCP_HOST, port=port)
+    if scheme == "fd":
+        raise ListenError(f"{spec!r}: systemd socket activation (fd://) is not supported; "
+                          "use unix:///path or tcp://IP:PORT")
     raise ListenError(f"invalid listen address {spec!r}: use unix:///path or tcp://IP:PORT")
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's mutual-TLS context, or None when TLS is off; ListenError if half-set."""
+    given = [flag for flag, value in (("--tlscacert", settings.tls_ca_cert),
+                                      ("--tlscert", settings.tls_cert),
+                                      ("--tlskey", settings.tls_key)) if value]
     if not settings.tls_verify:
+        if given:
+            raise ListenError(
+                f"{', '.join(given)} given without --tlsverify: stowd serves TLS only with "
+                "client certificates. Add --tlsverify (with --tlscacert, --tlscert and "
+                "--tlskey), or drop the TLS flags")
         return None
-    missing = [flag for flag, value in (("--tlscacert", settings.tls_ca_cert),
-                                        ("--tlscert", settings.tls_cert),
-                                        ("--tlskey", settings.tls_key)) if not value]
+    missing = [flag for flag in ("--tlscacert", "--tlscert", "--tlskey") if flag not in given]
     if missing:
-        raise ListenError("--tlsverify needs " + ", ".join(missing))
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(settings.tls_ca_cert))
-    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
-    ctx.verify_mode = ssl.CERT_REQUIRED
+        raise ListenError("--tlsverify needs " + ", ".join(missing)
+                          + ": the CA that signs client certificates, and the server's "
+                          "certificate and key")
+    assert settings.tls_ca_cert and settings.tls_cert and settings.tls_key
+    for flag, path in (("--tlscacert", settings.tls_ca_cert), ("--tlscert", settings.tls_cert),
+                       ("--tlskey", settings.tls_key)):
+        if not Path(path).is_file():
+            raise ListenError(f"{flag} {path}: no such file")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_verify_locations(cafile=str(settings.tls_ca_cert))
+    except (ssl.SSLError, OSError) as exc:
+        raise ListenError(f"--tlscacert {settings.tls_ca_cert}: not a usable PEM CA "
+                          f"certificate ({exc})") from exc
+    try:
+        ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ListenError(f"--tlscert {settings.tls_cert} / --tlskey {settings.tls_key}: "
+                          f"cannot load the server certificate and key; check that both are "
+                          f"PEM and that the key matches the certificate ({exc})") from exc
+    ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-def plan_listeners(settings: Settings) -> tuple[list[Listener], ssl.SSLContext | None]:
-    """Check every -H address against the safety rules before anything listens."""
+ListenPlan = tuple[list[Listener], ssl.SSLContext | None]
+
+
+def plan_listeners(settings: Settings) -> ListenPlan:
+    """Check every -H address against the safety rules before anything listens.
+
+    Blocking (reads the TLS files): call it from a thread once the event loop runs.
+    """
     ctx = tls_context(settings)
     listeners = [parse_host(h, ctx is not None) for h in settings.hosts]
+    seen: set[Listener] = set()
+    for lst in listeners:
+        if lst in seen:
+            raise ListenError(f"{lst} is given twice with -H")
+        seen.add(lst)
+    if ctx is not None and not any(lst.kind == "tcp" for lst in listeners):
+        log.warning("--tlsverify has no effect: no tcp:// address is given with -H "
+                    "(the unix socket is never TLS)")
     for lst in listeners:
         if lst.kind == "tcp" and ctx is None and not lst.loopback:
             if not settings.insecure_tcp:
                 raise ListenError(
-                    f"refusing to serve the Docker API without TLS on {lst.host}:{lst.port}: "
-                    "anyone who reaches it gets root on this host. Use --tlsverify with "
-                    "--tlscacert, --tlscert and --tlskey, listen on 127.0.0.1, or pass "
-                    "--insecure-tcp if you really mean it")
+                    f"refusing to serve the Docker API without TLS on {lst}: anyone who "
+                    "reaches it gets root on this host. Use --tlsverify with --tlscacert, "
+                    "--tlscert and --tlskey, listen on 127.0.0.1, or pass --insecure-tcp if "
+                    "you really mean it")
             log.warning(
-                "!!! INSECURE: serving the Docker API on %s:%d without TLS (--insecure-tcp). "
-                "Anyone who can reach this address has root access to this machine.",
-                lst.host, lst.port)
+                "!!! INSECURE: serving the Docker API on %s without TLS (--insecure-tcp). "
+                "Anyone who can reach this address has root access to this machine !!!", lst)
     return listeners, ctx
 
 
 def _unix_socket(path: str, group: str) -> socket.socket:
+    """Bind a unix socket at mode 0660 (never wider, not even for an instant)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if os.path.exists(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ListenError(f"{path} exists and is not a socket: remove it or choose "
+                              "another -H path")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
             os.unlink(path)  # stale socket from an earlier run
         else:
-            raise ListenError(f"{path} is in use: another stowd is serving it")
+            raise ListenError(f"{path} is in use: another daemon is serving it")
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o117)
     try:
         sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"cannot listen on unix://{path}: {exc.strerror or exc}") from exc
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
     try:
         os.chown(path, 0, grp.getgrnam(group).gr_gid)
-    except (KeyError, PermissionError):
-        pass
+    except KeyError:
+        log.info("group %r does not exist: %s stays owned by root:root (mode 0660)",
+                 group, path)
+    except PermissionError:
+        log.warning("cannot give %s to group %r: not running as root", path, group)
     return sock
 
 
@@ -146,21 +276,36 @@ class Sites:
             except OSError:
                 continue
             if (st.st_dev, st.st_ino) == (dev, ino):
-                os.unlink(path)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
 
-async def start_sites(runner: web.AppRunner, settings: Settings) -> Sites:
-    listeners, ctx = plan_listeners(settings)
+async def start_sites(runner: web.AppRunner, settings: Settings,
+                      plan: ListenPlan | None = None) -> Sites:
+    """Start one site per listener; on any failure, stop the ones already started."""
+    listeners, ctx = plan or await asyncio.to_thread(plan_listeners, settings)
     sites = Sites()
-    for lst in listeners:
-        site: web.BaseSite
-        if lst.kind == "unix":
-            sock = _unix_socket(lst.path, settings.socket_group)
-            sites.own(lst.path)
-            site = web.SockSite(runner, sock)
-        else:
-            site = web.TCPSite(runner, lst.host, lst.port, ssl_context=ctx, reuse_address=True)
-        await site.start()
-        log.info("API listening on %s", site.name)
-        sites.sites.append(site)
+    try:
+        for lst in listeners:
+            site: web.BaseSite
+            if lst.kind == "unix":
+                sock = await asyncio.to_thread(_unix_socket, lst.path, settings.socket_group)
+                sites.own(lst.path)
+                site = web.SockSite(runner, sock)
+            else:
+                site = web.TCPSite(runner, lst.host, lst.port, ssl_context=ctx,
+                                   reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ListenError(f"cannot listen on {lst}: {exc.strerror or exc}") from exc
+            log.info("API listening on %s%s", lst, " (mutual TLS)"
+                     if lst.kind == "tcp" and ctx is not None else "")
+            sites.sites.append(site)
+    except BaseException:
+        for started in sites.sites:
+            with contextlib.suppress(Exception):
+                await started.stop()
+        sites.remove_sockets()
+        raise
     return sites

@@ -71,7 +71,31 @@ def _mem_total() -> int:
     return 0
 
 
-def host_facts(runtime_path: str) -> HostFacts:
+# statfs names as `docker info` prints them under "Backing Filesystem".
+_FS_NAMES = {"ext2": "extfs", "ext3": "extfs", "ext4": "extfs", "overlay": "overlayfs"}
+
+
+@functools.lru_cache(maxsize=16)
+def backing_fs(path: Path | str) -> str:
+    """The filesystem type of the mount holding `path` (from /proc/self/mountinfo)."""
+    target = os.path.realpath(path)
+    while not os.path.exists(target) and target != "/":
+        target = os.path.dirname(target)
+    best, fstype = "", "unknown"
+    for line in _read("/proc/self/mountinfo").splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-")
+        except ValueError:
+            continue
+        mount_point = fields[4].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, fstype = mount_point, fields[sep + 1]
+    return _FS_NAMES.get(fstype, fstype)
+
+
+def host_facts(runtime_path: str, data_root: Path | str = "/") -> HostFacts:
     os_name, os_version = _os_release()
     try:
         fds = len(os.listdir("/proc/self/fd"))
@@ -87,7 +111,7 @@ def host_facts(runtime_path: str) -> HostFacts:
         cgroup_version=cgroup_version(),
         runtime_version=_tool_version(runtime_path),
         conmon_version=_tool_version("conmon"),
-        backing_fs="extfs",
+        backing_fs=backing_fs(data_root),
         ipv4_forwarding=_read("/proc/sys/net/ipv4/ip_forward") == "1",
         bridge_nf_iptables=_read("/proc/sys/net/bridge/bridge-nf-call-iptables") == "1",
         bridge_nf_ip6tables=_read("/proc/sys/net/bridge/bridge-nf-call-ip6tables") == "1",

@@ -35,9 +35,13 @@ async def ping(request: web.Request) -> web.Response:
                         charset="utf-8")
 
 
-async def version(request: web.Request) -> web.Response:
-    engine = engine_of(request)
-    info = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path)
+# /version never changes while stowd runs: its body is built once per runtime binary.
+_VERSION_BODIES: dict[str, bytes] = {}
+
+
+def _version_body(runtime_name: str, runtime_path: str) -> bytes:
+    """Blocking (runs runc/conmon --version the first time): call from a thread."""
+    info = hostinfo.host_facts(runtime_path)
     details = {
         "ApiVersion": versions.MAX_API_VERSION,
         "Arch": info.arch,
@@ -53,7 +57,7 @@ async def version(request: web.Request) -> web.Response:
         "Platform": {"Name": "stowd"},
         "Components": [
             {"Name": "Engine", "Version": __version__, "Details": details},
-            {"Name": engine.runtime.name, "Version": info.runtime_version,
+            {"Name": runtime_name, "Version": info.runtime_version,
              "Details": {"GitCommit": ""}},
             {"Name": "conmon", "Version": info.conmon_version, "Details": {"GitCommit": ""}},
         ],
@@ -67,12 +71,21 @@ async def version(request: web.Request) -> web.Response:
         "KernelVersion": info.kernel,
         "BuildTime": "",
     }
-    return web.json_response(body)
+    return json.dumps(body).encode() + b"\n"
+
+
+async def version(request: web.Request) -> web.Response:
+    runtime = engine_of(request).runtime
+    body = _VERSION_BODIES.get(runtime.path)
+    if body is None:
+        body = await asyncio.to_thread(_version_body, runtime.name, runtime.path)
+        _VERSION_BODIES[runtime.path] = body
+    return web.Response(body=body, content_type="application/json")
 
 
 async def info(request: web.Request) -> web.Response:
     engine = engine_of(request)
-    facts = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path)
+    facts = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path, engine.data_root)
     containers = engine.containers()
     running = sum(1 for c in containers if c.state.status in (RUNNING, RESTARTING))
     paused = sum(1 for c in containers if c.state.status == PAUSED)
@@ -190,6 +203,11 @@ def _parse_event_time(raw: str | None) -> float | None:
         raise InvalidParameter(f"invalid timestamp: {raw}") from exc
 
 
+# How often a quiet /events stream checks that its client is still there: aiohttp does not
+# cancel a handler when the peer goes away, and a forgotten subscriber would leak.
+DISCONNECT_POLL = 1.0
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     engine = engine_of(request)
     filters = parse_filters(request.query.get("filters"), _EVENT_FILTERS)
@@ -198,30 +216,37 @@ async def events(request: web.Request) -> web.StreamResponse:
     legacy = api_version(request) < (1, 52)
     queue = engine.events.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
+
+    def line(event: Event) -> bytes:
+        return json.dumps(event.to_docker(legacy)).encode() + b"\n"
+
     try:
-        await response.prepare(request)
+        await response.prepare(request)  # headers go out now: the CLI waits for them
         if since is not None:
             for event in list(engine.events.history):
                 ts = event.time_nano / 1e9
                 if ts >= since and (until is None or ts <= until) and _event_matches(event,
                                                                                      filters):
-                    await response.write(json.dumps(event.to_docker(legacy)).encode() + b"\n")
-        while True:
-            timeout = None
+                    await response.write(line(event))
+        while request.transport is not None and not request.transport.is_closing():
+            timeout = DISCONNECT_POLL
             if until is not None:
-                timeout = until - time.time()
-                if timeout <= 0:
+                remaining = until - time.time()
+                if remaining <= 0:
                     break
+                timeout = min(timeout, remaining)
             try:
                 event = await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
-                break
+                continue
             if since is not None and event.time_nano / 1e9 < since:
                 continue
+            if until is not None and event.time_nano / 1e9 > until:
+                break
             if _event_matches(event, filters):
-                await response.write(json.dumps(event.to_docker(legacy)).encode() + b"\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+                await response.write(line(event))
+    except ConnectionResetError:
+        pass  # the client went away mid-write
     finally:
         engine.events.unsubscribe(queue)
     return response
