@@ -2,10 +2,10 @@
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import signal
-import ssl
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -15,7 +15,7 @@ from stowd.api.versions import MAX_API_VERSION, MIN_API_VERSION
 from stowd.config import DEFAULT_DATA_ROOT, DEFAULT_EXEC_ROOT, DEFAULT_HOST, Settings
 
 if TYPE_CHECKING:
-    from stowd.api.server import ListenPlan
+    from stowd.api.server import Sites
 
 log = logging.getLogger("stowd")
 
@@ -145,46 +145,28 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def _quiet_tls_handshake_errors(loop: asyncio.AbstractEventLoop) -> None:
-    """One warning line for a refused TLS client, instead of asyncio's traceback."""
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, ssl.SSLError | ConnectionResetError) and "transport" in context:
-            transport = context["transport"]
-            peer = getattr(transport, "get_extra_info", lambda _k: None)("peername")
-            log.warning("TLS handshake with %s refused: %s", peer, getattr(exc, "reason", exc))
-            return
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-
-
-async def serve(settings: Settings, seed_busybox: bool = False,
-                plan: "ListenPlan | None" = None) -> int:
+async def serve(settings: Settings, sites: "Sites", seed_busybox: bool = False) -> int:
+    """Open the engine and serve on the already-bound listeners until SIGTERM/SIGINT."""
     from aiohttp import web
 
     from stowd.api.app import make_app
-    from stowd.api.server import plan_listeners, start_sites
+    from stowd.api.server import start_sites
     from stowd.engine.engine import Engine
     from stowd.engine.seed import seed_busybox_image
 
     loop = asyncio.get_running_loop()
-    _quiet_tls_handshake_errors(loop)
-    if plan is None:  # refuse unsafe addresses before touching any state
-        plan = await asyncio.to_thread(plan_listeners, settings)
-    engine = Engine(settings)
-    await engine.open()
-    if seed_busybox:
-        await seed_busybox_image(engine)
-    runner = web.AppRunner(make_app(engine), access_log=None, handle_signals=False,
-                           shutdown_timeout=2)
-    await runner.setup()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    sites = None
+    engine = Engine(settings)
+    await engine.open()
+    runner = web.AppRunner(make_app(engine), access_log=None, handle_signals=False,
+                           shutdown_timeout=2)
     try:
-        sites = await start_sites(runner, settings, plan)
+        if seed_busybox:
+            await seed_busybox_image(engine)
+        await runner.setup()
+        await start_sites(runner, sites)
         log.info("stowd %s ready (API %s, data-root %s, runtime %s)", __version__,
                  MAX_API_VERSION, settings.data_root, settings.runtime)
         await stop.wait()
@@ -192,9 +174,32 @@ async def serve(settings: Settings, seed_busybox: bool = False,
     finally:
         await runner.cleanup()
         await engine.close()
-        if sites is not None:
-            sites.remove_sockets()
     return 0
+
+
+def lock_data_root(data_root: Path) -> int:
+    """Hold an exclusive lock on DATA_ROOT/stowd.lock for the life of the process.
+
+    Two engines on one data-root would both reconcile the same containers; the second is
+    refused with the first one's pid. The kernel drops the lock when the process dies.
+    """
+    data_root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_root / "stowd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockError(f"another stowd (pid {holder}) is running with --data-root "
+                        f"{data_root}: stop it first, or give this one its own "
+                        "--data-root") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class LockError(Exception):
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,17 +215,22 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(args)
     logging.basicConfig(level=getattr(logging, settings.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from stowd.api.server import ListenError, plan_listeners
+    from stowd.api.server import ListenError, bind_listeners, plan_listeners
     from stowd.engine.errors import EngineError
 
+    sites = None
     try:
-        plan = plan_listeners(settings)  # before any state is touched, no loop yet
+        # Everything that can refuse does so before the engine touches any state, and
+        # before an event loop exists (so the blocking checks block nothing).
+        plan = plan_listeners(settings)
         if os.geteuid() != 0:
             print("stowd: 'stowd serve' needs root: it runs containers with runc, mounts "
                   "their filesystems and manages cgroups. Run it with sudo.", file=sys.stderr)
             return 1
-        return asyncio.run(serve(settings, args.seed_busybox, plan))
-    except ListenError as exc:
+        lock_data_root(settings.data_root)
+        sites = bind_listeners(plan, settings)
+        return asyncio.run(serve(settings, sites, args.seed_busybox))
+    except (ListenError, LockError) as exc:
         print(f"stowd: {exc}", file=sys.stderr)
         return 1
     except EngineError as exc:
@@ -234,3 +244,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if sites is not None:
+            sites.close()

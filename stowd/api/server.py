@@ -10,8 +10,8 @@ default socket), `tcp://HOST:PORT`, `tcp://HOST` (port 2375, or 2376 with TLS), 
 and `tcp://` (host localhost), and a bare `HOST:PORT`, which means TCP.
 """
 
-import asyncio
 import contextlib
+import errno
 import grp
 import ipaddress
 import logging
@@ -218,6 +218,9 @@ def plan_listeners(settings: Settings) -> ListenPlan:
     return listeners, ctx
 
 
+BACKLOG = 128
+
+
 def _unix_socket(path: str, group: str) -> socket.socket:
     """Bind a unix socket at mode 0660 (never wider, not even for an instant)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -258,16 +261,62 @@ def _unix_socket(path: str, group: str) -> socket.socket:
     return sock
 
 
-class Sites:
-    """The running listeners; on close, removes only the socket files this process made."""
+def _tcp_sockets(lst: Listener) -> list[socket.socket]:
+    """Bind every address `lst.host` resolves to (localhost: 127.0.0.1 and ::1)."""
+    try:
+        infos = socket.getaddrinfo(lst.host, lst.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {lst}: {exc.strerror}") from exc
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                if len(infos) > 1 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    log.debug("%s: skipping %s: %s", lst, addr, exc)  # e.g. no IPv6 here
+                    sockets.remove(sock)
+                    sock.close()
+                    continue
+                raise ListenError(f"cannot listen on {lst}: {exc.strerror or exc}") from exc
+        if not sockets:
+            raise ListenError(f"cannot listen on {lst}: no usable address")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
-    def __init__(self) -> None:
+
+class Sites:
+    """Bound listeners, then the running sites; removes only the socket files it made."""
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        self.tls = tls
+        self.bound: list[tuple[Listener, socket.socket]] = []
         self.sites: list[web.BaseSite] = []
         self._sockets: list[tuple[str, int, int]] = []
 
     def own(self, path: str) -> None:
         st = os.stat(path)
         self._sockets.append((path, st.st_dev, st.st_ino))
+
+    def close(self) -> None:
+        """Close what is bound but not served yet, and remove our socket files."""
+        if not self.sites:
+            for _, sock in self.bound:
+                sock.close()
+        self.remove_sockets()
 
     def remove_sockets(self) -> None:
         for path, dev, ino in self._sockets:
@@ -280,32 +329,40 @@ class Sites:
                     os.unlink(path)
 
 
-async def start_sites(runner: web.AppRunner, settings: Settings,
-                      plan: ListenPlan | None = None) -> Sites:
-    """Start one site per listener; on any failure, stop the ones already started."""
-    listeners, ctx = plan or await asyncio.to_thread(plan_listeners, settings)
-    sites = Sites()
+def bind_listeners(plan: ListenPlan, settings: Settings) -> Sites:
+    """Bind and listen on every address before the engine opens (blocking).
+
+    A clash (port taken, socket in use) is then found before any state is touched, and a
+    client that connects while the engine recovers waits in the backlog instead of failing.
+    """
+    listeners, ctx = plan
+    sites = Sites(ctx)
     try:
         for lst in listeners:
-            site: web.BaseSite
             if lst.kind == "unix":
-                sock = await asyncio.to_thread(_unix_socket, lst.path, settings.socket_group)
+                sock = _unix_socket(lst.path, settings.socket_group)
                 sites.own(lst.path)
-                site = web.SockSite(runner, sock)
+                socks = [sock]
             else:
-                site = web.TCPSite(runner, lst.host, lst.port, ssl_context=ctx,
-                                   reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise ListenError(f"cannot listen on {lst}: {exc.strerror or exc}") from exc
-            log.info("API listening on %s%s", lst, " (mutual TLS)"
-                     if lst.kind == "tcp" and ctx is not None else "")
-            sites.sites.append(site)
+                socks = _tcp_sockets(lst)
+            for sock in socks:
+                sites.bound.append((lst, sock))
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
     except BaseException:
-        for started in sites.sites:
-            with contextlib.suppress(Exception):
-                await started.stop()
-        sites.remove_sockets()
+        sites.close()
         raise
+    return sites
+
+
+async def start_sites(runner: web.AppRunner, sites: Sites) -> Sites:
+    """Serve the app on every bound socket."""
+    for lst, sock in sites.bound:
+        tls = sites.tls if lst.kind == "tcp" else None
+        site = web.SockSite(runner, sock, ssl_context=tls, backlog=BACKLOG)
+        await site.start()
+        sites.sites.append(site)
+    for lst in dict.fromkeys(lst for lst, _ in sites.bound):
+        log.info("API listening on %s%s", lst,
+                 " (mutual TLS)" if lst.kind == "tcp" and sites.tls is not None else "")
     return sites
