@@ -205,6 +205,12 @@ def plan_listeners(settings: Settings) -> ListenPlan:
         log.warning("--tlsverify has no effect: no tcp:// address is given with -H "
                     "(the unix socket is never TLS)")
     for lst in listeners:
+        if lst.kind == "tcp" and ctx is None and lst.loopback:
+            log.warning(
+                "%s is plain HTTP: every local user and process can reach it, without the "
+                "unix socket's file permissions, and gets root. Prefer the unix socket, or "
+                "--tlsverify. (Requests from web pages are refused: Origin and Host checks.)",
+                lst)
         if lst.kind == "tcp" and ctx is None and not lst.loopback:
             if not settings.insecure_tcp:
                 raise ListenError(

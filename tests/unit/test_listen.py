@@ -223,10 +223,13 @@ def test_insecure_tcp_is_allowed_with_a_loud_warning(caplog: pytest.LogCaptureFi
     assert any("INSECURE" in r.message and "root access" in r.message for r in caplog.records)
 
 
-def test_insecure_tcp_does_not_warn_for_loopback(caplog: pytest.LogCaptureFixture) -> None:
+def test_loopback_tcp_warns_that_local_users_get_root(
+        caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="stowd.server"):
         plan_listeners(Settings(hosts=["tcp://127.0.0.1:2375"], insecure_tcp=True))
-    assert not caplog.records
+    messages = [r.message for r in caplog.records]
+    assert not any("INSECURE" in m for m in messages)
+    assert any("every local user" in m for m in messages)
 
 
 def test_the_same_address_twice_is_refused() -> None:
