@@ -15,7 +15,7 @@ from stowd.api.app import Router, engine_of
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version
 from stowd.engine import hostinfo
-from stowd.engine.containers import PAUSED, RESTARTING, RUNNING
+from stowd.engine.containers import PAUSED, RUNNING
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.events import Event
 
@@ -87,7 +87,9 @@ async def info(request: web.Request) -> web.Response:
     engine = engine_of(request)
     facts = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path, engine.data_root)
     containers = engine.containers()
-    running = sum(1 for c in containers if c.state.status in (RUNNING, RESTARTING))
+    # As dockerd's state counter (moby daemon/monitor.go setStateCounter): only "running"
+    # and "paused" have buckets; restarting, created, exited and dead count as stopped.
+    running = sum(1 for c in containers if c.state.status == RUNNING)
     paused = sum(1 for c in containers if c.state.status == PAUSED)
     images = await asyncio.to_thread(engine.images.all)
     body: dict[str, Any] = {
