@@ -267,13 +267,23 @@ def _unix_socket(path: str, group: str) -> socket.socket:
     return sock
 
 
-def _tcp_sockets(lst: Listener) -> list[socket.socket]:
-    """Bind every address `lst.host` resolves to (localhost: 127.0.0.1 and ::1)."""
+def _tcp_sockets(lst: Listener, loopback_only: bool) -> list[socket.socket]:
+    """Bind every address `lst.host` resolves to (localhost: 127.0.0.1 and ::1).
+
+    With `loopback_only` (plain HTTP allowed because the name looked like loopback), a name
+    that resolves anywhere else, by an odd /etc/hosts or DNS, is refused.
+    """
     try:
         infos = socket.getaddrinfo(lst.host, lst.port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {lst}: {exc.strerror}") from exc
+    if loopback_only:
+        for *_, addr in infos:
+            if not is_loopback_ip(str(addr[0])):
+                raise ListenError(
+                    f"refusing to serve plain HTTP on {lst}: {lst.host} resolves to {addr[0]}, "
+                    "which is not a loopback address. Listen on 127.0.0.1, or use --tlsverify")
     sockets: list[socket.socket] = []
     seen: set[tuple[int, object]] = set()
     try:
@@ -350,7 +360,7 @@ def bind_listeners(plan: ListenPlan, settings: Settings) -> Sites:
                 sites.own(lst.path)
                 socks = [sock]
             else:
-                socks = _tcp_sockets(lst)
+                socks = _tcp_sockets(lst, loopback_only=ctx is None and not settings.insecure_tcp)
             for sock in socks:
                 sites.bound.append((lst, sock))
                 sock.listen(BACKLOG)

@@ -288,3 +288,19 @@ def test_tlsverify_without_tcp_warns(pki: Pki, caplog: pytest.LogCaptureFixture)
                                 tls_ca_cert=pki.ca, tls_cert=pki.server_cert,
                                 tls_key=pki.server_key))
     assert any("--tlsverify has no effect" in r.message for r in caplog.records)
+
+
+# --- binding --------------------------------------------------------------------------------
+
+
+def test_loopback_names_must_resolve_to_loopback() -> None:
+    from stowd.api.server import _tcp_sockets
+
+    socks = _tcp_sockets(Listener("tcp", host="localhost", port=0), loopback_only=True)
+    try:
+        assert socks and all(is_loopback_ip(s.getsockname()[0]) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+    with pytest.raises(ListenError, match=r"resolves to 0\.0\.0\.0, which is not a loopback"):
+        _tcp_sockets(Listener("tcp", host="0.0.0.0", port=0), loopback_only=True)
