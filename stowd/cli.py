@@ -177,6 +177,10 @@ async def serve(settings: Settings, sites: "Sites", seed_busybox: bool = False) 
     return 0
 
 
+class LockError(Exception):
+    """Another stowd holds the data-root."""
+
+
 def lock_data_root(data_root: Path) -> int:
     """Hold an exclusive lock on DATA_ROOT/stowd.lock for the life of the process.
 
@@ -196,10 +200,6 @@ def lock_data_root(data_root: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-class LockError(Exception):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:
