@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 from stowd.config import Settings
 from stowd.engine import create as create_rules
 from stowd.engine import names, rootfs
+from stowd.engine.attach import AttachSession, parse_detach_keys
 from stowd.engine.containers import (
     CREATED,
     DEAD,
@@ -73,6 +74,7 @@ class Engine:
         self._exit_waiters: dict[str, list[asyncio.Future[ExitStatus]]] = {}
         self._removal_waiters: dict[str, list[asyncio.Future[ExitStatus]]] = {}
         self._pidfds: dict[str, int] = {}
+        self._attachers: dict[str, set[AttachSession]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = RestartManager(self)
         self.store: Store
@@ -278,9 +280,8 @@ class Engine:
             raise
         st.conmon_pid = conmon_pid
         st.pid = pid
-        if not self._watch(c):
-            # conmon already gone: the container died at once; let the exit path record it.
-            pass
+        self._watch(c)
+        await self._connect_attachers(c)
         try:
             await asyncio.to_thread(self.runtime.start, c.id)
         except RuntimeError_ as exc:
@@ -296,6 +297,17 @@ class Engine:
             st.manually_stopped = False
         self._persist(c)
         self._event(c, "start")
+
+    async def _connect_attachers(self, c: Container) -> None:
+        """Connect clients that attached before start, so they see the first byte."""
+        bundle = str(self.container_dir(c) / "bundle")
+        for session in list(self._attachers.get(c.id, ())):
+            if not session.connected.is_set() and not session.closed:
+                try:
+                    await session.connect(bundle)
+                except OSError as exc:
+                    log.warning("attach to %s failed: %s", c.short_id, exc)
+                    session.end()
 
     def _create_task(self, c: Container, image: Image) -> tuple[int, int]:
         """Blocking: mount the rootfs, write the bundle, and have conmon create the task."""
@@ -481,6 +493,47 @@ class Engine:
             return fut
         return self._exit_future(c.id)
 
+    # attach and resize -------------------------------------------------------------------
+
+    async def attach(self, ref: str, *, stdin: bool, stdout: bool, stderr: bool,
+                     detach_keys: str | None = None) -> tuple[Container, AttachSession]:
+        """Register an attachment; it connects now if the container runs, else at start."""
+        c = self.get(ref)
+        keys = parse_detach_keys(detach_keys)
+        if c.state.status == PAUSED:
+            raise Conflict("You cannot attach to a paused container, unpause it first")
+        if c.state.status == RESTARTING:
+            raise Conflict("You cannot attach to a restarting container, wait until it is "
+                           "running")
+        session = AttachSession(c.id, stdin and bool(c.config.get("OpenStdin")), stdout,
+                                stderr, keys)
+        self._attachers.setdefault(c.id, set()).add(session)
+        if c.state.status == RUNNING:
+            try:
+                await session.connect(str(self.container_dir(c) / "bundle"))
+            except OSError:
+                session.end()
+        self._event(c, "attach")
+        return c, session
+
+    def detach(self, session: AttachSession) -> None:
+        sessions = self._attachers.get(session.container_id)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                self._attachers.pop(session.container_id, None)
+        session.close()
+
+    async def resize(self, ref: str, height: int, width: int) -> None:
+        c = self.get(ref)
+        if c.state.status not in (RUNNING, PAUSED):
+            raise Conflict(f"Container {c.id} is not running")
+        if height < 0 or width < 0:
+            raise InvalidParameter("invalid terminal size")
+        await asyncio.to_thread(_write_ctl, self.container_dir(c) / "bundle" / "ctl",
+                                f"1 {height} {width}\n")
+        self._event(c, "resize", height=str(height), width=str(width))
+
     # stop, kill, restart ----------------------------------------------------------------
 
     async def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
@@ -628,6 +681,8 @@ class Engine:
 
     async def _finish_remove(self, c: Container) -> None:
         self._unwatch(c.id)
+        for session in self._attachers.pop(c.id, set()):
+            session.end()
         await asyncio.to_thread(self._remove_files, c)
         self.store.delete_container(c.id)
         self._containers.pop(c.id, None)
@@ -756,6 +811,18 @@ class Engine:
         image = await asyncio.to_thread(self.images.find, c.image_id)
         rw = await asyncio.to_thread(_dir_size, self.container_dir(c) / "upper")
         return rw, rw + (image.size if image else 0)
+
+
+def _write_ctl(fifo: Path, line: str) -> None:
+    """Send a command to conmon's control FIFO (it reads `<kind> <height> <width>` lines)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise Conflict(f"cannot resize: conmon does not answer ({exc.strerror})") from exc
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def _dir_size(path: Path) -> int:

@@ -9,11 +9,13 @@ from aiohttp import web
 from stowd.api import shapes
 from stowd.api.app import Router, engine_of
 from stowd.api.filters import parse_filters
+from stowd.api.hijack import HijackedConnection, finished, hijack
 from stowd.api.params import api_version, bool_param, int_param, json_body
 from stowd.engine import listing
+from stowd.engine.attach import AttachSession, DetachScanner
 from stowd.engine.containers import Container
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.logs import STDOUT, LogReader, frame
+from stowd.engine.logs import STDOUT, LogMessage, LogReader, frame, read_all
 
 log = logging.getLogger("stowd.api")
 
@@ -216,7 +218,83 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _pump(conn: HijackedConnection, session: AttachSession, tty: bool) -> None:
+    """Copy output to the client and the client's input to stdin until either side ends."""
+    scanner = DetachScanner(session.detach_keys)
+    detached = asyncio.Event()
+
+    async def output() -> None:
+        while True:
+            item = await session.output.get()
+            if item is None:
+                return
+            stream, data = item
+            if not await conn.write(data if tty else frame(stream, data)):
+                return
+
+    async def stdin() -> None:
+        while True:
+            chunk = await conn.incoming.get()
+            if chunk is None:
+                await session.close_stdin()
+                return
+            data, detach = scanner.feed(chunk)
+            if data:
+                await session.write_stdin(data)
+            if detach:
+                detached.set()
+                return
+
+    tasks = [asyncio.ensure_future(output()), asyncio.ensure_future(conn.lost.wait()),
+             asyncio.ensure_future(detached.wait())]
+    reader = asyncio.ensure_future(stdin())
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [*tasks, reader]:
+            task.cancel()
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    engine = engine_of(request)
+    c, session = await engine.attach(
+        request.match_info["id"], stdin=bool_param(request, "stdin"),
+        stdout=bool_param(request, "stdout"), stderr=bool_param(request, "stderr"),
+        detach_keys=request.query.get("detachKeys"))
+    tty = bool(c.config.get("Tty"))
+    multiplexed = not tty and api_version(request) >= (1, 42)
+    conn = hijack(request, "application/vnd.docker.multiplexed-stream" if multiplexed
+                  else "application/vnd.docker.raw-stream")
+    try:
+        if bool_param(request, "logs"):
+            reader = LogReader(str(engine.log_path(c)), stdout=session.stdout,
+                               stderr=session.stderr)
+            messages = await asyncio.to_thread(_read_whole_log, reader)
+            for message in messages:
+                await conn.write(message.data if tty else frame(message.stream, message.data))
+        if bool_param(request, "stream"):
+            await _pump(conn, session, tty)
+    finally:
+        engine.detach(session)
+        conn.close()
+    return finished(request)
+
+
+def _read_whole_log(reader: LogReader) -> list[LogMessage]:
+    with reader:
+        return list(read_all(reader))
+
+
+async def resize(request: web.Request) -> web.Response:
+    height = int_param(request, "h", 0) or 0
+    width = int_param(request, "w", 0) or 0
+    await engine_of(request).resize(request.match_info["id"], height, width)
+    return web.Response(status=200)
+
+
 def register(router: Router) -> None:
+    router.add("POST", "/containers/{id:.+}/attach", attach)
+    router.add("POST", "/containers/{id:.+}/resize", resize)
     router.add("GET", "/containers/json", list_containers)
     router.add("POST", "/containers/create", create)
     router.add("GET", "/containers/{id:.+}/json", inspect)
