@@ -79,12 +79,15 @@ class AttachSession:
     stdout: bool
     stderr: bool
     detach_keys: bytes = DEFAULT_DETACH_KEYS
+    stdin_once: bool = False
     output: "asyncio.Queue[tuple[int, bytes] | None]" = field(
         default_factory=lambda: asyncio.Queue(maxsize=256))
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     _sock: socket.socket | None = None
     _reader: "asyncio.Task[None] | None" = None
     closed: bool = False
+    connected_ok: bool = False  # connected to conmon (not just told there is nothing)
+    stdin_closed: bool = False  # the client ended its stdin, so the container's is closed
 
     async def connect(self, bundle_dir: str) -> None:
         """Connect to conmon's socket in bundle_dir (through /proc/self/fd: paths get long)."""
@@ -101,6 +104,7 @@ class AttachSession:
             os.close(dirfd)
         self._sock = sock
         self._reader = loop.create_task(self._read())
+        self.connected_ok = True
         self.connected.set()
 
     async def _read(self) -> None:
@@ -140,8 +144,15 @@ class AttachSession:
             return
         await self.connected.wait()
         if self._sock is not None:
+            self.stdin_closed = True
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_WR)
+
+    def park(self) -> None:
+        """Keep the connection (and so the container's stdin) but drop all output."""
+        self.stdout = self.stderr = False
+        while not self.output.empty():
+            self.output.get_nowait()
 
     def end(self) -> None:
         """Tell the consumer there is nothing more (container gone, or never started)."""

@@ -75,6 +75,7 @@ class Engine:
         self._removal_waiters: dict[str, list[asyncio.Future[ExitStatus]]] = {}
         self._pidfds: dict[str, int] = {}
         self._attachers: dict[str, set[AttachSession]] = {}
+        self._parked: dict[str, set[AttachSession]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = RestartManager(self)
         self.store: Store
@@ -462,7 +463,12 @@ class Engine:
             self._event(c, "die", exitCode=str(st.exit_code),
                         execDuration=str(int(duration)))
             self._resolve(self._exit_waiters, cid, ExitStatus(st.exit_code))
+            self._close_parked(cid)
         self.restarts.after_exit(c)
+
+    def _close_parked(self, cid: str) -> None:
+        for session in self._parked.pop(cid, set()):
+            session.close()
 
     def _resolve(self, table: dict[str, list[asyncio.Future[ExitStatus]]], cid: str,
                  status: ExitStatus) -> None:
@@ -506,7 +512,7 @@ class Engine:
             raise Conflict("You cannot attach to a restarting container, wait until it is "
                            "running")
         session = AttachSession(c.id, stdin and bool(c.config.get("OpenStdin")), stdout,
-                                stderr, keys)
+                                stderr, keys, stdin_once=bool(c.config.get("StdinOnce")))
         self._attachers.setdefault(c.id, set()).add(session)
         if c.state.status == RUNNING:
             try:
@@ -522,6 +528,18 @@ class Engine:
             sessions.discard(session)
             if not sessions:
                 self._attachers.pop(session.container_id, None)
+        c = self._containers.get(session.container_id)
+        log.debug("detach %s: ok=%s stdin_closed=%s", session.container_id[:12],
+                  session.connected_ok, session.stdin_closed)
+        if (c is not None and c.state.status in (RUNNING, PAUSED) and session.connected_ok
+                and not session.stdin_closed and c.config.get("OpenStdin")
+                and c.config.get("StdinOnce")):
+            # conmon closes a StdinOnce container's stdin when any attach connection ends,
+            # but Docker keeps it open when a client detaches: hold the connection (its
+            # output drained) until the container exits.
+            session.park()
+            self._parked.setdefault(c.id, set()).add(session)
+            return
         session.close()
 
     async def resize(self, ref: str, height: int, width: int) -> None:
@@ -683,6 +701,7 @@ class Engine:
         self._unwatch(c.id)
         for session in self._attachers.pop(c.id, set()):
             session.end()
+        self._close_parked(c.id)
         await asyncio.to_thread(self._remove_files, c)
         self.store.delete_container(c.id)
         self._containers.pop(c.id, None)

@@ -236,7 +236,15 @@ async def _pump(conn: HijackedConnection, session: AttachSession, tty: bool) -> 
         while True:
             chunk = await conn.incoming.get()
             if chunk is None:
-                await session.close_stdin()
+                if not session.stdin:
+                    return  # the CLI half-closes at once when it has no stdin to send
+                if session.stdin_once and not tty:
+                    # Docker closes a StdinOnce container's stdin and keeps streaming.
+                    await session.close_stdin()
+                else:
+                    # With a TTY (the CLI ends its input on ctrl-p ctrl-q) or without
+                    # StdinOnce, the end of the client's input ends the attachment.
+                    detached.set()
                 return
             data, detach = scanner.feed(chunk)
             if data:
