@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -96,6 +97,8 @@ class Engine:
         self.store = Store(self.data_root / "stowd.db")
         self.images = ImageStore(self.store, self.data_root)
         self.runtime = OciRuntime(self.settings.runtime, self.exec_root)
+        for trash in (self.data_root / "containers").glob(".trash-*"):
+            shutil.rmtree(trash, ignore_errors=True)
         for record in self.store.all_containers():
             container = Container.from_record(record)
             self._containers[container.id] = container
@@ -322,7 +325,8 @@ class Engine:
             tmp = bundle / "config.json.tmp"
             tmp.write_text(json.dumps(spec))
             os.replace(tmp, bundle / "config.json")
-            self.runtime.delete(c.id, force=True)
+            if self.runtime.has_task(c.id):  # left over from a crash
+                self.runtime.delete(c.id, force=True)
             log_opts = (c.host_config.get("LogConfig") or {}).get("Config") or {}
             return self.runtime.create(
                 c.id, c.name, bundle, self.log_path(c),
@@ -407,10 +411,13 @@ class Engine:
             # The user's command is at fault, not the host: Docker answers 400.
             raise InvalidParameter(message) from exc
 
-    def _teardown_task(self, c: Container) -> None:
+    def _teardown_task(self, c: Container, exited: bool = False) -> None:
         """Blocking: remove the runtime's task, conmon's files and the rootfs mount."""
         with contextlib.suppress(RuntimeError_):
-            self.runtime.delete(c.id, force=True)
+            if exited:
+                self.runtime.delete_stopped(c.id)
+            elif self.runtime.has_task(c.id):
+                self.runtime.delete(c.id, force=True)
         self.runtime.cleanup_files(c.id)
         mounts.unmount(str(self.container_dir(c) / "rootfs"))
 
@@ -449,7 +456,6 @@ class Engine:
             record = await asyncio.to_thread(self.runtime.read_exit, cid)
             oom = await asyncio.to_thread(
                 os.path.exists, self.runtime.conmon_dir / cid / "oom")
-            await asyncio.to_thread(self._teardown_task, c)
             st = c.state
             started = st.started_at
             st.status = EXITED
@@ -464,6 +470,9 @@ class Engine:
                         execDuration=str(int(duration)))
             self._resolve(self._exit_waiters, cid, ExitStatus(st.exit_code))
             self._close_parked(cid)
+            # Waiters already have the exit; the teardown (runtime state, cgroups, rootfs
+            # mount) finishes under the lock, before anything can start or remove it.
+            await asyncio.to_thread(self._teardown_task, c, True)
         self.restarts.after_exit(c)
 
     def _close_parked(self, cid: str) -> None:
@@ -716,7 +725,13 @@ class Engine:
         base = self.container_dir(c)
         if mounts.is_mounted(str(base / "rootfs")):
             raise SystemError_(f"rootfs of {c.id} is still mounted")
-        shutil.rmtree(base, ignore_errors=True)
+        # Rename now (atomic), delete the tree after answering: rmtree takes milliseconds.
+        trash = base.parent / f".trash-{c.id}"
+        try:
+            os.rename(base, trash)
+        except FileNotFoundError:
+            return
+        threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
 
     async def rename(self, ref: str, new_name: str) -> None:
         c = self.get(ref)

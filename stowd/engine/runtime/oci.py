@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,33 @@ class OciRuntime:
             if "does not exist" not in text and "not exist" not in text:
                 raise RuntimeError_(f"{self.name} delete: {_runtime_message(text.strip())}")
 
+    def has_task(self, cid: str) -> bool:
+        """Whether the runtime keeps state for cid (runc and crun: a directory in --root)."""
+        return (self.root / cid).exists()
+
+    def delete_stopped(self, cid: str) -> None:
+        """Remove the task of a container whose init has exited.
+
+        What `runc delete` does for a stopped container is remove its cgroups and its state
+        directory; doing that here saves a process spawn (~5 ms) on every exit. Anything
+        unexpected (a live init, a busy cgroup, another runtime's layout) goes through the
+        runtime itself."""
+        state_dir = self.root / cid
+        try:
+            state = json.loads((state_dir / "state.json").read_text())
+            pid = int(state.get("init_process_pid") or 0)
+            start = int(state.get("init_process_start") or 0)
+            if pid and _same_process(pid, start):
+                raise ValueError("init still runs")
+            for path in sorted(set((state.get("cgroup_paths") or {}).values()), reverse=True):
+                _remove_cgroup(path)
+            shutil.rmtree(state_dir)
+        except FileNotFoundError:
+            if state_dir.exists():
+                self.delete(cid, force=True)
+        except (OSError, ValueError, TypeError):
+            self.delete(cid, force=True)
+
     def state(self, cid: str) -> dict[str, object] | None:
         proc = self._run("state", cid, check=False)
         if proc.returncode != 0:
@@ -206,6 +234,31 @@ class OciRuntime:
             path.unlink(missing_ok=True)
         shutil.rmtree(self.conmon_dir / cid, ignore_errors=True)
         shutil.rmtree(self.socket_dir / cid, ignore_errors=True)
+
+
+def _same_process(pid: int, start_time: int) -> bool:
+    """True if pid runs and started at start_time (clock ticks), i.e. was not reused."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != b"Z" and int(fields[19]) == start_time
+
+
+def _remove_cgroup(path: str) -> None:
+    """rmdir a cgroup, giving exiting processes a moment to leave it."""
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != 16:  # EBUSY: a process is still on its way out
+                raise
+            time.sleep(0.002)
+    os.rmdir(path)
 
 
 def _runtime_message(text: str) -> str:
