@@ -200,15 +200,18 @@ def container_inspect(c: Container, paths: dict[str, str], graph: dict[str, str]
     return out
 
 
-def image_summary(image: Image, containers: int) -> dict[str, Any]:
+def image_summary(image: Image, containers: int, repo_tags: list[str] | None = None
+                  ) -> dict[str, Any]:
+    """One entry of GET /images/json; repo_tags narrows the tags shown (reference filter)."""
+    tags = image.repo_tags if repo_tags is None else repo_tags
     return {
         "Containers": containers,
         "Created": int(parse_time(image.created)) if image.created else 0,
         "Id": image.id,
         "Labels": image.container_config.get("Labels") or None,
         "ParentId": image.parent,
-        "RepoDigests": image.repo_digests or ([] if image.repo_tags else ["<none>@<none>"]),
-        "RepoTags": image.repo_tags or ["<none>:<none>"],
+        "RepoDigests": image.repo_digests or ([] if tags else ["<none>@<none>"]),
+        "RepoTags": tags or ["<none>:<none>"],
         "SharedSize": -1,
         "Size": image.size,
         "VirtualSize": image.size,

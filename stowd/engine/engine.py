@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,7 +42,8 @@ from stowd.engine.errors import (
     SystemError_,
 )
 from stowd.engine.events import EventBus
-from stowd.engine.images import archive, reference
+from stowd.engine.images import archive, delete, load, reference, save
+from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.restart import RestartManager
 from stowd.engine.runtime import mounts
@@ -767,12 +769,9 @@ class Engine:
                            message: str) -> Image:
         tags = []
         if repo:
-            ref = reference.parse(repo, default_tag=False)
-            if ref.digest:
+            if reference.parse(repo, default_tag=False).digest:
                 raise InvalidParameter("cannot import digest reference")
-            if tag and ref.tag:
-                raise InvalidParameter("invalid reference format")
-            tags.append(ref.with_tag(tag or ref.tag or reference.DEFAULT_TAG))
+            tags.append(reference.tag_reference(repo, tag))
         # Validate changes before reading a byte of the body.
         archive.apply_changes({}, changes)
         image, replaced = await asyncio.to_thread(
@@ -783,59 +782,95 @@ class Engine:
         self._untag_events(replaced)
         return image  # type: ignore[no-any-return]
 
-    def _untag_events(self, image_ids: list[str]) -> None:
-        for image_id in image_ids:
+    def _untag_events(self, replaced: list[tuple[reference.Reference, str]]) -> None:
+        for _, image_id in replaced:
             self.events.publish("image", "untag", image_id, {"name": image_id})
 
+    async def load_images(self, source: BinaryIO, quiet: bool
+                          ) -> AsyncIterator[load.LayerProgress | load.LoadMessage]:
+        """Docker's load: its progress and result lines as they happen; raises on failure."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[load.LayerProgress | load.LoadMessage | None] = asyncio.Queue()
+
+        def on_update(update: load.LoadUpdate) -> None:  # on the loop
+            if isinstance(update, load.LoadedImage):
+                image = update.image
+                self.events.publish("image", "load", image.id, {"name": image.id})
+                for ref in update.tags:
+                    self.events.publish("image", "tag", image.id, {"name": ref.familiar()})
+                self._untag_events(update.replaced)
+            else:
+                lines.put_nowait(update)
+
+        def run() -> None:
+            try:
+                load.load_archive(self.images, source,
+                                  lambda u: loop.call_soon_threadsafe(on_update, u), not quiet)
+            finally:
+                loop.call_soon_threadsafe(lines.put_nowait, None)
+
+        worker = asyncio.ensure_future(asyncio.to_thread(run))
+        while (line := await lines.get()) is not None:
+            yield line
+        await worker
+
+    async def save_images(self, names: list[str]) -> AsyncIterator[bytes]:
+        """Docker's save: NotFound here for an unknown name, then the archive's bytes."""
+        items = await asyncio.to_thread(save.select_images, self.images, names)
+        chains = [chain for item in items for chain in item.image.layers]
+        pipe = ThreadPipe(asyncio.get_running_loop())
+
+        def run() -> None:
+            try:
+                save.write_archive(self.images, items, pipe)  # type: ignore[arg-type]
+                pipe.finish()
+            except BrokenPipeError:
+                pass  # the client went away
+            except BaseException as exc:
+                log.error("saving %s failed: %s", ", ".join(names), exc)
+                pipe.fail(exc)
+            finally:
+                self.images.unpin(chains)
+
+        async def stream() -> AsyncIterator[bytes]:
+            self.images.pin(chains)  # until run() ends: an image removal keeps them
+            worker = asyncio.ensure_future(asyncio.to_thread(run))
+            try:
+                async for chunk in pipe.chunks():
+                    yield chunk
+                await worker
+            finally:
+                pipe.close()
+            for item in items:
+                self.events.publish("image", "save", item.image.id, {"name": item.image.id})
+
+        return stream()
+
     async def tag_image(self, source: str, repo: str, tag: str) -> None:
-        image = await asyncio.to_thread(self.images.tag, source, repo, tag)
-        ref = reference.parse(repo, default_tag=False)
-        name = ref.with_tag(tag or ref.tag or reference.DEFAULT_TAG).familiar()
-        self.events.publish("image", "tag", image.id, {"name": name})
+        image, ref = await asyncio.to_thread(self.images.tag, source, repo, tag)
+        self.events.publish("image", "tag", image.id, {"name": ref.familiar()})
 
     async def remove_image(self, name: str, force: bool = False,
                            prune: bool = True) -> list[dict[str, str]]:
-        """Docker's image delete: untag by reference; delete the image when nothing is left."""
+        """Docker's image delete (see images/delete.py); returns its Untagged/Deleted report."""
         image = await asyncio.to_thread(self.images.resolve, name)
-        report: list[dict[str, str]] = []
-        tags = self.images.tags_of(image.id)
-        by_ref = None
+        requested = None
         with contextlib.suppress(InvalidParameter):
-            parsed = reference.parse(name)
-            by_ref = next((t for t in tags if t.full() == parsed.full()), None)
-        users = self.image_users(image.id)
-        if by_ref is not None and (len(tags) > 1 or (force and users)):
-            # Removing one of several names only untags.
-            self.images.untag(by_ref)
-            report.append({"Untagged": by_ref.familiar()})
-            self.events.publish("image", "untag", image.id, {"name": by_ref.familiar()})
-            if len(tags) > 1:
-                return report
-        if users:
-            running = [c for c in users if c.state.status in (RUNNING, PAUSED)]
-            if running or not force:
-                kind = "running" if running else "stopped"
-                target = (running or users)[0]
-                if by_ref is None and len(tags) > 1 and not force:
-                    raise Conflict(
-                        f"conflict: unable to delete {image.id[7:19]} (must be forced) - image "
-                        "is referenced in multiple repositories")
-                raise Conflict(
-                    f"conflict: unable to delete {image.id[7:19]} (must be forced) - image is "
-                    f"being used by {kind} container {target.short_id}")
-        if by_ref is None and len(tags) > 1 and not force:
-            raise Conflict(f"conflict: unable to delete {image.id[7:19]} (must be forced) - "
-                           "image is referenced in multiple repositories")
-        for t in self.images.tags_of(image.id):
-            self.images.untag(t)
-            report.append({"Untagged": t.familiar()})
-            self.events.publish("image", "untag", image.id, {"name": t.familiar()})
-        if users:
-            # A forced removal of an image containers still use keeps its layers.
-            return report
-        await asyncio.to_thread(self.images.remove_image, image)
-        report.append({"Deleted": image.id})
-        self.events.publish("image", "delete", image.id, {"name": image.id})
+            requested = reference.parse(name)
+        refs = self.images.tags_of(image.id) + self.images.digests_of(image.id)
+        users = [delete.ImageUser(c.short_id, c.state.status in (RUNNING, PAUSED, RESTARTING))
+                 for c in self.image_users(image.id)]
+        plan = delete.plan_delete(name, requested, image.id, refs, users, force)
+        report: list[dict[str, str]] = []
+        for ref in plan.untag:
+            await asyncio.to_thread(self.images.untag, image.id, ref)
+            report.append({"Untagged": ref.familiar()})
+            self.events.publish("image", "untag", image.id, {"name": image.id})
+        if plan.delete:
+            removed = await asyncio.to_thread(self.images.remove_image, image)
+            report.append({"Deleted": image.id})
+            report.extend({"Deleted": chain} for chain in removed)
+            self.events.publish("image", "delete", image.id, {"name": image.id})
         return report
 
     # sizes ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Image routes: import, list, inspect, tag, delete (load lives in its own module)."""
+"""Image routes: import, load, save, list, inspect, tag, delete."""
 
 import asyncio
-import fnmatch
+import contextlib
+import logging
 
 from aiohttp import web
 
@@ -11,10 +12,25 @@ from stowd.api.filters import parse_filters
 from stowd.api.params import api_version, bool_param
 from stowd.api.streams import BodyReader, error_line, json_line
 from stowd.engine.errors import EngineError, InvalidParameter, NotFound
-from stowd.engine.images import reference
-from stowd.engine.images.store import Image
+from stowd.engine.images import listing, reference
+from stowd.engine.images.load import LayerProgress, LoadMessage
 
-IMAGE_FILTERS = {"dangling", "label", "before", "since", "reference", "until"}
+log = logging.getLogger("stowd.api")
+
+_PROGRESS_WIDTH = 50
+_SIZE_UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
+
+
+async def _drain(request: web.Request) -> None:
+    """Read the rest of a body we refuse, so the client gets to read our answer."""
+    while await request.content.readany():
+        pass
+
+
+async def _json_stream(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    return response
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -24,26 +40,24 @@ async def create(request: web.Request) -> web.StreamResponse:
     from_image = request.query.get("fromImage")
     if from_src is None and from_image is None:
         raise InvalidParameter("either fromSrc or fromImage must be given")
-    if from_src is not None:
-        if from_src != "-":
-            raise InvalidParameter("importing from a URL is not supported: send the tar as "
-                                   "the request body with fromSrc=-")
-        changes = request.query.getall("changes", [])
-        repo = request.query.get("repo", "")
-        tag = request.query.get("tag", "")
-        message = request.query.get("message", "")
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request)
-        source = BodyReader(request.content, asyncio.get_running_loop())
-        try:
-            image = await engine.import_image(source, repo, tag, changes, message)
-        except EngineError as exc:
-            await response.write(error_line(exc.message))
-        else:
-            await response.write(json_line({"status": image.id}))
-        await response.write_eof()
-        return response
-    return await _pull(request, from_image or "", request.query.get("tag", ""))
+    if from_src is None:
+        return await _pull(request, from_image or "", request.query.get("tag", ""))
+    if from_src != "-":
+        raise InvalidParameter("importing from a URL is not supported: send the tar as "
+                               "the request body with fromSrc=-")
+    source = BodyReader(request.content, asyncio.get_running_loop())
+    try:
+        # Bad repo, tag or changes are refused before a byte of the body is read.
+        image = await engine.import_image(
+            source, request.query.get("repo", ""), request.query.get("tag", ""),
+            request.query.getall("changes", []), request.query.get("message", ""))
+    except EngineError:
+        await _drain(request)
+        raise
+    response = await _json_stream(request)
+    await response.write(json_line({"status": image.id}))
+    await response.write_eof()
+    return response
 
 
 async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse:
@@ -58,8 +72,7 @@ async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse
         raise NotFound(
             f"pull access denied for {ref.familiar_repository}: stowd cannot pull from "
             "registries yet; load the image with `docker load` or `docker import` it")
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
-    await response.prepare(request)
+    response = await _json_stream(request)
     await response.write(json_line({"status": f"Pulling from {ref.path}",
                                     "id": ref.tag or ref.digest}))
     await response.write(json_line(
@@ -68,37 +81,112 @@ async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse
     return response
 
 
+# load and save ------------------------------------------------------------------------------
+
+def human_size(size: float) -> str:
+    """Docker's units.HumanSize: decimal units, four significant digits (`10.24kB`)."""
+    unit = 0
+    while size >= 1000 and unit < len(_SIZE_UNITS) - 1:
+        size /= 1000
+        unit += 1
+    return f"{size:.4g}{_SIZE_UNITS[unit]}"
+
+
+def progress_bar(current: int, total: int) -> str:
+    """Docker's JSONProgress text as a daemon renders it (200 columns wide)."""
+    if total <= 0:
+        return f"{human_size(current):>8}"
+    filled = min(_PROGRESS_WIDTH, int(current / total * 100) // 2)
+    bar = f"[{'=' * filled}>{' ' * (_PROGRESS_WIDTH - filled)}] "
+    if current > total:
+        return bar + f"{human_size(current):>8}"
+    return bar + f"{human_size(current):>8}/{human_size(total)}"
+
+
+def _load_line(line: LayerProgress | LoadMessage) -> bytes:
+    if isinstance(line, LoadMessage):
+        return json_line({"stream": line.text})
+    return json_line({"status": "Loading layer",
+                      "progressDetail": {"current": line.current, "total": line.total},
+                      "progress": progress_bar(line.current, line.total),
+                      "id": line.layer_id})
+
+
+async def load_images(request: web.Request) -> web.StreamResponse:
+    """POST /images/load: a JSON stream; a failure before its first line is a plain error."""
+    engine = engine_of(request)
+    # quiet defaults to true, also when given empty (dockerd's BoolValueOrDefault).
+    quiet = bool_param(request, "quiet") if request.query.get("quiet") else True
+    source = BodyReader(request.content, asyncio.get_running_loop())
+    response: web.StreamResponse | None = None
+    lines = engine.load_images(source, quiet)
+    try:
+        async with contextlib.aclosing(lines):
+            async for line in lines:
+                if response is None:
+                    response = await _json_stream(request)
+                await response.write(_load_line(line))
+    except Exception as exc:
+        if response is None:
+            await _drain(request)
+            raise
+        if isinstance(exc, EngineError):
+            message = exc.message
+        else:
+            log.exception("loading images failed")
+            message = f"{type(exc).__name__}: {exc}"
+        await response.write(error_line(message))
+    if response is None:
+        response = await _json_stream(request)
+    await response.write_eof()
+    return response
+
+
+async def save_image(request: web.Request) -> web.StreamResponse:
+    """GET /images/{name}/get."""
+    return await _save(request, [request.match_info["name"]])
+
+
+async def save_images(request: web.Request) -> web.StreamResponse:
+    """GET /images/get?names=a&names=b."""
+    return await _save(request, request.query.getall("names", []))
+
+
+async def _save(request: web.Request, names: list[str]) -> web.StreamResponse:
+    chunks = await engine_of(request).save_images(names)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
+    await response.prepare(request)
+    try:
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
+                await response.write(chunk)
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception:
+        # The status is out already: cut the connection so the client sees a truncated
+        # archive, never one that looks complete.
+        log.exception("saving %s failed", ", ".join(names))
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+# list, inspect, tag, delete -----------------------------------------------------------------
+
 async def list_images(request: web.Request) -> web.Response:
     engine = engine_of(request)
-    filters = parse_filters(request.query.get("filters"), IMAGE_FILTERS)
+    filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
     images = await asyncio.to_thread(engine.images.all)
-    out = []
-    for image in sorted(images, key=lambda i: i.created, reverse=True):
-        if not _image_matches(image, filters):
-            continue
-        users = len(engine.image_users(image.id))
-        out.append(shapes.image_summary(image, users if bool_param(request, "shared-size")
-                                        else -1))
-    return web.json_response(out)
-
-
-def _image_matches(image: Image, filters: dict[str, list[str]]) -> bool:
-    if "dangling" in filters:
-        want = filters["dangling"][0].lower() in ("1", "true")
-        if want != (not image.repo_tags):
-            return False
-    if "label" in filters:
-        labels = image.container_config.get("Labels") or {}
-        for v in filters["label"]:
-            key, sep, value = v.partition("=")
-            if key not in labels or (sep and labels[key] != value):
-                return False
-    if "reference" in filters:
-        names = image.repo_tags
-        if not any(fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split(":")[0], pattern)
-                   for n in names for pattern in filters["reference"]):
-            return False
-    return True
+    selected = await asyncio.to_thread(listing.select, images, filters, engine.images.resolve)
+    shared = bool_param(request, "shared-size")
+    return web.json_response([
+        shapes.image_summary(item.image,
+                             len(engine.image_users(item.image.id)) if shared else -1,
+                             item.repo_tags)
+        for item in selected
+    ])
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -125,7 +213,10 @@ async def remove(request: web.Request) -> web.Response:
 
 def register(router: Router) -> None:
     router.add("POST", "/images/create", create)
+    router.add("POST", "/images/load", load_images)
+    router.add("GET", "/images/get", save_images)
     router.add("GET", "/images/json", list_images)
+    router.add("GET", "/images/{name:.+}/get", save_image)
     router.add("GET", "/images/{name:.+}/json", inspect)
     router.add("POST", "/images/{name:.+}/tag", tag)
     router.add("DELETE", "/images/{name:.+}", remove)

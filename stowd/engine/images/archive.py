@@ -2,6 +2,7 @@
 
 import json
 import platform
+import posixpath
 import shlex
 from typing import Any, BinaryIO
 
@@ -9,8 +10,12 @@ from stowd import __version__
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images.store import now_rfc3339
 
-ALLOWED_CHANGES = {"CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD", "STOPSIGNAL",
+# The Dockerfile instructions dockerd 20.10 accepts in `changes` (import and commit).
+ALLOWED_CHANGES = {"CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD",
                    "USER", "VOLUME", "WORKDIR"}
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")
+_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+                   "m": 60_000_000_000, "h": 3_600_000_000_000}
 
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
           "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
@@ -20,53 +25,154 @@ def host_arch() -> str:
     return GOARCH.get(platform.machine(), platform.machine())
 
 
-def _json_or_shell(rest: str) -> list[str]:
+def _exec_form(rest: str) -> list[str] | None:
+    """The arguments when rest is a JSON array of strings (the exec form), else None."""
     rest = rest.strip()
-    if rest.startswith("["):
-        try:
-            value = json.loads(rest)
-        except ValueError:
-            value = None
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-    return ["/bin/sh", "-c", rest]
+    if not rest.startswith("["):
+        return None
+    try:
+        value = json.loads(rest)
+    except ValueError:
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def _json_or_shell(rest: str) -> list[str]:
+    """The exec form or the shell form of CMD and ENTRYPOINT."""
+    exec_form = _exec_form(rest)
+    if exec_form is not None:
+        return exec_form
+    return ["/bin/sh", "-c", rest.strip()] if rest.strip() else ["/bin/sh", "-c"]
+
+
+def _words(rest: str, instruction: str) -> list[str]:
+    try:
+        return shlex.split(rest)
+    except ValueError as exc:
+        raise InvalidParameter(f"{instruction}: {exc}") from exc
 
 
 def _pairs(rest: str, instruction: str) -> list[tuple[str, str]]:
-    """KEY=VALUE pairs (quoted as the shell quotes), or the legacy `KEY VALUE` form."""
-    words = shlex.split(rest)
+    """ENV and LABEL arguments: `k=v` words (quoted as the shell quotes), or `KEY value`."""
+    words = _words(rest, instruction)
     if not words:
         raise InvalidParameter(f"{instruction} requires at least one argument")
     if "=" not in words[0]:
+        # The legacy form: one key, and the rest of the line as its value.
         key, _, value = rest.strip().partition(" ")
         if not value.strip():
-            raise InvalidParameter(f"{instruction} names can not be blank")
+            raise InvalidParameter(f"{instruction} must have two arguments")
         return [(key, value.strip())]
     out = []
     for word in words:
         key, sep, value = word.partition("=")
-        if not sep or not key:
+        if not sep:
+            raise InvalidParameter(f"Syntax error - can't find = in {json.dumps(word)}. "
+                                   "Must be of the form: name=value")
+        if not key:
             raise InvalidParameter(f"{instruction} names can not be blank")
         out.append((key, value))
     return out
 
 
+def _exposed_ports(rest: str) -> list[str]:
+    """EXPOSE arguments → `port/proto` keys; ranges (`80-82`) name each port."""
+    words = rest.split()
+    if not words:
+        raise InvalidParameter("EXPOSE requires at least one argument")
+    out = []
+    for word in words:
+        number, _, proto = word.partition("/")
+        proto = proto.lower() or "tcp"
+        if proto not in PORT_PROTOCOLS:
+            raise InvalidParameter(f"Invalid proto: {proto}")
+        low, dash, high = number.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or int(low) > 65535 \
+                or (dash and (int(high) > 65535 or int(high) < int(low))):
+            raise InvalidParameter(f"Invalid containerPort: {number}")
+        for port in range(int(low), int(high if dash else low) + 1):
+            out.append(f"{port}/{proto}")
+    return out
+
+
+def parse_duration(text: str) -> int:
+    """A Go duration (`30s`, `1m30s`, `500ms`) in nanoseconds."""
+    total = 0
+    rest = text.strip()
+    if not rest:
+        raise InvalidParameter("time: invalid duration \"\"")
+    if rest == "0":
+        return 0
+    while rest:
+        i = 0
+        while i < len(rest) and (rest[i].isdigit() or rest[i] == "."):
+            i += 1
+        j = i
+        while j < len(rest) and not (rest[j].isdigit() or rest[j] == "."):
+            j += 1
+        number, unit = rest[:i], rest[i:j]
+        if not number or unit not in _DURATION_UNITS:
+            raise InvalidParameter(f"time: invalid duration {json.dumps(text)}")
+        try:
+            total += int(float(number) * _DURATION_UNITS[unit])
+        except ValueError as exc:
+            raise InvalidParameter(f"time: invalid duration {json.dumps(text)}") from exc
+        rest = rest[j:]
+    return total
+
+
+def _healthcheck(rest: str) -> dict[str, Any]:
+    words = rest.split(None, 1)
+    check: dict[str, Any] = {}
+    options = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod",
+               "retries": "Retries"}
+    while words and words[0].startswith("--"):
+        flag, _, value = words[0][2:].partition("=")
+        if flag not in options:
+            raise InvalidParameter(f"Unknown flag: {flag}")
+        if flag == "retries":
+            if not value.isdigit():
+                raise InvalidParameter(f"invalid retries value: {value}")
+            check["Retries"] = int(value)
+        else:
+            check[options[flag]] = parse_duration(value)
+        words = words[1].split(None, 1) if len(words) > 1 else []
+    if not words:
+        raise InvalidParameter("Missing command after HEALTHCHECK")
+    kind = words[0].upper()
+    args = words[1] if len(words) > 1 else ""
+    if kind == "NONE":
+        if args or check:
+            raise InvalidParameter("HEALTHCHECK NONE takes no arguments")
+        return {"Test": ["NONE"]}
+    if kind != "CMD":
+        raise InvalidParameter(f'Unknown type "{kind}" in HEALTHCHECK (try CMD)')
+    exec_form = _exec_form(args)
+    test = ["CMD", *exec_form] if exec_form is not None else ["CMD-SHELL", args.strip()]
+    return {"Test": test, **check}
+
+
 def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
-    """Apply Dockerfile-style change lines to an image's container config."""
+    """Apply Dockerfile-style change lines to an image's container config.
+
+    Instructions, arguments and error messages follow dockerd 20.10's `changes`."""
     for line in changes:
         line = line.strip()
         if not line:
             continue
-        instruction, _, rest = line.partition(" ")
-        instruction = instruction.upper()
+        word, _, rest = line.partition(" ")
+        instruction = word.upper()
+        rest = rest.strip()
         if instruction not in ALLOWED_CHANGES:
-            raise InvalidParameter(f"{instruction} is not a valid change command")
+            raise InvalidParameter(f"{word.lower()} is not a valid change command")
         if instruction == "CMD":
             config["Cmd"] = _json_or_shell(rest)
         elif instruction == "ENTRYPOINT":
             config["Entrypoint"] = _json_or_shell(rest)
         elif instruction == "ENV":
-            env = [e for e in config.get("Env") or []]
+            env = list(config.get("Env") or [])
             for key, value in _pairs(rest, "ENV"):
                 env = [e for e in env if e.split("=", 1)[0] != key] + [f"{key}={value}"]
             config["Env"] = env
@@ -76,27 +182,29 @@ def apply_changes(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
             config["Labels"] = labels
         elif instruction == "EXPOSE":
             ports = dict(config.get("ExposedPorts") or {})
-            for port in rest.split():
-                if "/" not in port:
-                    port += "/tcp"
-                number, proto = port.split("/", 1)
-                if not number.split("-")[0].isdigit() or proto not in ("tcp", "udp", "sctp"):
-                    raise InvalidParameter(f"invalid port: {port}")
-                ports[port] = {}
+            ports.update({port: {} for port in _exposed_ports(rest)})
             config["ExposedPorts"] = ports
         elif instruction == "VOLUME":
-            vols = dict(config.get("Volumes") or {})
-            for v in _json_or_shell(rest) if rest.strip().startswith("[") else rest.split():
-                vols[v] = {}
-            config["Volumes"] = vols
+            paths = _exec_form(rest)
+            if paths is None:
+                paths = rest.split()
+            if not paths:
+                raise InvalidParameter("VOLUME requires at least one argument")
+            config["Volumes"] = {**(config.get("Volumes") or {}), **{v: {} for v in paths}}
         elif instruction == "WORKDIR":
-            config["WorkingDir"] = rest.strip()
+            if not rest:
+                raise InvalidParameter("WORKDIR requires exactly one argument")
+            config["WorkingDir"] = posixpath.join(config.get("WorkingDir") or "/", rest)
         elif instruction == "USER":
-            config["User"] = rest.strip()
-        elif instruction == "STOPSIGNAL":
-            config["StopSignal"] = rest.strip()
+            if len(_words(rest, "USER")) != 1:
+                raise InvalidParameter("USER requires exactly one argument")
+            config["User"] = rest
+        elif instruction == "HEALTHCHECK":
+            config["Healthcheck"] = _healthcheck(rest)
         elif instruction == "ONBUILD":
-            config["OnBuild"] = [*(config.get("OnBuild") or []), rest.strip()]
+            if not rest:
+                raise InvalidParameter("ONBUILD requires at least one argument")
+            config["OnBuild"] = [*(config.get("OnBuild") or []), rest]
     return config
 
 

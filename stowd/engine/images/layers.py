@@ -1,13 +1,18 @@
 """Layer extraction: a (compressed) layer tar → an overlay lower directory.
 
 Blocking: run from a worker thread. The tar is streamed through GNU tar, never held in
-memory; its sha256 (the layer's diff ID) is computed on the way. GNU tar refuses `..`
-members and replaces symlinks that could lead outside the directory with placeholders
-until the end, so an archive cannot write outside the layer.
+memory; its sha256 (the layer's diff ID) is computed on the way, and a tar-split record
+(see tarsplit.py) is written beside `diff` so that `docker save` can give the exact tar back.
+GNU tar refuses `..` members and replaces symlinks that could lead outside the directory
+with placeholders until the end, so an archive cannot write outside the layer.
 """
 
 import bz2
+import contextlib
+import gzip
 import hashlib
+import itertools
+import logging
 import lzma
 import os
 import secrets
@@ -15,20 +20,24 @@ import shutil
 import stat
 import subprocess
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from stowd.engine.errors import InvalidParameter
+from stowd.engine.images.tarsplit import SplitResult, TarSplitter, check_files
+
+log = logging.getLogger("stowd.images")
 
 CHUNK = 1 << 20
 WHITEOUT_PREFIX = ".wh."
+# `.wh..wh.*` names are the union filesystem's own bookkeeping (aufs `.wh..wh.plnk`, ...);
+# of those only the opaque marker means anything to a layer.
+WHITEOUT_META_PREFIX = ".wh..wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-
-
-class _Decompressor(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
+OPAQUE_XATTR = "trusted.overlay.opaque"
+TAR_SPLIT = "tar-split.gz"
 
 
 @dataclass
@@ -37,18 +46,59 @@ class ExtractedLayer:
     tar_size: int
     size: int  # bytes of file content in the layer, as Docker's layer size
     path: Path  # the directory holding `diff`, still under a temporary name
+    split: SplitResult
 
 
-def _decompressor_for(head: bytes) -> _Decompressor | None:
-    if head[:2] == b"\x1f\x8b":
-        return zlib.decompressobj(wbits=47)
-    if head[:3] == b"BZh":
-        return bz2.BZ2Decompressor()
-    if head[:6] == b"\xfd7zXZ\x00":
-        return lzma.LZMADecompressor()
+def _chunks(source: BinaryIO) -> Iterator[bytes]:
+    while chunk := source.read(CHUNK):
+        yield chunk
+
+
+def decompressed(source: BinaryIO, counted: Callable[[int], None] | None = None
+                 ) -> Iterator[bytes]:
+    """The tar stream on source, decompressed when it is gzip, bzip2 or xz.
+
+    Pieces are at most about CHUNK bytes whatever the compression ratio, so a small
+    compressed bomb cannot take memory. counted(n) hears the compressed bytes read so far.
+    """
+    read = 0
+    chunks = _chunks(source)
+    head = next(chunks, b"")
     if head[:4] == b"\x28\xb5\x2f\xfd":
         raise InvalidParameter("zstd-compressed layers are not supported yet")
-    return None
+    gzip_stream = head[:2] == b"\x1f\x8b"
+    if gzip_stream:
+        inflater = zlib.decompressobj(wbits=47)
+    elif head[:3] == b"BZh":
+        other: bz2.BZ2Decompressor | lzma.LZMADecompressor | None = bz2.BZ2Decompressor()
+    elif head[:6] == b"\xfd7zXZ\x00":
+        other = lzma.LZMADecompressor()
+    else:
+        other = None
+    for chunk in itertools.chain([head], chunks) if head else ():
+        read += len(chunk)
+        try:
+            if gzip_stream:
+                data = inflater.decompress(chunk, CHUNK)
+                while data:
+                    yield data
+                    data = inflater.decompress(inflater.unconsumed_tail, CHUNK) \
+                        if inflater.unconsumed_tail else b""
+            elif other is not None:
+                if other.eof:
+                    continue
+                data = other.decompress(chunk, max_length=CHUNK)
+                while data:
+                    yield data
+                    data = b"" if other.needs_input or other.eof \
+                        else other.decompress(b"", max_length=CHUNK)
+            else:
+                yield chunk
+        except (zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
+            raise InvalidParameter(f"invalid layer archive: bad compressed data: {exc}") \
+                from exc
+        if counted:
+            counted(read)
 
 
 def chain_id(parent_chain: str | None, diff_id: str) -> str:
@@ -58,38 +108,44 @@ def chain_id(parent_chain: str | None, diff_id: str) -> str:
 
 
 def extract_layer(source: BinaryIO, layers_root: Path,
-                  progress: Callable[[int], None] | None = None) -> ExtractedLayer:
-    """Extract source into a new temporary layer directory under layers_root."""
+                  progress: Callable[[int], None] | None = None,
+                  expected_diff_id: str | None = None) -> ExtractedLayer:
+    """Extract source into a new temporary layer directory under layers_root.
+
+    With expected_diff_id, a tar whose digest differs is refused (InvalidParameter) and
+    nothing is left behind."""
     tmp = layers_root / f"tmp-{secrets.token_hex(8)}"
     diff = tmp / "diff"
     diff.mkdir(parents=True)
     hasher = hashlib.sha256()
     total = 0
-    read = 0
+    # Overlay's own xattrs in a layer tar would be obeyed by the kernel (redirects, opaque
+    # dirs): only whiteout conversion below may set them.
     proc = subprocess.Popen(
         ["tar", "-x", "-f", "-", "-C", str(diff), "--numeric-owner", "-p", "--xattrs",
-         "--xattrs-include=*", "--no-same-permissions" if os.geteuid() else "--same-permissions"],
+         "--xattrs-include=*", "--xattrs-exclude=trusted.overlay.*",
+         "--no-same-permissions" if os.geteuid() else "--same-permissions"],
         stdin=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None
+    tar_reading = True
     try:
-        head = source.read(CHUNK)
-        read += len(head)
-        decompressor = _decompressor_for(head)
-        chunk = head
-        while chunk:
-            data = decompressor.decompress(chunk) if decompressor else chunk
-            if data:
+        with gzip.open(tmp / TAR_SPLIT, "wb", compresslevel=1) as split_file:
+            splitter = TarSplitter(split_file)  # type: ignore[arg-type]
+            for data in decompressed(source, progress):
                 hasher.update(data)
                 total += len(data)
-                proc.stdin.write(data)
-            if progress:
-                progress(read)
-            chunk = source.read(CHUNK)
-            read += len(chunk)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
+                splitter.feed(data)
+                if tar_reading:
+                    try:
+                        proc.stdin.write(data)
+                    except BrokenPipeError:
+                        # tar stops at the end-of-archive blocks; the diff ID still covers
+                        # every byte that follows them.
+                        tar_reading = False
+            split = splitter.close()
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
     except BaseException:
         proc.kill()
         proc.wait()
@@ -101,32 +157,62 @@ def extract_layer(source: BinaryIO, layers_root: Path,
         shutil.rmtree(tmp, ignore_errors=True)
         text = err.decode(errors="replace").strip() or "not a tar archive"
         raise InvalidParameter(f"invalid layer archive: {text}")
-    size = convert_whiteouts(diff)
-    return ExtractedLayer("sha256:" + hasher.hexdigest(), total, size, tmp)
+    diff_id = "sha256:" + hasher.hexdigest()
+    if expected_diff_id is not None and diff_id != expected_diff_id:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DiffIDMismatch(expected_diff_id, diff_id)
+    try:
+        size = convert_whiteouts(diff)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InvalidParameter(f"invalid layer archive: {exc}") from exc
+    check_files(split, diff)
+    if split.broken:
+        log.info("layer %s cannot be reproduced byte for byte by save: %s", diff_id[:19],
+                 split.broken)
+        (tmp / TAR_SPLIT).unlink()
+    return ExtractedLayer(diff_id, total, size, tmp, split)
+
+
+class DiffIDMismatch(InvalidParameter):
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"layer digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def convert_whiteouts(root: Path) -> int:
-    """Turn tar-style whiteouts into overlayfs ones; return the layer's content size."""
+    """Turn tar-style whiteouts into overlayfs ones; return the layer's content size.
+
+    `.wh.name` becomes a 0/0 character device `name`, and `.wh..wh..opq` in a directory the
+    directory's opaque xattr. A whiteout hides only what lower layers hold (OCI image spec,
+    "Whiteouts"): an entry the same layer adds under that name stays.
+    """
     size = 0
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root):
-        for name in filenames + dirnames:
+        for name in [*dirnames, *filenames]:
             full = os.path.join(dirpath, name)
-            if name == OPAQUE_MARKER:
-                os.unlink(full)
-                os.setxattr(dirpath, "trusted.overlay.opaque", b"y")
-            elif name.startswith(WHITEOUT_PREFIX):
-                os.unlink(full)
-                target = os.path.join(dirpath, name[len(WHITEOUT_PREFIX):])
-                if os.path.lexists(target):
-                    if os.path.isdir(target) and not os.path.islink(target):
-                        shutil.rmtree(target)
-                    else:
-                        os.unlink(target)
-                os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-            else:
+            if not name.startswith(WHITEOUT_PREFIX):
                 st = os.lstat(full)
                 if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
                     seen.add((st.st_dev, st.st_ino))
                     size += st.st_size
+                continue
+            _remove(full)
+            if name == OPAQUE_MARKER:
+                os.setxattr(dirpath, OPAQUE_XATTR, b"y")
+            elif not name.startswith(WHITEOUT_META_PREFIX):
+                target = os.path.join(dirpath, name[len(WHITEOUT_PREFIX):])
+                if not os.path.lexists(target):
+                    os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        # Removed entries are not walked into.
+        dirnames[:] = [d for d in dirnames if not d.startswith(WHITEOUT_PREFIX)]
     return size

@@ -116,3 +116,21 @@ def parse(text: str, default_tag: bool = True) -> Reference:
     if tag is None and digest is None and default_tag:
         tag = DEFAULT_TAG
     return Reference(domain, path, tag, digest)
+
+
+def tag_reference(repo: str, tag: str) -> Reference:
+    """The `repo` and `tag` parameters of image tag and import → the tag to set.
+
+    As Docker's RepoTagReference: a `tag` given replaces one written in `repo`; without
+    either, the tag is `latest`."""
+    if not repo:
+        raise InvalidParameter("invalid reference format: repository name must have at "
+                               "least one component")
+    ref = parse(repo, default_tag=False)
+    if ref.digest:
+        raise InvalidParameter("refusing to create a tag with a digest reference")
+    if tag:
+        if not _TAG.match(tag):
+            raise InvalidParameter("invalid tag format")
+        return ref.with_tag(tag)
+    return ref.with_tag(ref.tag or DEFAULT_TAG)

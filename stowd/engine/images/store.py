@@ -6,12 +6,14 @@ records; files are written first and renamed into place, so a crash leaves at mo
 unreferenced temporary directory, which start-up removes.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +22,7 @@ from typing import Any, BinaryIO
 
 from stowd.engine.errors import Conflict, InvalidParameter, NotFound
 from stowd.engine.images import reference
-from stowd.engine.images.layers import ExtractedLayer, chain_id, extract_layer
+from stowd.engine.images.layers import TAR_SPLIT, ExtractedLayer, chain_id, extract_layer
 from stowd.engine.store import Store
 
 
@@ -47,6 +49,14 @@ class Image:
                 "last_tag_time": self.last_tag_time}
 
 
+def _digest_ref_matches(repo_digest: str, ref: reference.Reference) -> bool:
+    try:
+        known = reference.parse(repo_digest, default_tag=False)
+    except InvalidParameter:
+        return False
+    return known.repository == ref.repository and known.digest == ref.digest
+
+
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -63,10 +73,16 @@ class ImageStore:
         self.db = store
         self.blobs = data_root / "images" / "blobs" / "sha256"
         self.layers_root = data_root / "layers"
+        # Scratch space for archives being loaded or saved: on the data-root's filesystem,
+        # never in memory or /tmp (a tmpfs on many hosts).
+        self.tmp_root = data_root / "images" / "tmp"
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.layers_root.mkdir(parents=True, exist_ok=True)
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        for leftover in self.layers_root.glob("tmp-*"):
+        # Layers an unfinished load or save relies on: removal leaves them alone.
+        self._pins: Counter[str] = Counter()
+        for leftover in [*self.layers_root.glob("tmp-*"), *self.tmp_root.iterdir()]:
             shutil.rmtree(leftover, ignore_errors=True)
 
     # reading ----------------------------------------------------------------------------
@@ -99,34 +115,37 @@ class ImageStore:
         return image
 
     def find(self, name: str) -> Image | None:
-        records = {r["id"]: r for r in self.db.all_images()}
-        tags = self._tags_by_image()
-        wanted: str | None = None
+        """Docker's lookup order: a tag, a `name@digest`, then a full or short image ID.
+
+        None when nothing matches; InvalidParameter for a malformed name, NotFound for a
+        short ID that several images start with (Docker answers 404 there too)."""
+        id_like = reference.is_image_id_like(name)
         try:
-            ref = reference.parse(name)
+            ref: reference.Reference | None = reference.parse(name)
         except InvalidParameter:
+            if not id_like:
+                raise
             ref = None
+        records = {r["id"]: r for r in self.db.all_images()}
+        wanted: str | None = None
         if ref is not None and ref.digest is None:
-            for tag_ref, image_id in self.db.all_tags():
-                if tag_ref == ref.full():
+            wanted = dict(self.db.all_tags()).get(ref.full())
+        elif ref is not None:
+            for image_id, rec in records.items():
+                if any(_digest_ref_matches(d, ref) for d in rec.get("repo_digests") or []):
                     wanted = image_id
                     break
-        if wanted is None and ref is not None and ref.digest:
-            for image_id, rec in records.items():
-                if any(d.endswith("@" + ref.digest) for d in rec.get("repo_digests", [])):
-                    wanted = image_id
-            if wanted is None and "sha256:" + ref.digest.removeprefix("sha256:") in records:
-                wanted = "sha256:" + ref.digest.removeprefix("sha256:")
-        if wanted is None and reference.is_image_id_like(name):
+        if wanted is None and id_like:
             prefix = name.removeprefix("sha256:")
             matches = [i for i in records if i.removeprefix("sha256:").startswith(prefix)]
-            if len(matches) > 1 and len(prefix) < 64:
-                raise InvalidParameter(f"multiple images found with provided prefix: {name}")
+            if len(matches) > 1:
+                raise NotFound(f"No such image: {name} (a short ID that {len(matches)} "
+                               "images start with)")
             if matches:
                 wanted = matches[0]
         if wanted is None or wanted not in records:
             return None
-        return self._load(records[wanted], tags)
+        return self._load(records[wanted], self._tags_by_image())
 
     def layer_dirs(self, image: Image) -> list[str]:
         """Lower directories for an overlay mount, topmost first."""
@@ -137,10 +156,17 @@ class ImageStore:
 
     # writing ----------------------------------------------------------------------------
 
+    def tar_split_path(self, chain: str) -> Path:
+        return self.layer_path(chain) / TAR_SPLIT
+
     def store_layer(self, source: BinaryIO, parent_chain: str | None,
-                    progress: Callable[[int], None] | None = None) -> tuple[str, str, int]:
-        """Extract a layer tar on top of parent_chain; returns (chain ID, diff ID, size)."""
-        layer: ExtractedLayer = extract_layer(source, self.layers_root, progress)
+                    progress: Callable[[int], None] | None = None,
+                    expected_diff_id: str | None = None) -> tuple[str, str, int]:
+        """Extract a layer tar on top of parent_chain; returns (chain ID, diff ID, size).
+
+        With expected_diff_id, a layer with another digest is refused and not stored."""
+        layer: ExtractedLayer = extract_layer(source, self.layers_root, progress,
+                                              expected_diff_id)
         chain = chain_id(parent_chain, layer.diff_id)
         final = self.layer_path(chain)
         with self._lock:
@@ -151,6 +177,25 @@ class ImageStore:
             self.db.put_layer(chain, layer.diff_id, parent_chain, layer.size)
         return chain, layer.diff_id, layer.size
 
+    def pin(self, chains: list[str]) -> None:
+        with self._lock:
+            self._pins.update(chains)
+
+    def unpin(self, chains: list[str]) -> None:
+        with self._lock:
+            self._pins.subtract(chains)
+            self._pins += Counter()
+
+    def discard_layers(self, chains: list[str]) -> None:
+        """Remove layers of a failed load that no image and no other operation uses."""
+        with self._lock:
+            in_use = {c for r in self.db.all_images() for c in r["layers"]}
+            for chain in reversed(chains):
+                if chain in in_use or self._pins[chain] > 0:
+                    continue
+                self.db.delete_layer(chain)
+                shutil.rmtree(self.layer_path(chain), ignore_errors=True)
+
     def has_layer(self, chain: str) -> bool:
         return self.db.layer(chain) is not None and self.layer_path(chain).exists()
 
@@ -158,9 +203,13 @@ class ImageStore:
         row = self.db.layer(chain)
         return row[2] if row else 0
 
-    def add_image(self, config_bytes: bytes, chains: list[str],
-                  tags: list[reference.Reference]) -> tuple[Image, list[str]]:
-        """Record an image whose layers are stored; returns it and the tags it took over."""
+    def add_image(self, config_bytes: bytes, chains: list[str], tags: list[reference.Reference],
+                  repo_digests: list[str] | None = None
+                  ) -> tuple[Image, list[tuple[reference.Reference, str]]]:
+        """Record an image whose layers are stored.
+
+        repo_digests (`name@sha256:<manifest digest>`) are added to those it has. Returns
+        the image and, for each tag it took from another image, (tag, that image's ID)."""
         config = json.loads(config_bytes)
         diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
         if len(diff_ids) != len(chains):
@@ -178,38 +227,52 @@ class ImageStore:
                               "parent": "", "repo_digests": [], "last_tag_time": ""}
         if tags:
             record["last_tag_time"] = now_rfc3339()
+        for digest_ref in repo_digests or []:
+            if digest_ref not in record["repo_digests"]:
+                record["repo_digests"] = [*record["repo_digests"], digest_ref]
         self.db.put_image(image_id, _created_ts(created), record)
         replaced = []
         for ref in tags:
             previous = self.db.set_tag(ref.full(), image_id)
             if previous:
-                replaced.append(previous)
+                replaced.append((ref, previous))
         image = self.find(image_id)
         assert image is not None
         return image, replaced
 
-    def tag(self, source: str, repo: str, tag: str) -> Image:
+    def tag(self, source: str, repo: str, tag: str) -> tuple[Image, reference.Reference]:
+        """Point the tag named by repo and tag at the image source names."""
+        ref = reference.tag_reference(repo, tag)
         image = self.resolve(source)
-        if not repo:
-            raise InvalidParameter("repository name must have at least one component")
-        ref = reference.parse(repo, default_tag=False)
-        if ref.digest:
-            raise InvalidParameter("refusing to create a tag with a digest reference")
-        if ref.tag and tag:
-            raise InvalidParameter("invalid reference format")
-        ref = ref.with_tag(tag or ref.tag or reference.DEFAULT_TAG)
         self.db.set_tag(ref.full(), image.id)
         records = {r["id"]: r for r in self.db.all_images()}
         record = records[image.id]
         record["last_tag_time"] = now_rfc3339()
         self.db.put_image(image.id, _created_ts(record["created"]), record)
-        return image
+        return image, ref
 
-    def untag(self, ref: reference.Reference) -> None:
-        self.db.delete_tag(ref.full())
+    def untag(self, image_id: str, ref: reference.Reference) -> None:
+        """Remove a tag, or a `name@digest` reference, of the image."""
+        if ref.digest is None:
+            self.db.delete_tag(ref.full())
+            return
+        records = {r["id"]: r for r in self.db.all_images()}
+        record = records.get(image_id)
+        if record is not None:
+            record["repo_digests"] = [d for d in record.get("repo_digests") or []
+                                      if not _digest_ref_matches(d, ref)]
+            self.db.put_image(image_id, _created_ts(record["created"]), record)
 
     def tags_of(self, image_id: str) -> list[reference.Reference]:
         return [reference.parse(r) for r, i in self.db.all_tags() if i == image_id]
+
+    def digests_of(self, image_id: str) -> list[reference.Reference]:
+        records = {r["id"]: r for r in self.db.all_images()}
+        out = []
+        for text in (records.get(image_id) or {}).get("repo_digests") or []:
+            with contextlib.suppress(InvalidParameter):
+                out.append(reference.parse(text, default_tag=False))
+        return out
 
     def remove_image(self, image: Image) -> list[str]:
         """Delete an image record, its config and the layers no other image uses.
@@ -217,14 +280,15 @@ class ImageStore:
         Returns the layer chain IDs that were removed."""
         self.db.delete_image(image.id)
         (self.blobs / image.id.removeprefix("sha256:")).unlink(missing_ok=True)
-        in_use = {c for r in self.db.all_images() for c in r["layers"]}
         removed = []
-        for chain in reversed(image.layers):
-            if chain in in_use:
-                continue
-            self.db.delete_layer(chain)
-            shutil.rmtree(self.layer_path(chain), ignore_errors=True)
-            removed.append(chain)
+        with self._lock:
+            in_use = {c for r in self.db.all_images() for c in r["layers"]}
+            for chain in reversed(image.layers):
+                if chain in in_use or self._pins[chain] > 0:
+                    continue
+                self.db.delete_layer(chain)
+                shutil.rmtree(self.layer_path(chain), ignore_errors=True)
+                removed.append(chain)
         return removed
 
 
