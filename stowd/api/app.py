@@ -156,8 +156,14 @@ class Router:
         self.app.router.add_route(method, r"/v{version:[0-9.]+}" + path, handler)
 
 
+def json_ok(data: object, status: int = 200) -> web.Response:
+    """A JSON answer as dockerd writes it: compact, one line, newline-terminated."""
+    return web.Response(body=json.dumps(data, separators=(",", ":")).encode() + b"\n",
+                        status=status, content_type="application/json")
+
+
 def make_app(engine: Engine) -> web.Application:
-    from stowd.api.routes import containers, images, system
+    from stowd.api.routes import containers, execs, images, system
 
     app = web.Application(middlewares=[docker_middleware], client_max_size=1024**4,
                           handler_args={"max_field_size": 65536})
@@ -166,6 +172,7 @@ def make_app(engine: Engine) -> web.Application:
     router = Router(app)
     system.register(router)
     containers.register(router)
+    execs.register(router)
     images.register(router)
     return app
 

@@ -11,11 +11,13 @@ and pauses for flow control.
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from stowd.api.app import COMMON_HEADERS
+from stowd.engine.attach import DetachScanner
+from stowd.engine.logs import frame
 
 
 class HijackedConnection(asyncio.Protocol):
@@ -60,6 +62,67 @@ class HijackedConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.transport.is_closing():
             self.transport.close()
+
+
+class StdioSession(Protocol):
+    """What relay needs of an attachment or an exec: output items, and a way to stdin."""
+
+    output: "asyncio.Queue[tuple[int, bytes] | None]"
+    detach_keys: bytes
+    stdin_once: bool
+
+    @property
+    def stdin(self) -> bool: ...
+
+    async def write_stdin(self, data: bytes) -> None: ...
+
+    async def close_stdin(self) -> None: ...
+
+
+async def relay(conn: HijackedConnection, session: StdioSession, tty: bool) -> None:
+    """Copy output to the client and the client's input to stdin until either side ends."""
+    scanner = DetachScanner(session.detach_keys)
+    detached = asyncio.Event()
+
+    async def output() -> None:
+        while True:
+            item = await session.output.get()
+            if item is None:
+                return
+            stream, data = item
+            if not await conn.write(data if tty else frame(stream, data)):
+                return
+
+    async def stdin() -> None:
+        while True:
+            chunk = await conn.incoming.get()
+            if chunk is None:
+                if not session.stdin:
+                    return  # the CLI half-closes at once when it has no stdin to send
+                if session.stdin_once and not tty:
+                    # Docker closes a StdinOnce container's stdin and keeps streaming.
+                    await session.close_stdin()
+                else:
+                    # With a TTY (the CLI ends its input on ctrl-p ctrl-q) or without
+                    # StdinOnce, the end of the client's input ends the attachment.
+                    detached.set()
+                return
+            data, detach = scanner.feed(chunk)
+            if data:
+                await session.write_stdin(data)
+            if detach:
+                detached.set()
+                return
+
+    tasks = [asyncio.ensure_future(output()), asyncio.ensure_future(conn.lost.wait()),
+             asyncio.ensure_future(detached.wait())]
+    reader = asyncio.ensure_future(stdin())
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in [*tasks, reader]:
+            task.cancel()
+
 
 
 def hijack(request: web.Request, content_type: str) -> HijackedConnection:

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from stowd.config import Settings
 from stowd.engine import create as create_rules
+from stowd.engine import exec as execs
 from stowd.engine import names, rootfs
 from stowd.engine.attach import AttachSession, parse_detach_keys
 from stowd.engine.containers import (
@@ -48,7 +49,7 @@ from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.restart import RestartManager
 from stowd.engine.runtime import mounts
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
-from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec
+from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec, host_capabilities
 from stowd.engine.signals import parse_signal
 from stowd.engine.store import NameTaken, Store, name_conflict
 
@@ -79,6 +80,7 @@ class Engine:
         self._pidfds: dict[str, int] = {}
         self._attachers: dict[str, set[AttachSession]] = {}
         self._parked: dict[str, set[AttachSession]] = {}
+        self._execs: dict[str, execs.ExecInstance] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = RestartManager(self)
         self.store: Store
@@ -563,6 +565,101 @@ class Engine:
                                 f"1 {height} {width}\n")
         self._event(c, "resize", height=str(height), width=str(width))
 
+    # exec ---------------------------------------------------------------------------------
+
+    def create_exec(self, ref: str, body: dict[str, Any]) -> str:
+        """Record an exec; it runs when started. 409 unless the container runs."""
+        c = self.get(ref)
+        if c.state.status == PAUSED:
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        if c.state.status != RUNNING:
+            raise Conflict(f"Container {c.id} is not running")
+        cmd = body.get("Cmd")
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not cmd or not isinstance(cmd, list) or not all(isinstance(a, str) for a in cmd):
+            raise InvalidParameter("No exec command specified")
+        env = body.get("Env") or []
+        if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
+            raise InvalidParameter("Env must be a list of strings")
+        size = body.get("ConsoleSize") or None
+        wd = body.get("WorkingDir") or ""
+        if wd and not wd.startswith("/"):
+            raise InvalidParameter(f"the working directory '{wd}' is invalid, it needs to be "
+                                   "an absolute path")
+        inst = execs.ExecInstance(
+            id=execs.new_exec_id(), container_id=c.id, cmd=cmd, tty=bool(body.get("Tty")),
+            attach_stdin=bool(body.get("AttachStdin")),
+            attach_stdout=bool(body.get("AttachStdout")),
+            attach_stderr=bool(body.get("AttachStderr")), env=env,
+            user=body.get("User") or "", working_dir=wd,
+            privileged=bool(body.get("Privileged")),
+            detach_keys=parse_detach_keys(body.get("DetachKeys")),
+            console_size=(size[0], size[1]) if isinstance(size, list) and len(size) == 2
+            else None,
+        )
+        self._execs[inst.id] = inst
+        self._event(c, "exec_create: " + " ".join(cmd), execID=inst.id)
+        return inst.id
+
+    def get_exec(self, exec_id: str) -> execs.ExecInstance:
+        inst = self._execs.get(exec_id)
+        if inst is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return inst
+
+    async def start_exec(self, exec_id: str, detach: bool, tty: bool | None = None,
+                         console_size: list[int] | None = None) -> execs.ExecInstance:
+        inst = self.get_exec(exec_id)
+        if inst.started:
+            state = "is already running" if inst.running else "has already run"
+            raise Conflict(f"exec command {inst.id} {state}")
+        c = self.get(inst.container_id)
+        if c.state.status == PAUSED:
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        if c.state.status != RUNNING:
+            raise Conflict(f"Container {c.id} is not running")
+        if tty is not None:
+            inst.tty = tty
+        if console_size and len(console_size) == 2 and all(console_size):
+            inst.console_size = (console_size[0], console_size[1])
+        inst.started = True
+        bundle = self.container_dir(c) / "bundle"
+        spec_path = self.exec_root / "execs" / f"{inst.id}.json"
+        await asyncio.to_thread(self._write_exec_spec, c, inst, bundle, spec_path)
+        self._event(c, "exec_start: " + " ".join(inst.cmd), execID=inst.id)
+        await execs.run(inst, self.runtime.path, self.runtime.root, spec_path, detach)
+        self._spawn(self._exec_finished(c, inst, spec_path))
+        return inst
+
+    def _write_exec_spec(self, c: Container, inst: execs.ExecInstance, bundle: Path,
+                         spec_path: Path) -> None:
+        container_spec = execs.load_spec(bundle)
+        root = self.container_dir(c) / "rootfs"
+        user = rootfs.resolve_user(root, inst.user or c.config.get("User") or "",
+                                   c.host_config.get("GroupAdd"))
+        user_doc: dict[str, Any] = {"uid": user.uid, "gid": user.gid}
+        if user.additional_gids:
+            user_doc["additionalGids"] = user.additional_gids
+        caps = host_capabilities() if inst.privileged else None
+        process = execs.process_spec(container_spec, inst, user_doc, caps)
+        spec_path.parent.mkdir(parents=True, exist_ok=True)
+        spec_path.write_text(json.dumps(process))
+
+    async def _exec_finished(self, c: Container, inst: execs.ExecInstance,
+                             spec_path: Path) -> None:
+        await inst.done.wait()
+        await asyncio.to_thread(spec_path.unlink, True)
+        self._event(c, "exec_die", execID=inst.id, exitCode=str(inst.exit_code))
+
+    def exec_ids(self, cid: str) -> list[str]:
+        return [e.id for e in self._execs.values() if e.container_id == cid]
+
+    def _forget_execs(self, cid: str) -> None:
+        for exec_id in self.exec_ids(cid):
+            inst = self._execs.pop(exec_id)
+            execs.kill(inst)
+
     # stop, kill, restart ----------------------------------------------------------------
 
     async def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
@@ -713,6 +810,7 @@ class Engine:
         for session in self._attachers.pop(c.id, set()):
             session.end()
         self._close_parked(c.id)
+        self._forget_execs(c.id)
         await asyncio.to_thread(self._remove_files, c)
         self.store.delete_container(c.id)
         self._containers.pop(c.id, None)

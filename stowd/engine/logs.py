@@ -143,6 +143,7 @@ class LogReader:
                 return []
         raw = self._file.read(max_bytes)
         if not raw:
+            self._reopen_if_rotated()
             return []
         data = self._carry + raw
         cut = data.rfind(b"\n")
@@ -156,6 +157,22 @@ class LogReader:
             if message is not None:
                 out.append(message)
         return out
+
+    def _reopen_if_rotated(self) -> None:
+        """Start over when the log was truncated or replaced under us (size limits)."""
+        assert self._file is not None
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        mine = os.fstat(self._file.fileno())
+        if (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev):
+            self._file.close()
+            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open across batches
+            self._carry = b""
+        elif on_disk.st_size < self._file.tell():
+            self._file.seek(0)
+            self._carry = b""
 
     def _feed(self, line: bytes) -> LogMessage | None:
         parsed = parse_line(line)

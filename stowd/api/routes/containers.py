@@ -9,15 +9,16 @@ from aiohttp import web
 from stowd.api import shapes
 from stowd.api.app import Router, engine_of
 from stowd.api.filters import parse_filters
-from stowd.api.hijack import HijackedConnection, finished, hijack
+from stowd.api.hijack import finished, hijack, relay
 from stowd.api.params import api_version, bool_param, int_param, json_body
 from stowd.engine import listing
-from stowd.engine.attach import AttachSession, DetachScanner
 from stowd.engine.containers import Container
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.logs import STDOUT, LogMessage, LogReader, frame, read_all
 
 log = logging.getLogger("stowd.api")
+
+FOLLOW_POLL = 0.05  # seconds between looks at a followed log that has nothing new
 
 
 def _paths(request: web.Request, c: Container) -> dict[str, str]:
@@ -197,10 +198,17 @@ async def logs(request: web.Request) -> web.StreamResponse:
                        until=until, tail=tail)
     response = web.StreamResponse(headers={"Content-Type": ctype})
     await response.prepare(request)
+    # Following ends when the container stops and its last output has been read.
+    stopped = engine.wait(c.id, "not-running") if bool_param(request, "follow") else None
     await asyncio.to_thread(reader.open)
     try:
         while True:
             batch = await asyncio.to_thread(reader.read_batch)
+            if not batch and stopped is not None and not stopped.done() and not reader.done:
+                await asyncio.wait([stopped], timeout=FOLLOW_POLL)
+                continue
+            if not batch:
+                batch = await asyncio.to_thread(reader.read_batch)
             if not batch:
                 batch = await asyncio.to_thread(reader.flush_partial)
                 if not batch:
@@ -212,55 +220,14 @@ async def logs(request: web.Request) -> web.StreamResponse:
                     data = message.time.encode() + b" " + data
                 out += data if tty else frame(message.stream if not tty else STDOUT, data)
             await response.write(bytes(out))
+    except ConnectionResetError:
+        return response
     finally:
+        if stopped is not None and not stopped.done():
+            stopped.cancel()
         await asyncio.to_thread(reader.close)
     await response.write_eof()
     return response
-
-
-async def _pump(conn: HijackedConnection, session: AttachSession, tty: bool) -> None:
-    """Copy output to the client and the client's input to stdin until either side ends."""
-    scanner = DetachScanner(session.detach_keys)
-    detached = asyncio.Event()
-
-    async def output() -> None:
-        while True:
-            item = await session.output.get()
-            if item is None:
-                return
-            stream, data = item
-            if not await conn.write(data if tty else frame(stream, data)):
-                return
-
-    async def stdin() -> None:
-        while True:
-            chunk = await conn.incoming.get()
-            if chunk is None:
-                if not session.stdin:
-                    return  # the CLI half-closes at once when it has no stdin to send
-                if session.stdin_once and not tty:
-                    # Docker closes a StdinOnce container's stdin and keeps streaming.
-                    await session.close_stdin()
-                else:
-                    # With a TTY (the CLI ends its input on ctrl-p ctrl-q) or without
-                    # StdinOnce, the end of the client's input ends the attachment.
-                    detached.set()
-                return
-            data, detach = scanner.feed(chunk)
-            if data:
-                await session.write_stdin(data)
-            if detach:
-                detached.set()
-                return
-
-    tasks = [asyncio.ensure_future(output()), asyncio.ensure_future(conn.lost.wait()),
-             asyncio.ensure_future(detached.wait())]
-    reader = asyncio.ensure_future(stdin())
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in [*tasks, reader]:
-            task.cancel()
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
@@ -281,7 +248,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
             for message in messages:
                 await conn.write(message.data if tty else frame(message.stream, message.data))
         if bool_param(request, "stream"):
-            await _pump(conn, session, tty)
+            await relay(conn, session, tty)
     finally:
         engine.detach(session)
         conn.close()

@@ -74,7 +74,7 @@ class OciRuntime:
         )
         if check and proc.returncode != 0:
             msg = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
-            raise RuntimeError_(f"{self.name} {args[0]}: {_runtime_message(msg)}")
+            raise RuntimeError_(f"{self.name} {args[0]}: {runtime_message(msg)}")
         return proc
 
     def create(
@@ -149,7 +149,7 @@ class OciRuntime:
         if pid <= 0:
             text = message.get("message") or "the runtime failed to create the container"
             self.delete(cid, force=True)
-            raise RuntimeError_(_runtime_message(str(text)))
+            raise RuntimeError_(runtime_message(str(text)))
         try:
             conmon_pid = int(self.conmon_pidfile(cid).read_text().strip())
         except (OSError, ValueError):
@@ -175,7 +175,7 @@ class OciRuntime:
         if proc.returncode != 0:
             text = proc.stderr.decode(errors="replace")
             if "does not exist" not in text and "not exist" not in text:
-                raise RuntimeError_(f"{self.name} delete: {_runtime_message(text.strip())}")
+                raise RuntimeError_(f"{self.name} delete: {runtime_message(text.strip())}")
 
     def has_task(self, cid: str) -> bool:
         """Whether the runtime keeps state for cid (runc and crun: a directory in --root)."""
@@ -261,7 +261,7 @@ def _remove_cgroup(path: str) -> None:
     os.rmdir(path)
 
 
-def _runtime_message(text: str) -> str:
+def runtime_message(text: str) -> str:
     """Pull the human part out of runc's logrus-style error lines."""
     for line in reversed(text.splitlines()):
         if 'msg="' in line:

@@ -1,0 +1,78 @@
+"""Exec routes: create, start (hijacked like attach), resize, inspect."""
+
+from aiohttp import web
+
+from stowd.api.app import Router, engine_of, json_ok
+from stowd.api.hijack import finished, hijack, relay
+from stowd.api.params import api_version, int_param, json_body
+from stowd.engine.errors import InvalidParameter
+
+
+async def create(request: web.Request) -> web.Response:
+    body = await json_body(request, required=True)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    if api_version(request) < (1, 42):
+        body.pop("ConsoleSize", None)
+    exec_id = engine_of(request).create_exec(request.match_info["id"], body)
+    return json_ok({"Id": exec_id}, status=201)
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    engine = engine_of(request)
+    detach = bool(body.get("Detach"))
+    tty = body.get("Tty")
+    size = body.get("ConsoleSize") if api_version(request) >= (1, 42) else None
+    inst = await engine.start_exec(request.match_info["id"], detach,
+                                   bool(tty) if tty is not None else None, size)
+    if detach:
+        return web.Response(status=200)
+    multiplexed = not inst.tty and api_version(request) >= (1, 42)
+    conn = hijack(request, "application/vnd.docker.multiplexed-stream" if multiplexed
+                  else "application/vnd.docker.raw-stream")
+    try:
+        await relay(conn, inst, inst.tty)
+        if not conn.lost.is_set():
+            # Output is complete when the process is: wait for its exit before closing.
+            await inst.done.wait()
+    finally:
+        conn.close()
+    return finished(request)
+
+
+async def resize(request: web.Request) -> web.Response:
+    inst = engine_of(request).get_exec(request.match_info["id"])
+    height = int_param(request, "h", 0) or 0
+    width = int_param(request, "w", 0) or 0
+    if not inst.running:
+        raise InvalidParameter(f"exec {inst.id} is not running")
+    inst.resize(height, width)
+    return web.Response(status=200)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    inst = engine.get_exec(request.match_info["id"])
+    return json_ok({
+        "CanRemove": False,
+        "ContainerID": inst.container_id,
+        "DetachKeys": "",
+        "ExitCode": inst.exit_code,
+        "ID": inst.id,
+        "OpenStderr": inst.attach_stderr,
+        "OpenStdin": inst.attach_stdin,
+        "OpenStdout": inst.attach_stdout,
+        "ProcessConfig": inst.inspect_process(),
+        "Running": inst.running,
+        "Pid": inst.pid,
+    })
+
+
+def register(router: Router) -> None:
+    router.add("POST", "/containers/{id:.+}/exec", create)
+    router.add("POST", "/exec/{id}/start", start)
+    router.add("POST", "/exec/{id}/resize", resize)
+    router.add("GET", "/exec/{id}/json", inspect)
