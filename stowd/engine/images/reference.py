@@ -15,7 +15,8 @@ DEFAULT_TAG = "latest"
 
 _COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*$")
 _TAG = re.compile(r"^[\w][\w.-]{0,127}$")
-_DIGEST = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_DIGEST = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}$")
+NAME_MAX = 255
 _DOMAIN = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"(?::[0-9]+)?$|^\[[a-fA-F0-9:]+\](?::[0-9]+)?$"
@@ -79,6 +80,10 @@ def parse(text: str, default_tag: bool = True) -> Reference:
         remainder, digest = remainder.split("@", 1)
         if not _DIGEST.match(digest):
             raise InvalidParameter("invalid reference format")
+        algorithm, _, hex_part = digest.partition(":")
+        if algorithm == "sha256" and not _HEX64.match(hex_part):
+            raise InvalidParameter("invalid checksum digest length" if len(hex_part) != 64
+                                   else "invalid checksum digest format")
     tag = None
     slash = remainder.rfind("/")
     colon = remainder.rfind(":")
@@ -88,6 +93,8 @@ def parse(text: str, default_tag: bool = True) -> Reference:
             raise InvalidParameter("invalid reference format")
     if not remainder:
         raise InvalidParameter("invalid reference format")
+    if len(remainder) > NAME_MAX:
+        raise InvalidParameter(f"repository name must not be more than {NAME_MAX} characters")
     parts = remainder.split("/")
     first = parts[0]
     if len(parts) > 1 and ("." in first or ":" in first or first == "localhost"
@@ -101,9 +108,7 @@ def parse(text: str, default_tag: bool = True) -> Reference:
         domain = DEFAULT_DOMAIN
     path = "/".join(path_parts)
     if path != path.lower():
-        raise InvalidParameter(
-            f"invalid reference format: repository name ({path}) must be lowercase"
-        )
+        raise InvalidParameter("invalid reference format: repository name must be lowercase")
     for comp in path_parts:
         if not _COMPONENT.match(comp):
             raise InvalidParameter("invalid reference format")
