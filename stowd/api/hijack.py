@@ -81,7 +81,8 @@ class StdioSession(Protocol):
 
 async def relay(conn: HijackedConnection, session: StdioSession, tty: bool) -> None:
     """Copy output to the client and the client's input to stdin until either side ends."""
-    scanner = DetachScanner(session.detach_keys)
+    # Detach keys apply only with a TTY, as in Docker: binary stdin must pass untouched.
+    scanner = DetachScanner(session.detach_keys if tty else b"")
     detached = asyncio.Event()
 
     async def output() -> None:

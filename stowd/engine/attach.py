@@ -20,6 +20,7 @@ CONMON_STDERR = 3
 STDOUT = 1
 STDERR = 2
 PACKET = 65536
+STDIN_PACKET = 8192  # conmon's stdio buffer (STDIO_BUF_SIZE)
 DEFAULT_DETACH_KEYS = b"\x10\x11"  # ctrl-p, ctrl-q
 
 
@@ -136,8 +137,13 @@ class AttachSession:
         if not self.stdin or not data:
             return
         await self.connected.wait()
-        if self._sock is not None:
-            await asyncio.get_running_loop().sock_sendall(self._sock, data)
+        if self._sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        # SOCK_SEQPACKET: conmon reads one packet into a fixed buffer and drops the rest of a
+        # longer one, so stdin goes in packets no larger than that buffer.
+        for start in range(0, len(data), STDIN_PACKET):
+            await loop.sock_sendall(self._sock, data[start:start + STDIN_PACKET])
 
     async def close_stdin(self) -> None:
         if not self.stdin:

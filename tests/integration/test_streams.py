@@ -1,0 +1,427 @@
+"""Streams: `docker run` in the foreground, attach, logs -f, exec, through real clients."""
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import docker
+import pytest
+from docker.errors import APIError, NotFound
+
+from tests.daemon import Daemon
+from tests.integration.conftest import Cli
+
+
+def _gone(api: docker.APIClient, cid: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            api.inspect_container(cid)
+        except NotFound:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# --- docker run, with the real CLI --------------------------------------------------------
+
+
+def test_run_rm_prints_and_removes(cli: Cli, api: docker.APIClient) -> None:
+    res = cli("run", "--rm", "busybox", "echo", "hi")
+    assert res.stdout == "hi\n"
+    assert api.containers(all=True) == []
+
+
+def test_run_exit_code_and_stderr(cli: Cli) -> None:
+    res = cli("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 7",
+              check=False)
+    assert res.returncode == 7
+    assert res.stdout == "out\n" and res.stderr == "err\n"
+
+
+def test_run_stdin_pipe(cli: Cli) -> None:
+    assert cli("run", "-i", "--rm", "busybox", "cat", input="hello\n").stdout == "hello\n"
+    big = "".join(f"line {i}\n" for i in range(20000))
+    assert cli("run", "-i", "--rm", "busybox", "wc", "-l", input=big).stdout.strip() == "20000"
+
+
+def test_run_binary_stdin_passes_untouched(daemon: Daemon) -> None:
+    import hashlib
+    import os
+
+    data = os.urandom(3_000_000)  # contains ctrl-p ctrl-q pairs: no TTY, so no detaching
+    proc = subprocess.run(["docker", "run", "-i", "--rm", "busybox", "md5sum"], input=data,
+                          capture_output=True, env={"DOCKER_HOST": daemon.url,
+                                                    "PATH": "/usr/local/bin:/usr/bin:/bin"},
+                          timeout=60, check=True)
+    assert proc.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+
+
+def test_run_detached_returns_at_once(cli: Cli, api: docker.APIClient) -> None:
+    t0 = time.monotonic()
+    cid = cli("run", "-d", "busybox", "sleep", "30").stdout.strip()
+    assert time.monotonic() - t0 < 5
+    assert api.inspect_container(cid)["State"]["Running"]
+
+
+def test_run_without_rm_keeps_container_and_output(cli: Cli, api: docker.APIClient) -> None:
+    name = f"keep-{uuid.uuid4().hex[:6]}"
+    res = cli("run", "--name", name, "busybox", "sh", "-c", "seq 1 500")
+    assert res.stdout.split() == [str(i) for i in range(1, 501)]
+    assert api.inspect_container(name)["State"]["ExitCode"] == 0
+    assert cli("logs", name).stdout.split()[-1] == "500"
+
+
+def test_start_attach_and_wait(cli: Cli) -> None:
+    name = f"sa-{uuid.uuid4().hex[:6]}"
+    cli("create", "--name", name, "busybox", "sh", "-c", "echo started; exit 3")
+    res = cli("start", "-a", name, check=False)
+    assert res.returncode == 3 and res.stdout == "started\n"
+    assert cli("wait", name).stdout.strip() == "3"
+
+
+def test_attach_to_running_container(cli: Cli) -> None:
+    name = f"att-{uuid.uuid4().hex[:6]}"
+    cli("run", "-d", "--name", name, "busybox", "sh", "-c",
+        "sleep 1; echo from-attach; exit 5")
+    res = cli("attach", name, check=False)
+    assert res.stdout == "from-attach\n"
+    assert res.returncode == 5
+
+
+def test_rm_happens_even_when_client_goes_away(daemon: Daemon, api: docker.APIClient) -> None:
+    env = {"DOCKER_HOST": daemon.url, "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    name = f"gone-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen(["docker", "run", "--rm", "--name", name, "busybox", "sleep", "2"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            api.inspect_container(name)
+            break
+        except NotFound:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert _gone(api, name, timeout=15)
+
+
+# --- attach through the API: framing, half-close, stdin, detach ----------------------------
+
+
+def _raw_attach(daemon: Daemon, path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(daemon.socket))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\n"
+                 "Upgrade: tcp\r\nContent-Length: 0\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 UPGRADED"), head
+    return sock
+
+
+def _read_all(sock: socket.socket, timeout: float = 10) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_attach_before_start_sees_first_byte_with_half_close(
+        daemon: Daemon, api: docker.APIClient) -> None:
+    cid = api.create_container("busybox", ["sh", "-c", "echo first; echo second >&2"])["Id"]
+    sock = _raw_attach(daemon, f"/v1.44/containers/{cid}/attach?stream=1&stdout=1&stderr=1")
+    sock.shutdown(socket.SHUT_WR)  # what the CLI does at once without stdin
+    api.start(cid)
+    data = _read_all(sock)
+    assert b"\x01\x00\x00\x00\x00\x00\x00\x06first\n" in data
+    assert b"\x02\x00\x00\x00\x00\x00\x00\x07second\n" in data
+
+
+def test_attach_stdin_once_closes_stdin_on_eof(daemon: Daemon, api: docker.APIClient) -> None:
+    res = api._post_json(api._url("/containers/create"), data={
+        "Image": "busybox", "Cmd": ["sh", "-c", "cat; echo after-eof"], "OpenStdin": True,
+        "StdinOnce": True})
+    cid = res.json()["Id"]
+    sock = _raw_attach(daemon, f"/v1.44/containers/{cid}/attach?stream=1&stdin=1&stdout=1")
+    api.start(cid)
+    sock.sendall(b"typed\n")
+    sock.shutdown(socket.SHUT_WR)
+    data = _read_all(sock)
+    assert data.endswith(b"typed\n\x01\x00\x00\x00\x00\x00\x00\x0aafter-eof\n")
+    assert api.wait(cid, timeout=10)["StatusCode"] == 0
+
+
+def test_detach_keys_leave_container_running(daemon: Daemon, api: docker.APIClient) -> None:
+    cid = api.create_container("busybox", ["cat"], stdin_open=True, tty=True)["Id"]
+    api.start(cid)
+    sock = _raw_attach(daemon, f"/v1.44/containers/{cid}/attach?stream=1&stdin=1&stdout=1"
+                               "&detachKeys=ctrl-x,x")
+    sock.sendall(b"abc\n")
+    time.sleep(0.3)
+    sock.sendall(b"\x18x")
+    assert b"abc" in _read_all(sock)
+    assert api.inspect_container(cid)["State"]["Running"]
+    # Attach again: stdin still reaches the container.
+    sock = _raw_attach(daemon, f"/v1.44/containers/{cid}/attach?stream=1&stdin=1&stdout=1")
+    sock.sendall(b"again\n")
+    sock.settimeout(5)
+    got = b""
+    while b"again" not in got:
+        got += sock.recv(4096)
+    sock.close()
+
+
+def test_attach_errors(api: docker.APIClient) -> None:
+    with pytest.raises(NotFound):
+        api.attach("no-such-container", stream=False)
+    cid = api.create_container("busybox", ["sleep", "30"])["Id"]
+    api.start(cid)
+    api.pause(cid)
+    with pytest.raises(APIError) as err:
+        api.attach(cid, stream=False)
+    assert err.value.status_code == 409
+    api.unpause(cid)
+
+
+def test_client_disconnect_mid_stream_leaks_nothing(daemon: Daemon,
+                                                    api: docker.APIClient) -> None:
+    cid = api.create_container("busybox", ["sh", "-c", "yes | head -c 50000000; sleep 2"])["Id"]
+    sock = _raw_attach(daemon, f"/v1.44/containers/{cid}/attach?stream=1&stdout=1")
+    api.start(cid)
+    sock.recv(65536)
+    sock.close()
+    assert api.wait(cid, timeout=30)["StatusCode"] == 0
+    # The daemon still answers, and the next attach works.
+    assert api.version()["ApiVersion"] == "1.44"
+
+
+def test_resize_changes_the_tty(api: docker.APIClient) -> None:
+    cid = api.create_container("busybox", ["sh", "-c", "sleep 1; stty size -F /dev/stdout"],
+                               tty=True)["Id"]
+    api.start(cid)
+    api.resize(cid, height=41, width=133)
+    assert api.wait(cid, timeout=10)["StatusCode"] == 0
+    assert api.logs(cid).strip() == b"41 133"
+    with pytest.raises(APIError) as err:
+        api.resize(cid, height=10, width=10)
+    assert err.value.status_code == 409
+
+
+# --- logs -f -----------------------------------------------------------------------------
+
+
+def test_logs_follow_streams_and_ends_at_exit(client: docker.DockerClient) -> None:
+    ctr = client.containers.run("busybox", ["sh", "-c",
+                                            "for i in 1 2 3; do echo n$i; sleep 0.3; done"],
+                                detach=True)
+    t0 = time.monotonic()
+    lines = [line for line in ctr.logs(stream=True, follow=True)]
+    assert b"".join(lines) == b"n1\nn2\nn3\n"
+    assert time.monotonic() - t0 < 10
+
+
+def test_logs_follow_cli_with_tail_and_timestamps(cli: Cli) -> None:
+    name = f"lf-{uuid.uuid4().hex[:6]}"
+    cli("run", "-d", "--name", name, "busybox", "sh", "-c",
+        "echo one; echo two; sleep 0.5; echo three")
+    res = cli("logs", "-f", "--tail", "1", "-t", name)
+    lines = res.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] in (["two", "three"], ["three"])
+
+
+def test_log_max_size_is_honoured(client: docker.DockerClient) -> None:
+    ctr = client.containers.run(
+        "busybox", ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding; "
+                    "i=$((i+1)); done"],
+        detach=True, log_config={"Type": "json-file", "Config": {"max-size": "20k"}})
+    ctr.wait(timeout=20)
+    out = ctr.logs()
+    assert len(out) <= 40 * 1024
+    assert out.endswith(b"line-2999-padding-padding\n")
+
+
+# --- exec --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def running(client: docker.DockerClient) -> Iterator[docker.models.containers.Container]:
+    ctr = client.containers.run("busybox", ["sleep", "300"], detach=True)
+    yield ctr
+    ctr.remove(force=True)
+
+
+def test_exec_cli(cli: Cli, running: docker.models.containers.Container) -> None:
+    assert cli("exec", running.id, "echo", "hi").stdout == "hi\n"
+    assert cli("exec", running.id, "sh", "-c", "exit 3", check=False).returncode == 3
+    assert cli("exec", "-i", running.id, "cat", input="piped\n").stdout == "piped\n"
+    res = cli("exec", "-e", "FOO=bar", "-w", "/tmp", "-u", "65534", running.id,
+              "sh", "-c", 'echo "$FOO $(pwd) $(id -u)"')
+    assert res.stdout == "bar /tmp 65534\n"
+    res = cli("exec", running.id, "no-such-command", check=False)
+    assert res.returncode == 126 and "executable file not found" in res.stdout + res.stderr
+
+
+def test_exec_api_inspect_and_conflicts(api: docker.APIClient,
+                                        running: docker.models.containers.Container) -> None:
+    exec_id = api.exec_create(running.id, ["sh", "-c", "echo out; echo err >&2; exit 2"])["Id"]
+    info = api.exec_inspect(exec_id)
+    assert info["Running"] is False and info["ExitCode"] is None
+    assert info["ProcessConfig"]["entrypoint"] == "sh"
+    out = api.exec_start(exec_id, demux=True)
+    assert out == (b"out\n", b"err\n")
+    info = api.exec_inspect(exec_id)
+    assert info["ExitCode"] == 2 and info["Running"] is False
+    with pytest.raises(APIError) as err:
+        api.exec_start(exec_id)
+    assert err.value.status_code == 409
+    with pytest.raises(NotFound):
+        api.exec_inspect("nope")
+    with pytest.raises(APIError) as err:
+        api.exec_create(running.id, [])
+    assert err.value.status_code == 400
+    detached = api.exec_create(running.id, ["sh", "-c", "sleep 0.2; exit 9"])["Id"]
+    assert not api.exec_start(detached, detach=True)
+    deadline = time.monotonic() + 10
+    while api.exec_inspect(detached)["Running"] or api.exec_inspect(detached)["ExitCode"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert api.exec_inspect(detached)["ExitCode"] == 9
+    api.pause(running.id)
+    with pytest.raises(APIError) as err:
+        api.exec_create(running.id, ["true"])
+    assert err.value.status_code == 409 and "paused" in err.value.explanation
+    api.unpause(running.id)
+    stopped = api.create_container("busybox", ["true"])["Id"]
+    with pytest.raises(APIError) as err:
+        api.exec_create(stopped, ["true"])
+    assert err.value.status_code == 409 and "is not running" in err.value.explanation
+
+
+# --- interactive, under tmux -------------------------------------------------------------
+
+
+class Tmux:
+    def __init__(self, session: str) -> None:
+        self.session = session
+
+    def start(self, command: str, width: int = 100, height: int = 30) -> None:
+        subprocess.run(["tmux", "new-session", "-d", "-s", self.session, "-x", str(width),
+                        "-y", str(height), command], check=True)
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.session, *keys], check=True)
+
+    def screen(self) -> str:
+        proc = subprocess.run(["tmux", "capture-pane", "-t", self.session, "-p"],
+                              capture_output=True, text=True, check=False)
+        return proc.stdout
+
+    def resize(self, width: int, height: int) -> None:
+        subprocess.run(["tmux", "resize-window", "-t", self.session, "-x", str(width), "-y",
+                        str(height)], check=True)
+
+    def wait_for(self, text: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} never appeared on screen:\n{self.screen()}")
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], check=False,
+                       capture_output=True)
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is required (apt-get install tmux; make test installs it)")
+    t = Tmux(f"stowd-{uuid.uuid4().hex[:8]}")
+    yield t
+    t.kill()
+
+
+def test_interactive_run_resize_detach_attach(tmux: Tmux, daemon: Daemon,
+                                              api: docker.APIClient) -> None:
+    name = f"it-{uuid.uuid4().hex[:6]}"
+    tmux.start(f"DOCKER_HOST={daemon.url} docker run -it --name {name} busybox sh; "
+               "echo run-exited=$?; sleep 30")
+    tmux.wait_for("/ #")
+    tmux.keys("echo $((6*7)); stty size", "Enter")
+    tmux.wait_for("42\n30 100")
+    tmux.resize(80, 24)
+    time.sleep(0.3)
+    tmux.keys("stty size", "Enter")
+    tmux.wait_for("24 80")
+    tmux.keys("C-p", "C-q")
+    tmux.wait_for("run-exited=0")
+    assert api.inspect_container(name)["State"]["Running"]
+    tmux.kill()
+    tmux.start(f"DOCKER_HOST={daemon.url} docker attach {name}; echo attach-exited=$?; "
+               "sleep 30")
+    time.sleep(1.0)
+    tmux.keys("echo again-$((1+1))", "Enter")
+    tmux.wait_for("again-2")
+    tmux.keys("exit 3", "Enter")
+    tmux.wait_for("attach-exited=3")
+    assert api.inspect_container(name)["State"]["ExitCode"] == 3
+
+
+def test_interactive_exec(tmux: Tmux, daemon: Daemon,
+                          running: docker.models.containers.Container) -> None:
+    tmux.start(f"DOCKER_HOST={daemon.url} docker exec -it {running.id} sh; "
+               "echo exec-exited=$?; sleep 30", width=90, height=25)
+    tmux.wait_for("/ #")
+    tmux.keys("stty size; tty", "Enter")
+    tmux.wait_for("25 90")
+    tmux.resize(70, 20)
+    time.sleep(0.3)
+    tmux.keys("stty size; exit 4", "Enter")
+    screen = tmux.wait_for("exec-exited=4")
+    assert "20 70" in screen
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+def test_events_of_a_lifecycle(client: docker.DockerClient, api: docker.APIClient) -> None:
+    since = time.time() - 1
+    ctr = client.containers.run("busybox", ["sleep", "30"], detach=True, labels={"ev": "1"})
+    exec_id = api.exec_create(ctr.id, ["true"])["Id"]
+    api.exec_start(exec_id)
+    ctr.pause()
+    ctr.unpause()
+    ctr.rename(f"renamed-{uuid.uuid4().hex[:6]}")
+    ctr.kill()
+    ctr.wait(timeout=10)
+    ctr.remove()
+    until = time.time() + 1
+    seen: list[dict[str, object]] = []
+
+    def collect() -> None:
+        for ev in api.events(since=since, until=until, decode=True,
+                             filters={"container": ctr.id}):
+            seen.append(ev)
+
+    t = threading.Thread(target=collect)
+    t.start()
+    t.join(15)
+    actions = [e["Action"] for e in seen]
+    for want in ("create", "start", "exec_create: true", "exec_start: true", "exec_die",
+                 "pause", "unpause", "rename", "kill", "die", "destroy"):
+        assert want in actions, (want, actions)
+    die = next(e for e in seen if e["Action"] == "die")
+    assert die["Actor"]["Attributes"]["exitCode"] == "137"  # type: ignore[index]
+    assert die["Actor"]["Attributes"]["ev"] == "1"  # type: ignore[index]
+    assert die["Type"] == "container" and isinstance(die["timeNano"], int)
+    assert json.dumps(die)
