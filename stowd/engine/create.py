@@ -6,6 +6,7 @@ Pure functions (no I/O), so that every rule here is unit-tested on plain dicts.
 from typing import Any
 
 from stowd.engine.errors import InvalidParameter
+from stowd.engine.logs import parse_log_options
 
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 
@@ -202,6 +203,11 @@ def normalize_host_config(host_config: dict[str, Any] | None, runtime: str) -> d
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
     if not hc.get("ShmSize"):
         hc["ShmSize"] = HOST_CONFIG_DEFAULTS["ShmSize"]
+    log_config = hc.get("LogConfig") or {}
+    if log_config.get("Type") not in (None, "", "json-file", "k8s-file", "local"):
+        raise InvalidParameter(f"log driver {log_config.get('Type')!r} is not supported: use "
+                               "json-file (stowd stores logs with conmon)")
+    parse_log_options(log_config)
     binds = hc.get("Binds")
     if binds is not None:
         if not isinstance(binds, list) or not all(isinstance(b, str) for b in binds):

@@ -46,6 +46,7 @@ from stowd.engine.events import EventBus
 from stowd.engine.images import archive, delete, load, reference, save
 from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
+from stowd.engine.logs import parse_log_options, rotate
 from stowd.engine.restart import RestartManager
 from stowd.engine.runtime import mounts
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
@@ -56,6 +57,7 @@ from stowd.engine.store import NameTaken, Store, name_conflict
 log = logging.getLogger("stowd.engine")
 
 KILL_WAIT = 10.0
+LOG_ROTATE_INTERVAL = 0.2
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
 
@@ -93,6 +95,28 @@ class Engine:
         await asyncio.to_thread(self._open_blocking)
         for container in list(self._containers.values()):
             await self._recover(container)
+        self._spawn(self._rotate_logs_forever())
+
+    async def _rotate_logs_forever(self) -> None:
+        """Rotate the logs of running containers with max-file > 1 once they reach max-size.
+
+        conmon writes the log; stowd renames it and asks conmon (its ctl FIFO, message 2)
+        to reopen the path, so nothing is lost or copied."""
+        while True:
+            await asyncio.sleep(LOG_ROTATE_INTERVAL)
+            due = []
+            for c in self._containers.values():
+                if c.state.status not in (RUNNING, PAUSED):
+                    continue
+                max_size, max_files = parse_log_options(c.host_config.get("LogConfig"))
+                if max_files > 1:
+                    due.append((self.log_path(c), self.container_dir(c) / "bundle" / "ctl",
+                                max_size, max_files))
+            if due:
+                try:
+                    await asyncio.to_thread(_rotate_due, due)
+                except Exception:  # keep rotating the others
+                    log.exception("log rotation failed")
 
     def _open_blocking(self) -> None:
         for d in (self.data_root, self.exec_root, self.data_root / "containers"):
@@ -331,12 +355,13 @@ class Engine:
             os.replace(tmp, bundle / "config.json")
             if self.runtime.has_task(c.id):  # left over from a crash
                 self.runtime.delete(c.id, force=True)
-            log_opts = (c.host_config.get("LogConfig") or {}).get("Config") or {}
+            max_size, max_files = parse_log_options(c.host_config.get("LogConfig"))
             return self.runtime.create(
                 c.id, c.name, bundle, self.log_path(c),
                 tty=bool(c.config.get("Tty")), open_stdin=bool(c.config.get("OpenStdin")),
                 stdin_once=bool(c.config.get("StdinOnce")),
-                log_size_max=_parse_size(log_opts.get("max-size", "")),
+                # One file: conmon truncates at the limit itself. Several: stowd rotates.
+                log_size_max=max_size if max_files == 1 else 0,
             )
         except BaseException:
             mounts.unmount(target)
@@ -980,6 +1005,17 @@ class Engine:
         return rw, rw + (image.size if image else 0)
 
 
+def _rotate_due(due: list[tuple[Path, Path, int, int]]) -> None:
+    for log_file, ctl, max_size, max_files in due:
+        try:
+            if log_file.stat().st_size < max_size:
+                continue
+            rotate(str(log_file), max_files)
+            _write_ctl(ctl, "2 0 0\n")
+        except (OSError, Conflict) as exc:
+            log.warning("log rotation of %s failed: %s", log_file, exc)
+
+
 def _write_ctl(fifo: Path, line: str) -> None:
     """Send a command to conmon's control FIFO (it reads `<kind> <height> <width>` lines)."""
     try:
@@ -1012,21 +1048,6 @@ def _home_of(root: Path, uid: int) -> str:
     except OSError:
         pass
     return "/root" if uid == 0 else "/"
-
-
-def _parse_size(text: str) -> int:
-    text = (text or "").strip().lower()
-    if not text:
-        return 0
-    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "b": 1}
-    mult = 1
-    if text[-1] in units:
-        mult = units[text[-1]]
-        text = text[:-1]
-    try:
-        return int(float(text) * mult)
-    except ValueError as exc:
-        raise InvalidParameter(f"invalid size: {text!r}") from exc
 
 
 def _ps_table(ps_args: str, pids: set[int]) -> tuple[list[str], list[list[str]]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from stowd.engine.containers import parse_time
+from stowd.engine.errors import InvalidParameter
 
 STDOUT = 1
 STDERR = 2
@@ -58,8 +59,69 @@ def parse_line(line: bytes) -> tuple[bytes, int, bool, bytes] | None:
     return parts[0], _STREAMS[parts[1]], parts[2] == b"P", text
 
 
+def rotate(path: str, max_files: int) -> None:
+    """path → path.1 → path.2 …, keeping max_files files in all (blocking)."""
+    oldest = f"{path}.{max_files - 1}"
+    if max_files > 1 and os.path.exists(oldest):
+        os.unlink(oldest)
+    for n in range(max_files - 2, 0, -1):
+        if os.path.exists(f"{path}.{n}"):
+            os.rename(f"{path}.{n}", f"{path}.{n + 1}")
+    if max_files > 1:
+        os.rename(path, f"{path}.1")
+    else:
+        os.truncate(path, 0)
+
+
+def parse_log_options(log_config: dict[str, object] | None) -> tuple[int, int]:
+    """(max size in bytes or 0, max files) from Docker's json-file options."""
+    opts = (log_config or {}).get("Config") or {}
+    if not isinstance(opts, dict):
+        raise InvalidParameter("LogConfig.Config must be a map of strings")
+    known = {"max-size", "max-file", "compress", "labels", "env", "env-regex", "tag", "mode",
+             "max-buffer-size"}
+    for key in opts:
+        if key not in known:
+            raise InvalidParameter(f"unknown log opt '{key}' for json-file log driver")
+    max_size = parse_size(str(opts.get("max-size", "") or ""))
+    raw_files = str(opts.get("max-file", "") or "1")
+    if not raw_files.isdigit() or int(raw_files) < 1:
+        raise InvalidParameter("max-file cannot be less than 1")
+    max_files = int(raw_files)
+    if max_files > 1 and not max_size:
+        raise InvalidParameter("max-file can only be used with max-size")
+    return max_size, max_files
+
+
+def parse_size(text: str) -> int:
+    """Docker's size strings: 100, 10k, 10kb, 1.5m, 2g (powers of 1024)."""
+    text = text.strip().lower()
+    if not text:
+        return 0
+    units = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    number = text.rstrip("bkmgti")
+    suffix = text[len(number):].removesuffix("ib").removesuffix("b") or "b"
+    try:
+        value = float(number)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid size: '{text}'") from exc
+    if suffix not in units or value < 0:
+        raise InvalidParameter(f"invalid size: '{text}'")
+    return int(value * units[suffix])
+
+
+def rotated_paths(path: str) -> list[str]:
+    """The log and its rotated predecessors (path.1 is the newest of those), oldest first."""
+    out = [path]
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+        out.insert(0, f"{path}.{n}")
+        n += 1
+    return out
+
+
 class LogReader:
-    """Messages of one log file, from a start point, in batches (blocking)."""
+    """Messages of a container's log (and its rotated files), in batches (blocking)."""
 
     def __init__(self, path: str, *, stdout: bool = True, stderr: bool = True,
                  since: float = 0.0, until: float = 0.0, tail: int = -1) -> None:
@@ -69,18 +131,35 @@ class LogReader:
         self.until = until
         self.tail = tail
         self._file: BinaryIO | None = None
+        self._queue: list[str] = []  # older files still to read after the current one
         self._pending: dict[int, tuple[bytes, bytes]] = {}  # stream -> (time, pieces so far)
         self._carry = b""
         self.done = False  # past `until`: nothing more will match
 
     def open(self) -> None:
+        files = rotated_paths(self.path)
+        start_index, start_offset = 0, 0
+        if self.tail >= 0:
+            start_index, start_offset = len(files) - 1, -1
+            remaining = self.tail
+            for index in range(len(files) - 1, -1, -1):
+                offset, remaining = self._tail_in(files[index], remaining)
+                start_index, start_offset = index, offset
+                if remaining < 0:
+                    break
+        self._queue = files[start_index + 1:]
+        self._open_file(files[start_index], start_offset)
+
+    def _open_file(self, path: str, offset: int) -> None:
         try:
-            self._file = open(self.path, "rb")  # noqa: SIM115 - kept open across batches
+            self._file = open(path, "rb")  # noqa: SIM115 - kept open across batches
         except FileNotFoundError:
             self._file = None
             return
-        if self.tail >= 0:
-            self._file.seek(self._tail_offset(self.tail))
+        if offset < 0:
+            self._file.seek(0, os.SEEK_END)
+        else:
+            self._file.seek(offset)
 
     def close(self) -> None:
         if self._file is not None:
@@ -94,41 +173,47 @@ class LogReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _tail_offset(self, count: int) -> int:
-        """Offset of the first line of the last `count` complete messages we would show."""
-        assert self._file is not None
+    def _tail_in(self, path: str, count: int) -> tuple[int, int]:
+        """Where the last `count` shown messages of one file start, reading it backwards.
+
+        Returns (offset, count still wanted from older files); the count is -1 once the
+        start was found in this file, and the offset -1 means "at the end"."""
         if count == 0:
-            return self._file.seek(0, os.SEEK_END)
-        end = self._file.seek(0, os.SEEK_END)
-        pos = end
-        buf = b""
-        seen = 0
-        while pos > 0:
-            step = min(_BLOCK, pos)
-            pos -= step
-            self._file.seek(pos)
-            buf = self._file.read(step) + buf
-            lines = buf.split(b"\n")
-            # The first piece may be cut; keep it for the next block unless at the start.
-            head = lines[0] if pos > 0 else None
-            body = lines[1:] if pos > 0 else lines
-            offset = pos + (len(head) + 1 if head is not None else 0)
-            offsets = []
-            for line in body:
-                offsets.append((offset, line))
-                offset += len(line) + 1
-            for line_offset, line in reversed(offsets):
-                parsed = parse_line(line)
-                if parsed is None or parsed[1] not in self.streams or parsed[2]:
-                    continue
-                if self._out_of_window(parse_time(docker_time(parsed[0]))):
-                    continue
-                seen += 1
-                if seen > count:
-                    # The message after this one starts the tail; step past this line.
-                    return line_offset + len(line) + 1
-            buf = head if head is not None else b""
-        return 0
+            return -1, -1
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return 0, count
+        with f:
+            pos = f.seek(0, os.SEEK_END)
+            buf = b""
+            seen = 0
+            while pos > 0:
+                step = min(_BLOCK, pos)
+                pos -= step
+                f.seek(pos)
+                buf = f.read(step) + buf
+                lines = buf.split(b"\n")
+                # The first piece may be cut; keep it for the next block unless at the start.
+                head = lines[0] if pos > 0 else None
+                body = lines[1:] if pos > 0 else lines
+                offset = pos + (len(head) + 1 if head is not None else 0)
+                offsets = []
+                for line in body:
+                    offsets.append((offset, line))
+                    offset += len(line) + 1
+                for line_offset, line in reversed(offsets):
+                    parsed = parse_line(line)
+                    if parsed is None or parsed[1] not in self.streams or parsed[2]:
+                        continue
+                    if self._out_of_window(parse_time(docker_time(parsed[0]))):
+                        continue
+                    seen += 1
+                    if seen > count:
+                        # The message after this one starts the tail; step past this line.
+                        return line_offset + len(line) + 1, -1
+                buf = head if head is not None else b""
+        return 0, count - seen
 
     def _out_of_window(self, seconds: float) -> bool:
         return (self.since and seconds < self.since) or bool(self.until and seconds > self.until)
@@ -138,11 +223,17 @@ class LogReader:
         if self._file is None:
             if self.done:
                 return []
-            self.open()
+            self._open_file(self.path, 0)
             if self._file is None:
                 return []
         raw = self._file.read(max_bytes)
         if not raw:
+            if self._queue:
+                # This file is done (older rotated file): go on with the next one.
+                self._file.close()
+                self._open_file(self._queue.pop(0), 0)
+                self._carry = b""
+                return self.read_batch(max_bytes)
             self._reopen_if_rotated()
             return []
         data = self._carry + raw
@@ -167,6 +258,11 @@ class LogReader:
             return
         mine = os.fstat(self._file.fileno())
         if (on_disk.st_ino, on_disk.st_dev) != (mine.st_ino, mine.st_dev):
+            # Rotated: the new file exists only once conmon reopened, so the old one is
+            # final; read what it got after our last look before moving on.
+            if self._file.read(1):
+                self._file.seek(-1, os.SEEK_CUR)
+                return
             self._file.close()
             self._file = open(self.path, "rb")  # noqa: SIM115 - kept open across batches
             self._carry = b""

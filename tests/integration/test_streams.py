@@ -248,6 +248,36 @@ def test_log_max_size_is_honoured(client: docker.DockerClient) -> None:
     assert out.endswith(b"line-2999-padding-padding\n")
 
 
+def test_log_max_file_rotates_and_reads_across_files(client: docker.DockerClient,
+                                                     daemon: Daemon) -> None:
+    script = ("i=0; while [ $i -lt 40 ]; do j=0; while [ $j -lt 50 ]; do "
+              "echo line-$i-$j-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; j=$((j+1)); done; "
+              "i=$((i+1)); sleep 0.05; done")
+    ctr = client.containers.run("busybox", ["sh", "-c", script], detach=True, log_config={
+        "Type": "json-file", "Config": {"max-size": "16k", "max-file": "3"}})
+    ctr.wait(timeout=30)
+    log_dir = daemon.data_root / "containers" / ctr.id
+    files = sorted(p.name for p in log_dir.iterdir() if p.name.startswith("ctr.log"))
+    assert files == ["ctr.log", "ctr.log.1", "ctr.log.2"]
+    out = ctr.logs().decode().splitlines()
+    assert out[-1].startswith("line-39-49-")
+    # Lines come in order across the rotated files, with none lost in between.
+    numbers = [int(line.split("-")[1]) * 50 + int(line.split("-")[2]) for line in out]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    assert len(out) > 300
+    assert ctr.logs(tail=5).decode().splitlines() == out[-5:]
+    assert len(ctr.logs(tail=600).decode().splitlines()) == min(600, len(out))
+
+
+def test_bad_log_options_are_400(api: docker.APIClient) -> None:
+    for config in ({"max-file": "3"}, {"max-size": "lots"}, {"max-file": "0", "max-size": "1m"},
+                   {"nonsense": "1"}):
+        res = api._post_json(api._url("/containers/create"), data={
+            "Image": "busybox", "Cmd": ["true"],
+            "HostConfig": {"LogConfig": {"Type": "json-file", "Config": config}}})
+        assert res.status_code == 400, (config, res.text)
+
+
 # --- exec --------------------------------------------------------------------------------
 
 

@@ -71,3 +71,37 @@ def test_tail_reads_backwards_over_many_blocks(tmp_path: Path) -> None:
 def test_missing_log_is_empty(tmp_path: Path) -> None:
     with LogReader(str(tmp_path / "none.log")) as reader:
         assert list(read_all(reader)) == []
+
+
+def test_parse_size_and_log_options() -> None:
+    import pytest
+
+    from stowd.engine.errors import InvalidParameter
+    from stowd.engine.logs import parse_log_options, parse_size
+
+    assert parse_size("100") == 100 and parse_size("10k") == 10240
+    assert parse_size("1.5m") == 1572864 and parse_size("2GB") == 2 * 1024**3
+    assert parse_log_options({"Config": {"max-size": "1m", "max-file": "3"}}) == (1048576, 3)
+    assert parse_log_options(None) == (0, 1)
+    for bad in ({"max-size": "x"}, {"max-file": "2"}, {"max-file": "0", "max-size": "1k"},
+                {"what": "1"}):
+        with pytest.raises(InvalidParameter):
+            parse_log_options({"Config": bad})
+
+
+def test_rotation_and_reading_across_files(tmp_path: Path) -> None:
+    from stowd.engine.logs import rotate
+
+    log = tmp_path / "ctr.log"
+    for batch in range(4):
+        _write(log, [f"2026-01-01T00:00:0{batch}.{i:09d}+00:00 stdout F b{batch}-{i}"
+                     for i in range(3)])
+        if batch < 3:
+            rotate(str(log), 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctr.log", "ctr.log.1", "ctr.log.2"]
+    with LogReader(str(log)) as reader:
+        assert [m.data for m in read_all(reader)] == [
+            f"b{b}-{i}\n".encode() for b in (1, 2, 3) for i in range(3)]
+    with LogReader(str(log), tail=4) as reader:
+        assert [m.data for m in read_all(reader)] == [b"b2-2\n", b"b3-0\n", b"b3-1\n",
+                                                      b"b3-2\n"]
