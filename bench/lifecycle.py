@@ -471,6 +471,39 @@ class EngineRun:
             left = self.cleanup()
             if left:
                 log(f"  {self.name}: removed {left} container(s) the failed CLI runs left")
+        self.cli_exec(env)
+
+    def cli_exec(self, env: dict[str, str]) -> None:
+        """`docker exec <c> true` against one running container."""
+        a = self.a
+        try:
+            cid = self.create(["sleep", "3600"])
+            self.api.call("POST", f"/containers/{cid}/start")
+        except Exception as exc:  # report the row as unsupported, keep the other rows
+            self.add("cli.exec_true", {"unit": "ms", "n": 0, "unsupported": True,
+                                       "error": f"unsupported: {exc}"})
+            return
+        cmd = [a.docker, "-H", self.host, "exec", cid, "true"]
+
+        def once() -> float:
+            t0 = time.perf_counter()
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env=env, timeout=60, check=False)
+            dt = (time.perf_counter() - t0) * 1000
+            if p.returncode != 0:
+                raise RuntimeError(f"rc={p.returncode}: "
+                                   f"{p.stderr.decode(errors='replace').strip()[-300:]}")
+            return dt
+
+        try:
+            for _ in range(max(1, a.warmup)):
+                once()
+            self.add("cli.exec_true", summarize([once() for _ in range(a.n_cli)], "ms",
+                                                "docker exec <c> true"))
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+            self.add("cli.exec_true", {"unit": "ms", "n": 0, "unsupported": True,
+                                       "error": f"unsupported: {exc}"})
+        self.cleanup()
 
     def run(self, sections: list[str]) -> None:
         for name, fn in (("lifecycle", self.lifecycle), ("list", self.list_all),
@@ -747,7 +780,7 @@ ROW_ORDER = [
     "api.lifecycle.create", "api.lifecycle.start", "api.lifecycle.wait", "api.lifecycle.delete",
     "api.lifecycle.total", "api.lifecycle.rate", "api.lifecycle.system_cpu",
     "api.lifecycle.daemon_cpu", "list.fill.create", "list.fill.start", "list.api_list_all",
-    "list.rm_force.running", "list.rm_force.created", "cli.run_rm_true",
+    "list.rm_force.running", "list.rm_force.created", "cli.run_rm_true", "cli.exec_true",
 ]
 
 
