@@ -455,3 +455,28 @@ def test_events_of_a_lifecycle(client: docker.DockerClient, api: docker.APIClien
     assert die["Actor"]["Attributes"]["ev"] == "1"  # type: ignore[index]
     assert die["Type"] == "container" and isinstance(die["timeNano"], int)
     assert json.dumps(die)
+
+
+def test_attach_websocket(daemon: Daemon, api: docker.APIClient) -> None:
+    import asyncio
+
+    import aiohttp
+
+    cid = api.create_container("busybox", ["sh", "-c", "read line; echo got-$line"],
+                               stdin_open=True)["Id"]
+    api.start(cid)
+
+    async def talk() -> bytes:
+        conn = aiohttp.UnixConnector(path=str(daemon.socket))
+        async with aiohttp.ClientSession(connector=conn) as session, session.ws_connect(
+                f"http://docker/v1.44/containers/{cid}/attach/ws?stream=1&stdin=1&stdout=1"
+        ) as ws:
+            await ws.send_bytes(b"ping\n")
+            out = b""
+            async for msg in ws:
+                out += msg.data if isinstance(msg.data, bytes) else b""
+                if b"got-ping" in out:
+                    break
+            return out
+
+    assert b"got-ping\n" in asyncio.run(asyncio.wait_for(talk(), 15))

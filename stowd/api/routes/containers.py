@@ -255,6 +255,46 @@ async def attach(request: web.Request) -> web.StreamResponse:
     return finished(request)
 
 
+async def attach_ws(request: web.Request) -> web.StreamResponse:
+    """The websocket variant of attach: raw output out, stdin in, no stream framing."""
+    engine = engine_of(request)
+    c, session = await engine.attach(
+        request.match_info["id"], stdin=bool_param(request, "stdin"),
+        stdout=bool_param(request, "stdout"), stderr=bool_param(request, "stderr"),
+        detach_keys=request.query.get("detachKeys"))
+    ws = web.WebSocketResponse()
+    try:
+        await ws.prepare(request)
+        if bool_param(request, "logs"):
+            reader = LogReader(str(engine.log_path(c)), stdout=session.stdout,
+                               stderr=session.stderr)
+            for message in await asyncio.to_thread(_read_whole_log, reader):
+                await ws.send_bytes(message.data)
+
+        async def output() -> None:
+            while (item := await session.output.get()) is not None:
+                await ws.send_bytes(item[1])
+
+        async def stdin() -> None:
+            async for msg in ws:
+                if msg.type == web.WSMsgType.BINARY:
+                    await session.write_stdin(msg.data)
+                elif msg.type == web.WSMsgType.TEXT:
+                    await session.write_stdin(msg.data.encode())
+
+        if bool_param(request, "stream"):
+            tasks = [asyncio.ensure_future(output()), asyncio.ensure_future(stdin())]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+    finally:
+        engine.detach(session)
+        await ws.close()
+    return ws
+
+
 def _read_whole_log(reader: LogReader) -> list[LogMessage]:
     with reader:
         return list(read_all(reader))
@@ -269,6 +309,7 @@ async def resize(request: web.Request) -> web.Response:
 
 def register(router: Router) -> None:
     router.add("POST", "/containers/{id:.+}/attach", attach)
+    router.add("GET", "/containers/{id:.+}/attach/ws", attach_ws)
     router.add("POST", "/containers/{id:.+}/resize", resize)
     router.add("GET", "/containers/json", list_containers)
     router.add("POST", "/containers/create", create)
