@@ -200,22 +200,31 @@ def container_inspect(c: Container, paths: dict[str, str], graph: dict[str, str]
     return out
 
 
-def image_summary(image: Image, containers: int, repo_tags: list[str] | None = None
-                  ) -> dict[str, Any]:
-    """One entry of GET /images/json; repo_tags narrows the tags shown (reference filter)."""
+def image_summary(image: Image, version: tuple[int, int], containers: int,
+                  shared_size: int = -1, repo_tags: list[str] | None = None) -> dict[str, Any]:
+    """One entry of GET /images/json; repo_tags narrows the tags shown (reference filter).
+
+    Before API 1.43 an untagged image shows `<none>` placeholders; from 1.44 VirtualSize is
+    gone; before 1.51 Containers is -1 (dockerd only counted them for `system df`)."""
     tags = image.repo_tags if repo_tags is None else repo_tags
-    return {
-        "Containers": containers,
+    digests = image.repo_digests
+    if version < (1, 43) and not tags:
+        tags, digests = ["<none>:<none>"], digests or ["<none>@<none>"]
+    out = {
+        "Containers": containers if version >= (1, 51) else -1,
         "Created": int(parse_time(image.created)) if image.created else 0,
         "Id": image.id,
         "Labels": image.container_config.get("Labels") or None,
         "ParentId": image.parent,
-        "RepoDigests": image.repo_digests or ([] if tags else ["<none>@<none>"]),
-        "RepoTags": tags or ["<none>:<none>"],
-        "SharedSize": -1,
+        "RepoDigests": digests,
+        "RepoTags": tags,
+        "SharedSize": shared_size,
         "Size": image.size,
         "VirtualSize": image.size,
     }
+    if version >= (1, 44):
+        out.pop("VirtualSize")
+    return out
 
 
 def image_inspect(image: Image, layer_dirs: list[str], version: tuple[int, int]) -> dict[str, Any]:

@@ -93,12 +93,13 @@ class ImageSpec:
     os: str = "linux"
     compress: set[int] = field(default_factory=set)  # indexes of layers stored gzipped
     diff_ids: list[str] | None = None  # override the real ones (to make a bad archive)
+    created: str = "2024-01-02T03:04:05Z"
 
     def config(self) -> bytes:
         doc: dict[str, Any] = {
             "architecture": self.architecture,
             "os": self.os,
-            "created": "2024-01-02T03:04:05Z",
+            "created": self.created,
             "config": {"Cmd": self.cmd, "Labels": self.labels, "Env": [PATH_ENV]},
             "rootfs": {"type": "layers",
                        "diff_ids": self.diff_ids or [sha256(layer) for layer in self.layers]},

@@ -180,11 +180,12 @@ async def list_images(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
     images = await asyncio.to_thread(engine.images.all)
     selected = await asyncio.to_thread(listing.select, images, filters, engine.images.resolve)
-    shared = bool_param(request, "shared-size")
+    shared = listing.shared_sizes(images, engine.images.layer_size) \
+        if bool_param(request, "shared-size") else {}
+    version = api_version(request)
     return web.json_response([
-        shapes.image_summary(item.image,
-                             len(engine.image_users(item.image.id)) if shared else -1,
-                             item.repo_tags)
+        shapes.image_summary(item.image, version, len(engine.image_users(item.image.id)),
+                             shared.get(item.image.id, -1), item.repo_tags)
         for item in selected
     ])
 

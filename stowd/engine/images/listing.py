@@ -131,6 +131,16 @@ def select(images: list[Image], filters: dict[str, list[str]],
     return out
 
 
+def shared_sizes(images: list[Image], layer_size: Callable[[str], int]) -> dict[str, int]:
+    """Per image, the bytes of its layers that some other image uses too (`shared-size`)."""
+    users: dict[str, int] = {}
+    for image in images:
+        for chain in set(image.layers):
+            users[chain] = users.get(chain, 0) + 1
+    return {image.id: sum(layer_size(c) for c in set(image.layers) if users[c] > 1)
+            for image in images}
+
+
 def _labels_match(image: Image, wanted: list[str]) -> bool:
     labels = image.container_config.get("Labels") or {}
     for item in wanted:

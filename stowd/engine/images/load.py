@@ -461,8 +461,12 @@ def _store_image(images: ImageStore, spool: Spool, plan: ArchiveImage, report: R
             images.pin([chain])
             chains.append(chain)
             if not images.has_layer(chain):
-                _store_layer(images, spool, layer, index, diff_id, parent, report, verbose)
+                blob_digest = _store_layer(images, spool, layer, index, diff_id, parent,
+                                           report, verbose)
                 added.append(chain)
+                if layer.digest is not None and blob_digest != layer.digest:
+                    raise InvalidParameter(f"invalid archive: layer blob {layer.digest} has "
+                                           f"digest {blob_digest}")
             parent = chain
         image, replaced = images.add_image(plan.config, chains, plan.tags, plan.repo_digests)
     except BaseException:
@@ -482,7 +486,8 @@ def _store_image(images: ImageStore, spool: Spool, plan: ArchiveImage, report: R
 
 
 def _store_layer(images: ImageStore, spool: Spool, layer: ArchiveLayer, index: int,
-                 diff_id: str, parent: str | None, report: Report, verbose: bool) -> None:
+                 diff_id: str, parent: str | None, report: Report, verbose: bool) -> str:
+    """Extract one layer file on top of parent; returns the file's own digest."""
     path = spool.file(layer.name)
     total = path.stat().st_size
     short = diff_id.removeprefix("sha256:")[:12]
@@ -502,11 +507,7 @@ def _store_layer(images: ImageStore, spool: Spool, layer: ArchiveLayer, index: i
         # digest covers every byte.
         while source.read(CHUNK):
             pass
-    if layer.digest is not None:
-        actual = "sha256:" + source.hasher.hexdigest()
-        if actual != layer.digest:
-            raise InvalidParameter(f"invalid archive: layer blob {layer.digest} has digest "
-                                   f"{actual}")
+    return "sha256:" + source.hasher.hexdigest()
 
 
 def load_archive(images: ImageStore, source: BinaryIO, report: Report, verbose: bool) -> None:

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stowd.engine.errors import InvalidParameter, NotFound
+from stowd.engine.errors import InvalidParameter
 from stowd.engine.images import reference, tarsplit
 from stowd.engine.images.layers import OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX
 from stowd.engine.images.store import Image, ImageStore
@@ -37,6 +37,8 @@ log = logging.getLogger("stowd.images")
 BLOCK = tarfile.BLOCKSIZE
 CHUNK = 1 << 20
 EPOCH_CREATED = "1970-01-01T00:00:00Z"
+# `sha256:<hex>` parses as repository `sha256` with a tag; dockerd takes it as an image ID.
+ID_REPOSITORY = "library/sha256"
 
 
 @dataclass
@@ -61,25 +63,25 @@ def select_images(images: ImageStore, names: list[str]) -> list[SaveItem]:
             item.tags.append(tag)
 
     for name in names:
-        ref = None
-        if not reference.is_image_id_like(name) or name.startswith("sha256:"):
-            ref = reference.parse(name, default_tag=False)
-        if ref is not None and ref.tag is None and ref.digest is None:
-            repo_tags = [(reference.parse(r), i) for r, i in all_tags]
-            matching = [(r, i) for r, i in repo_tags if r.repository == ref.repository]
+        try:
+            ref: reference.Reference | None = reference.parse(name, default_tag=False)
+        except InvalidParameter:
+            if not reference.is_image_id_like(name):
+                raise
+            ref = None
+        if ref is not None and (ref.digest or ref.path == ID_REPOSITORY):
+            ref = None  # `name@digest` and `sha256:<id>` name an image, not a tag
+        if ref is not None and ref.tag is None:
+            matching = [(r, i) for r, i in ((reference.parse(t), i) for t, i in all_tags)
+                        if r.repository == ref.repository]
             if matching:
                 for tag_ref, image_id in matching:
                     add(images.resolve(image_id), tag_ref)
                 continue
         image = images.resolve(name)
-        keep_tag = ref is not None and ref.tag is not None and ref.digest is None
-        if keep_tag:
-            assert ref is not None
-            if ref.full() not in {r for r, _ in all_tags}:
-                raise NotFound(f"No such image: {name}")
-            add(image, ref)
-        else:
-            add(image, None)
+        tagged = ref is not None and ref.tag is not None and \
+            (ref.full(), image.id) in all_tags
+        add(image, ref if tagged else None)
     return list(items.values())
 
 
