@@ -980,7 +980,8 @@ class Engine:
         requested = None
         with contextlib.suppress(InvalidParameter):
             requested = reference.parse(name)
-        refs = self.images.tags_of(image.id) + self.images.digests_of(image.id)
+        refs = await asyncio.to_thread(
+            lambda: self.images.tags_of(image.id) + self.images.digests_of(image.id))
         users = [delete.ImageUser(c.short_id, c.state.status in (RUNNING, PAUSED, RESTARTING))
                  for c in self.image_users(image.id)]
         plan = delete.plan_delete(name, requested, image.id, refs, users, force)

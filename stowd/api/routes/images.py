@@ -180,7 +180,7 @@ async def list_images(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
     images = await asyncio.to_thread(engine.images.all)
     selected = await asyncio.to_thread(listing.select, images, filters, engine.images.resolve)
-    shared = listing.shared_sizes(images, engine.images.layer_size) \
+    shared = await asyncio.to_thread(listing.shared_sizes, images, engine.images.layer_size) \
         if bool_param(request, "shared-size") else {}
     version = api_version(request)
     return web.json_response([

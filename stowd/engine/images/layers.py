@@ -9,6 +9,7 @@ with placeholders until the end, so an archive cannot write outside the layer.
 
 import bz2
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import itertools
@@ -31,6 +32,7 @@ from stowd.engine.images.tarsplit import SplitResult, TarSplitter, check_files
 log = logging.getLogger("stowd.images")
 
 CHUNK = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 WHITEOUT_PREFIX = ".wh."
 # `.wh..wh.*` names are the union filesystem's own bookkeeping (aufs `.wh..wh.plnk`, ...);
 # of those only the opaque marker means anything to a layer.
@@ -128,6 +130,9 @@ def extract_layer(source: BinaryIO, layers_root: Path,
         stdin=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     assert proc.stdin is not None
+    # A deep pipe lets tar create files while this thread hashes and splits the next chunk.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, CHUNK)
     tar_reading = True
     try:
         with gzip.open(tmp / TAR_SPLIT, "wb", compresslevel=1) as split_file:

@@ -171,7 +171,7 @@ def spool_archive(source: BinaryIO, root: Path) -> Spool:
     """Read the tar on source (plain or compressed) member by member into root."""
     spool = Spool(root)
     try:
-        with tarfile.open(fileobj=source, mode="r|*") as tar:
+        with tarfile.open(fileobj=source, mode="r|*", bufsize=CHUNK) as tar:
             for member in tar:
                 _spool_member(tar, member, spool)
     except (tarfile.TarError, EOFError, zlib.error, UnicodeError) as exc:

@@ -84,6 +84,40 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
+def _number(field: bytes) -> int | None:
+    """A numeric header field: octal text, or GNU's base-256 when the top bit is set."""
+    if field[:1] and field[0] & 0x80:
+        value = int.from_bytes(field[1:], "big")
+        return -value if field[0] & 0x40 else value
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        return None
+
+
+def parse_header(block: bytes) -> tuple[bytes, str, int] | None:
+    """(type, name, size) of a 512-byte ustar/GNU/v7 header; None if it is not one.
+
+    Only what the splitter needs, much faster than tarfile.TarInfo.frombuf (a layer can
+    hold a hundred thousand members)."""
+    checksum = _number(block[148:156])
+    if checksum is None or checksum != sum(block) - sum(block[148:156]) + 8 * 0x20:
+        return None
+    size = _number(block[124:136])
+    if size is None or size < 0:
+        return None
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:263] == b"ustar\0":  # POSIX ustar: a prefix may hold the leading part
+        prefix = block[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    kind = block[156:157] or tarfile.REGTYPE
+    return kind, name.decode("utf-8", "surrogateescape"), size
+
+
 class TarSplitter:
     """Sans-IO: feed it a tar stream in any chunking; it writes the record to `out`."""
 
@@ -185,22 +219,25 @@ class TarSplitter:
             # End of archive: the rest (a second zero block, record padding) is kept as is.
             self._state = "trailer"
             return
-        try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            self._give_up(f"unreadable tar header: {exc}")
+        header = parse_header(block)
+        if header is None:
+            self._give_up("unreadable tar header")
             return
-        kind = info.type
+        kind, header_name, header_size = header
         if kind in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) or kind in _PAX_TYPES \
                 or kind == tarfile.XGLTYPE:
             self._meta_type = kind
-            self._start_payload("meta", info.size)
+            self._start_payload("meta", header_size)
             return
         if kind == tarfile.GNUTYPE_SPARSE:
             self._give_up("GNU sparse member")
             return
-        name = self._pax.get("path") or self._long_name or info.name
-        size = int(self._pax["size"]) if "size" in self._pax else info.size
+        name = self._pax.get("path") or self._long_name or header_name
+        try:
+            size = int(self._pax["size"]) if "size" in self._pax else header_size
+        except ValueError:
+            self._give_up("bad pax size")
+            return
         self._long_name, self._pax = None, {}
         path = member_path(name)
         if path in self._file_paths:
