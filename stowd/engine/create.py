@@ -14,7 +14,7 @@ RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 HOST_CONFIG_DEFAULTS: dict[str, Any] = {
     "Binds": None,
     "ContainerIDFile": "",
-    "LogConfig": {"Type": "k8s-file", "Config": {}},
+    "LogConfig": {"Type": "json-file", "Config": {}},
     "NetworkMode": "default",
     "PortBindings": {},
     "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
@@ -203,11 +203,12 @@ def normalize_host_config(host_config: dict[str, Any] | None, runtime: str) -> d
         raise InvalidParameter("Minimum memory limit allowed is 6MB")
     if not hc.get("ShmSize"):
         hc["ShmSize"] = HOST_CONFIG_DEFAULTS["ShmSize"]
-    log_config = hc.get("LogConfig") or {}
-    if log_config.get("Type") not in (None, "", "json-file", "k8s-file", "local"):
-        raise InvalidParameter(f"log driver {log_config.get('Type')!r} is not supported: use "
-                               "json-file (stowd stores logs with conmon)")
+    log_config = dict(hc.get("LogConfig") or {})
+    driver = log_config.get("Type") or "json-file"
+    if driver not in ("json-file", "k8s-file", "local"):
+        raise InvalidParameter(f"logger: no log driver named '{driver}' is registered")
     parse_log_options(log_config)
+    hc["LogConfig"] = {"Type": driver, "Config": log_config.get("Config") or {}}
     binds = hc.get("Binds")
     if binds is not None:
         if not isinstance(binds, list) or not all(isinstance(b, str) for b in binds):

@@ -47,7 +47,7 @@ from stowd.engine.images import archive, delete, load, reference, save
 from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.logs import parse_log_options, rotate
-from stowd.engine.restart import RestartManager
+from stowd.engine.restart import RestartManager, should_restart
 from stowd.engine.runtime import mounts
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
 from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec, host_capabilities
@@ -487,12 +487,13 @@ class Engine:
                 os.path.exists, self.runtime.conmon_dir / cid / "oom")
             st = c.state
             started = st.started_at
-            st.status = EXITED
             st.exit_code = record.code if record else 255
             st.finished_at = rfc3339_nano(record.finished_at if record else None)
             st.pid = 0
             st.conmon_pid = 0
             st.oom_killed = oom
+            # Decided now, with the exit, so nobody sees it "exited" before it restarts.
+            st.status = RESTARTING if should_restart(c) else EXITED
             self._persist(c)
             duration = max(0.0, time.time() - parse_time(started))
             self._event(c, "die", exitCode=str(st.exit_code),
@@ -644,8 +645,9 @@ class Engine:
             raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
         if c.state.status != RUNNING:
             raise Conflict(f"Container {c.id} is not running")
-        if tty is not None:
-            inst.tty = tty
+        # The process gets a terminal if the exec was created with one; the start's Tty
+        # only chooses the stream's framing (as in Docker).
+        inst.framed = not (inst.tty if tty is None else tty)
         if console_size and len(console_size) == 2 and all(console_size):
             inst.console_size = (console_size[0], console_size[1])
         inst.started = True
@@ -806,7 +808,7 @@ class Engine:
         c = self.get(ref)
         if c.state.status == REMOVING:
             raise Conflict(f"removal of container {c.name} is already in progress")
-        if c.state.status in (RUNNING, PAUSED) and not force:
+        if c.state.status in (RUNNING, PAUSED, RESTARTING) and not force:
             if c.state.status == PAUSED:
                 raise Conflict(f'cannot remove container "/{c.name}": container is paused and '
                                "must be unpaused first")
@@ -873,6 +875,67 @@ class Engine:
             c.name = old
             raise name_conflict(taken.name, taken.holder) from None
         self._event(c, "rename", oldName="/" + old)
+
+    # update and prune -------------------------------------------------------------------
+
+    async def update(self, ref: str, body: dict[str, Any]) -> list[str]:
+        """`docker update`: resources (applied live through the runtime) and restart policy."""
+        c = self.get(ref)
+        if not isinstance(body, dict):
+            raise InvalidParameter("the request body must be a JSON object")
+        changes = {k: v for k, v in body.items() if k in UPDATABLE and v is not None}
+        for key, value in changes.items():
+            if key != "RestartPolicy" and key not in ("CpusetCpus", "CpusetMems") and (
+                    not isinstance(value, int) or isinstance(value, bool) or value < -1):
+                raise InvalidParameter(f"invalid value for {key}: {value!r}")
+        if changes.get("Memory") and changes["Memory"] < 6 * 1024 * 1024:
+            raise InvalidParameter("Minimum memory limit allowed is 6MB")
+        new_hc = dict(c.host_config)
+        if "RestartPolicy" in changes:
+            policy = create_rules.validate_restart_policy(changes["RestartPolicy"],
+                                                          bool(c.host_config.get("AutoRemove")))
+            new_hc["RestartPolicy"] = policy
+        for key, value in changes.items():
+            if key != "RestartPolicy":
+                new_hc[key] = value
+        async with self._lock(c.id):
+            if c.state.status in (RUNNING, PAUSED):
+                resources = _update_resources(new_hc)
+                if resources:
+                    try:
+                        await asyncio.to_thread(self.runtime.update, c.id, resources)
+                    except RuntimeError_ as exc:
+                        raise SystemError_(f"Cannot update container {c.id}: "
+                                           f"{exc.message}") from exc
+            c.host_config = new_hc
+            self._persist(c)
+        self._event(c, "update")
+        return []
+
+    async def prune(self, filters: dict[str, list[str]]) -> tuple[list[str], int]:
+        """Remove every stopped container the filters select (until, label)."""
+        until = None
+        if filters.get("until"):
+            until = _parse_until(filters["until"][0])
+        removed: list[str] = []
+        reclaimed = 0
+        for c in list(self._containers.values()):
+            if c.state.status not in (CREATED, EXITED, DEAD):
+                continue
+            if until is not None and parse_time(c.created) >= until:
+                continue
+            if not _labels_match(c.config.get("Labels") or {}, filters.get("label", []),
+                                 filters.get("label!", [])):
+                continue
+            size, _ = await self.container_sizes(c)
+            try:
+                await self.remove(c.id)
+            except (Conflict, NotFound):
+                continue
+            removed.append(c.id)
+            reclaimed += size
+        self.events.publish("container", "prune", "", {"reclaimed": str(reclaimed)})
+        return removed, reclaimed
 
     # top ----------------------------------------------------------------------------------
 
@@ -1004,6 +1067,69 @@ class Engine:
         image = await asyncio.to_thread(self.images.find, c.image_id)
         rw = await asyncio.to_thread(_dir_size, self.container_dir(c) / "upper")
         return rw, rw + (image.size if image else 0)
+
+
+UPDATABLE = ("CpuShares", "Memory", "MemoryReservation", "MemorySwap", "NanoCpus",
+             "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems", "PidsLimit", "BlkioWeight",
+             "KernelMemory", "RestartPolicy")
+
+
+def _update_resources(hc: dict[str, Any]) -> dict[str, Any]:
+    """HostConfig resources → the OCI `linux.resources` document `runtime update` takes."""
+    out: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    if hc.get("Memory"):
+        memory["limit"] = hc["Memory"]
+    if hc.get("MemoryReservation"):
+        memory["reservation"] = hc["MemoryReservation"]
+    if hc.get("MemorySwap"):
+        memory["swap"] = hc["MemorySwap"]
+    if memory:
+        out["memory"] = memory
+    cpu: dict[str, Any] = {}
+    if hc.get("CpuShares"):
+        cpu["shares"] = hc["CpuShares"]
+    if hc.get("NanoCpus"):
+        cpu["period"] = 100000
+        cpu["quota"] = hc["NanoCpus"] * 100000 // 1_000_000_000
+    if hc.get("CpuPeriod"):
+        cpu["period"] = hc["CpuPeriod"]
+    if hc.get("CpuQuota"):
+        cpu["quota"] = hc["CpuQuota"]
+    if hc.get("CpusetCpus"):
+        cpu["cpus"] = hc["CpusetCpus"]
+    if hc.get("CpusetMems"):
+        cpu["mems"] = hc["CpusetMems"]
+    if cpu:
+        out["cpu"] = cpu
+    if hc.get("PidsLimit"):
+        out["pids"] = {"limit": hc["PidsLimit"]}
+    if hc.get("BlkioWeight"):
+        out["blockIO"] = {"weight": hc["BlkioWeight"]}
+    return out
+
+
+def _parse_until(text: str) -> float:
+    """`until` as unix seconds, RFC 3339, or a Go duration like 10m (ago)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    units = {"s": 1, "m": 60, "h": 3600}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(text[:-1]) * units[text[-1]]
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid until filter: {text}") from exc
+
+
+def _labels_match(labels: dict[str, str], wanted: list[str], unwanted: list[str]) -> bool:
+    def has(spec: str) -> bool:
+        key, sep, value = spec.partition("=")
+        return key in labels and (not sep or labels[key] == value)
+
+    return all(has(w) for w in wanted) and not any(has(u) for u in unwanted)
 
 
 def _rotate_due(due: list[tuple[Path, Path, int, int]]) -> None:

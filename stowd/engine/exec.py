@@ -51,6 +51,7 @@ class ExecInstance:
     output: "asyncio.Queue[tuple[int, bytes] | None]" = field(
         default_factory=lambda: asyncio.Queue(maxsize=256))
     stdin_once: bool = True
+    framed: bool = True  # stdcopy frames on the stream (the start request's Tty decides)
     _proc: asyncio.subprocess.Process | None = None
     _master: int = -1
     _tasks: list["asyncio.Task[Any]"] = field(default_factory=list)

@@ -88,8 +88,8 @@ def parse_log_options(log_config: dict[str, object] | None) -> tuple[int, int]:
     if not raw_files.isdigit() or int(raw_files) < 1:
         raise InvalidParameter("max-file cannot be less than 1")
     max_files = int(raw_files)
-    if max_files > 1 and not max_size:
-        raise InvalidParameter("max-file can only be used with max-size")
+    if not max_size:
+        max_files = 1  # Docker ignores max-file without max-size: one unbounded file
     return max_size, max_files
 
 

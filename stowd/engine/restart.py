@@ -50,7 +50,7 @@ class RestartManager:
 
     def after_exit(self, c: Container, daemon_start: bool = False) -> None:
         """Called once a container's exit is recorded: restart, remove, or leave it."""
-        if should_restart(c, daemon_start):
+        if c.state.status == RESTARTING or should_restart(c, daemon_start):
             self._schedule(c)
         elif c.host_config.get("AutoRemove"):
             self.engine._spawn(self._auto_remove(c))

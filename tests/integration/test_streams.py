@@ -270,7 +270,7 @@ def test_log_max_file_rotates_and_reads_across_files(client: docker.DockerClient
 
 
 def test_bad_log_options_are_400(api: docker.APIClient) -> None:
-    for config in ({"max-file": "3"}, {"max-size": "lots"}, {"max-file": "0", "max-size": "1m"},
+    for config in ({"max-size": "lots"}, {"max-file": "0", "max-size": "1m"},
                    {"nonsense": "1"}):
         res = api._post_json(api._url("/containers/create"), data={
             "Image": "busybox", "Cmd": ["true"],

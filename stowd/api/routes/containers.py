@@ -7,7 +7,7 @@ import logging
 from aiohttp import web
 
 from stowd.api import shapes
-from stowd.api.app import Router, engine_of
+from stowd.api.app import Router, engine_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.hijack import finished, hijack, relay
 from stowd.api.params import api_version, bool_param, int_param, json_body
@@ -46,7 +46,7 @@ async def list_containers(request: web.Request) -> web.Response:
         sizes = await engine.container_sizes(c) if size else None
         rows.append(shapes.container_summary(c, c.config.get("Image") or c.image_id, sizes,
                                              version))
-    return web.json_response(rows)
+    return json_ok(rows)
 
 
 async def create(request: web.Request) -> web.Response:
@@ -57,7 +57,7 @@ async def create(request: web.Request) -> web.Response:
     if api_version(request) < (1, 42) and isinstance(body.get("HostConfig"), dict):
         body["HostConfig"].pop("ConsoleSize", None)
     cid, warnings = await engine.create_container(request.query.get("name"), body)
-    return web.json_response({"Id": cid, "Warnings": warnings}, status=201)
+    return json_ok({"Id": cid, "Warnings": warnings}, status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -69,7 +69,7 @@ async def inspect(request: web.Request) -> web.Response:
     lowers = [str(base / "init")] + (engine.images.layer_dirs(image) if image else [])
     graph = {"LowerDir": ":".join(lowers), "MergedDir": str(base / "rootfs"),
              "UpperDir": str(base / "upper"), "WorkDir": str(base / "work")}
-    return web.json_response(
+    return json_ok(
         shapes.container_inspect(c, _paths(request, c), graph, sizes, api_version(request)))
 
 
@@ -130,6 +130,18 @@ async def remove(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def update(request: web.Request) -> web.Response:
+    body = await json_body(request, required=True)
+    warnings = await engine_of(request).update(request.match_info["id"], body)
+    return json_ok({"Warnings": warnings})
+
+
+async def prune(request: web.Request) -> web.Response:
+    filters = parse_filters(request.query.get("filters"), {"until", "label", "label!"})
+    removed, reclaimed = await engine_of(request).prune(filters)
+    return json_ok({"ContainersDeleted": removed, "SpaceReclaimed": reclaimed})
+
+
 async def rename(request: web.Request) -> web.Response:
     await engine_of(request).rename(request.match_info["id"], request.query.get("name", ""))
     return web.Response(status=204)
@@ -138,7 +150,7 @@ async def rename(request: web.Request) -> web.Response:
 async def top(request: web.Request) -> web.Response:
     titles, rows = await engine_of(request).top(request.match_info["id"],
                                                 request.query.get("ps_args", "-ef"))
-    return web.json_response({"Titles": titles, "Processes": rows})
+    return json_ok({"Titles": titles, "Processes": rows})
 
 
 async def wait(request: web.Request) -> web.StreamResponse:
@@ -313,6 +325,7 @@ def register(router: Router) -> None:
     router.add("POST", "/containers/{id:.+}/resize", resize)
     router.add("GET", "/containers/json", list_containers)
     router.add("POST", "/containers/create", create)
+    router.add("POST", "/containers/prune", prune)
     router.add("GET", "/containers/{id:.+}/json", inspect)
     router.add("POST", "/containers/{id:.+}/start", start)
     router.add("POST", "/containers/{id:.+}/stop", stop)
@@ -322,6 +335,7 @@ def register(router: Router) -> None:
     router.add("POST", "/containers/{id:.+}/unpause", unpause)
     router.add("POST", "/containers/{id:.+}/wait", wait)
     router.add("POST", "/containers/{id:.+}/rename", rename)
+    router.add("POST", "/containers/{id:.+}/update", update)
     router.add("GET", "/containers/{id:.+}/top", top)
     router.add("GET", "/containers/{id:.+}/logs", logs)
     router.add("DELETE", "/containers/{id:.+}", remove)

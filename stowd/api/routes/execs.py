@@ -30,11 +30,11 @@ async def start(request: web.Request) -> web.StreamResponse:
                                    bool(tty) if tty is not None else None, size)
     if detach:
         return web.Response(status=200)
-    multiplexed = not inst.tty and api_version(request) >= (1, 42)
+    multiplexed = inst.framed and api_version(request) >= (1, 42)
     conn = hijack(request, "application/vnd.docker.multiplexed-stream" if multiplexed
                   else "application/vnd.docker.raw-stream")
     try:
-        await relay(conn, inst, inst.tty)
+        await relay(conn, inst, not inst.framed)
         if not conn.lost.is_set():
             # Output is complete when the process is: wait for its exit before closing.
             await inst.done.wait()

@@ -163,6 +163,15 @@ class OciRuntime:
         args = ["kill"] + (["--all"] if all_processes else []) + [cid, str(signal)]
         self._run(*args)
 
+    def update(self, cid: str, resources: dict[str, object]) -> None:
+        """Apply new cgroup limits to a running container (`<runtime> update -r -`)."""
+        proc = subprocess.run(
+            [self.path, f"--root={self.root}", "update", "--resources", "-", cid],
+            input=json.dumps(resources).encode(), capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError_(
+                f"{self.name} update: {runtime_message(proc.stderr.decode(errors='replace'))}")
+
     def pause(self, cid: str) -> None:
         self._run("pause", cid)
 
