@@ -335,6 +335,49 @@ def test_save_several_names(daemon: Daemon, client: docker.DockerClient, base_la
     assert "repositories" not in by_id
 
 
+def chain_ids(spec: ImageSpec) -> list[str]:
+    chains: list[str] = []
+    for layer in spec.layers:
+        diff_id = sha256(layer)
+        chains.append(diff_id if not chains else "sha256:" + hashlib.sha256(
+            f"{chains[-1]} {diff_id}".encode()).hexdigest())
+    return chains
+
+
+def test_save_without_a_tar_split_record_tars_the_layer_again(
+        daemon: Daemon, client: docker.DockerClient, base_layer: bytes,
+        made: list[str]) -> None:
+    spec = multi_layer_image(base_layer, f"{PREFIX}/retar:1")
+    made.append(spec.id)
+    client.images.load(docker_save_tar([spec]))
+    deletions = chain_ids(spec)[3]
+    (daemon.data_root / "layers" / deletions.removeprefix("sha256:") / "tar-split.gz").unlink()
+    data = b"".join(client.images.get(f"{PREFIX}/retar:1").save(named=True))
+    client.images.remove(f"{PREFIX}/retar:1")
+    # The re-tarred layer has another digest: the archive carries a config that says so,
+    # and the image comes back under a new ID, whiteouts intact.
+    loaded = client.images.load(data)
+    made.append(loaded[0].id)
+    assert loaded[0].id != spec.id
+    assert loaded[0].attrs["RootFS"]["Layers"][:3] == [sha256(x) for x in spec.layers[:3]]
+    assert run(client, f"{PREFIX}/retar:1", SCRIPT) == EXPECTED
+
+
+def test_save_cuts_the_connection_when_a_layer_is_damaged(
+        daemon: Daemon, client: docker.DockerClient, base_layer: bytes,
+        made: list[str]) -> None:
+    big = layer_tar([file("payload", b"p" * 3_000_000)])
+    spec = ImageSpec([base_layer, big], tags=[f"{PREFIX}/damaged:1"])
+    made.append(spec.id)
+    client.images.load(docker_save_tar([spec]))
+    diff = daemon.data_root / "layers" / chain_ids(spec)[1].removeprefix("sha256:") / "diff"
+    (diff / "payload").write_bytes(b"short")
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        raw(daemon, "GET", f"/images/{PREFIX}/damaged:1/get")
+    # The daemon carries on.
+    assert client.images.get(f"{PREFIX}/damaged:1").id == spec.id
+
+
 @pytest.mark.parametrize(("path", "status", "message"), [
     ("/images/nope/get", 404, "No such image: nope"),
     ("/images/busybox:nope/get", 404, "No such image: busybox:nope"),

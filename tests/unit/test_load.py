@@ -285,3 +285,23 @@ def test_json_members_have_a_size_limit(tmp_path: Path, monkeypatch: pytest.Monk
 def test_builder_layers_are_plain_tars() -> None:
     with tarfile.open(fileobj=io.BytesIO(layer_tar([file("a", "1")]))) as tar:
         assert tar.getnames() == ["a"]
+
+
+def test_plan_of_a_docker_25_archive_reads_manifest_json_over_index_json(tmp_path: Path) -> None:
+    """Docker 25+ writes both forms: layers as blobs, `<dir>/layer.tar` links to them."""
+    layer = layer_tar([file("a", "1")])
+    image = ImageSpec([layer], tags=["new:1"])
+    out = ArchiveWriter()
+    blob = f"blobs/sha256/{sha256(layer).removeprefix('sha256:')}"
+    config = f"blobs/sha256/{image.id.removeprefix('sha256:')}"
+    out.add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+    out.add("index.json", b'{"schemaVersion":2,"manifests":[]}')
+    out.add(blob, layer)
+    out.add(config, image.config())
+    out.add_symlink("abc/layer.tar", f"../{blob}")
+    out.add("manifest.json", json.dumps(
+        [{"Config": config, "RepoTags": ["new:1"], "Layers": [blob]}]).encode())
+    spool = spool_of(out.close(), tmp_path)
+    plans = plan_archive(spool, "amd64")
+    assert [(p.id, [t.familiar() for t in p.tags]) for p in plans] == [(image.id, ["new:1"])]
+    assert spool.read("abc/layer.tar") == layer

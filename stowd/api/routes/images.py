@@ -126,6 +126,9 @@ async def load_images(request: web.Request) -> web.StreamResponse:
                 if response is None:
                     response = await _json_stream(request)
                 await response.write(_load_line(line))
+    except ConnectionError:
+        log.debug("the client of %s went away", request.path)
+        return response or web.Response()
     except Exception as exc:
         if response is None:
             await _drain(request)
@@ -160,8 +163,9 @@ async def _save(request: web.Request, names: list[str]) -> web.StreamResponse:
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             async for chunk in chunks:
                 await response.write(chunk)
-    except (ConnectionError, asyncio.CancelledError):
-        raise
+    except ConnectionError:
+        log.debug("the client of %s went away", request.path)
+        return response
     except Exception:
         # The status is out already: cut the connection so the client sees a truncated
         # archive, never one that looks complete.
