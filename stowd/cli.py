@@ -102,6 +102,18 @@ def _serve_parser(sub: "argparse._SubParsersAction[Parser]") -> Parser:
     engine.add_argument("--seed-busybox", action="store_true",
                         help="when the store has no busybox image, import one made from the "
                              "host's busybox-static binary")
+    net = p.add_argument_group("networking")
+    net.add_argument("--bridge", default="stowd0", metavar="NAME",
+                     help="bridge device of the default network (default stowd0)")
+    net.add_argument("--bridge-subnet", default="", metavar="CIDR",
+                     help="subnet of the default network (default: a private subnet no route "
+                          "of the host uses, chosen at first start and kept)")
+    net.add_argument("--chain-prefix", default="STOWD", metavar="PREFIX",
+                     help="prefix of stowd's iptables chains (default STOWD)")
+    net.add_argument("--default-address-pool", default="base=10.89.0.0/16,size=24",
+                     metavar="POOL",
+                     help="where user-defined networks get subnets: base=CIDR,size=N "
+                          "(default base=10.89.0.0/16,size=24)")
     logs = p.add_argument_group("logging")
     logs.add_argument("-l", "--log-level", default="info", choices=list(LOG_LEVELS),
                       metavar="LEVEL",
@@ -142,6 +154,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         insecure_tcp=args.insecure_tcp,
         cgroup_parent=args.cgroup_parent,
         socket_group=args.group,
+        bridge=args.bridge,
+        bridge_subnet=args.bridge_subnet,
+        chain_prefix=args.chain_prefix,
+        default_address_pool=args.default_address_pool,
     )
 
 

@@ -23,3 +23,9 @@ class Settings:
     cgroup_parent: str = "stowd"
     socket_group: str = "docker"
     stop_timeout: int = 10
+    # networking: the default bridge's device and subnet ("" = pick a free one at first
+    # start), the prefix of stowd's iptables chains, and the pool user networks come from
+    bridge: str = "stowd0"
+    bridge_subnet: str = ""
+    chain_prefix: str = "STOWD"
+    default_address_pool: str = "base=10.89.0.0/16,size=24"

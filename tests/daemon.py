@@ -6,6 +6,7 @@ stopped with `cleanup()`: no containers, conmon processes, mounts or cgroups.
 
 import contextlib
 import io
+import ipaddress
 import os
 import secrets
 import shutil
@@ -31,6 +32,8 @@ class Daemon:
         self.data_root = self.root / "data"
         self.exec_root = self.root / "exec"
         self.cgroup_parent = f"stowd-test-{secrets.token_hex(4)}"
+        # Networking of its own, beside other daemons and dockerd: bridge, subnet, chains.
+        self.bridge, self.bridge_subnet, self.chain_prefix, self.address_pool = test_network()
         self.extra_args = extra_args or []
         self.hosts = hosts
         self.proc: subprocess.Popen[bytes] | None = None
@@ -44,7 +47,9 @@ class Daemon:
         hosts = self.hosts or [self.url]
         args = [sys.executable, "-m", "stowd", "serve", "--data-root", str(self.data_root),
                 "--exec-root", str(self.exec_root), "--cgroup-parent", self.cgroup_parent,
-                "--log-level", "debug"]
+                "--log-level", "debug", "--bridge", self.bridge,
+                "--bridge-subnet", self.bridge_subnet, "--chain-prefix", self.chain_prefix,
+                "--default-address-pool", self.address_pool]
         for h in hosts:
             args += ["-H", h]
         return args + self.extra_args
@@ -126,6 +131,7 @@ class Daemon:
             if target.startswith(str(self.root)):
                 subprocess.run(["umount", "-l", target], check=False)
         remove_cgroups(self.cgroup_parent)
+        remove_network_leftovers(self)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -153,3 +159,50 @@ def remove_cgroups(parent: str) -> None:
                         child.rmdir()
             with contextlib.suppress(OSError):
                 target.rmdir()
+
+
+def test_network() -> tuple[str, str, str, str]:
+    """A bridge name, a /24 no route of the host uses, a chain prefix and an address pool."""
+    tag = secrets.token_hex(4)
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
+                            text=True, check=False).stdout
+    used = [ipaddress.ip_network(line.split()[0], strict=False) for line in routes.splitlines()
+            if line[:1].isdigit()]
+    while True:
+        subnet = f"10.{secrets.choice(range(240, 256))}.{secrets.randbelow(256)}.0/24"
+        if not any(ipaddress.ip_network(subnet).overlaps(u) for u in used):
+            break
+    pool = f"base=10.{secrets.choice(range(224, 240))}.0.0/16,size=24"
+    return f"stt{tag}", subnet, f"STT{tag[:5].upper()}", pool
+
+
+def network_leftovers(d: Daemon) -> list[str]:
+    """What a stopped daemon left of its networking: bridges, iptables chains, namespaces."""
+    found = []
+    if os.path.exists(f"/sys/class/net/{d.bridge}"):
+        found.append(f"bridge {d.bridge}")
+    for table in ("filter", "nat"):
+        rules = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
+                               text=True, check=False).stdout
+        found += [f"{table}: {r}" for r in rules.splitlines() if d.chain_prefix + "-" in r]
+    netns = d.exec_root / "netns"
+    if netns.is_dir():
+        found += [f"netns {p}" for p in netns.iterdir()]
+    return found
+
+
+def remove_network_leftovers(d: Daemon) -> None:
+    """Safety net after a daemon that could not clean up (killed): same steps as stowd's."""
+    subprocess.run(["ip", "link", "del", d.bridge], capture_output=True, check=False)
+    for table in ("filter", "nat"):
+        rules = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
+                               text=True, check=False).stdout.splitlines()
+        ours = [r for r in rules if d.chain_prefix + "-" in r]
+        lines = ["-D" + r[2:] for r in ours if r.startswith("-A ")
+                 and not r.split()[1].startswith(d.chain_prefix)]
+        chains = [r.split()[1] for r in ours if r.startswith("-N ")]
+        lines += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains]
+        if lines:
+            subprocess.run(["iptables-restore", "-w", "--noflush"], capture_output=True,
+                           input=f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n", text=True,
+                           check=False)

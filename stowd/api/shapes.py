@@ -16,6 +16,7 @@ from stowd.engine.containers import (
     parse_time,
 )
 from stowd.engine.images.store import Image
+from stowd.engine.network import ports
 
 
 def human_duration(seconds: float) -> str:
@@ -75,12 +76,43 @@ def network_mode(c: Container) -> str:
     return "bridge" if mode == "default" else mode
 
 
+def _published(c: Container) -> tuple[list[str], list[ports.Binding]] | None:
+    """Exposed port keys and host bindings of a running container with its own network."""
+    if c.state.status not in (RUNNING, PAUSED) or c.network.get("mode") not in ("bridge", "none"):
+        return None
+    keys = ports.exposed_keys(c.config.get("ExposedPorts"), c.host_config.get("PortBindings"))
+    return keys, [ports.Binding.from_record(r) for r in c.network.get("ports") or []]
+
+
 def ports_summary(c: Container) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for key in sorted((c.config.get("ExposedPorts") or {}).keys()):
-        number, _, proto = key.partition("/")
-        if number.isdigit():
-            out.append({"PrivatePort": int(number), "Type": proto or "tcp"})
+    """The list's Ports: bindings and exposed ports while running; empty otherwise (Docker)."""
+    published = _published(c)
+    return ports.summary(*published) if published else []
+
+
+def _endpoints(c: Container) -> dict[str, dict[str, Any]]:
+    """NetworkSettings.Networks: each attached network, with its address while running."""
+    running = c.state.status in (RUNNING, PAUSED)
+    live = (c.network.get("endpoints") or {}) if running else {}
+    out = {}
+    for name, cfg in ((c.networking_config or {}).get("EndpointsConfig") or {}).items():
+        ep = live.get(name) or {}
+        out[name] = {
+            "IPAMConfig": cfg.get("IPAMConfig"),
+            "Links": cfg.get("Links"),
+            "Aliases": ep.get("Aliases", cfg.get("Aliases")),
+            "NetworkID": cfg.get("NetworkID", "") if running or c.state.has_been_started
+            else "",
+            "EndpointID": ep.get("EndpointID", ""),
+            "Gateway": ep.get("Gateway", ""),
+            "IPAddress": ep.get("IPAddress", ""),
+            "IPPrefixLen": ep.get("IPPrefixLen", 0),
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "MacAddress": ep.get("MacAddress", ""),
+            "DriverOpts": cfg.get("DriverOpts"),
+        }
     return out
 
 
@@ -98,7 +130,7 @@ def container_summary(c: Container, image_ref: str, sizes: tuple[int, int] | Non
         "State": c.state.status,
         "Status": status_text(c),
         "HostConfig": {"NetworkMode": network_mode(c)},
-        "NetworkSettings": {"Networks": {}},
+        "NetworkSettings": {"Networks": _endpoints(c)},
         "Mounts": mounts_of(c),
     }
     if sizes is not None:
@@ -140,28 +172,30 @@ def state_of(c: Container) -> dict[str, Any]:
 
 
 def network_settings(c: Container) -> dict[str, Any]:
-    ports: dict[str, Any] = {}
-    for key in (c.config.get("ExposedPorts") or {}):
-        ports[key] = None
+    """Docker's NetworkSettings; the top-level address fields are the default bridge's."""
+    networks = _endpoints(c)
+    bridge = networks.get("bridge") or {}
+    published = _published(c)
+    running = c.state.status in (RUNNING, PAUSED)
     return {
         "Bridge": "",
-        "SandboxID": "",
+        "SandboxID": c.network.get("sandbox_id", "") if running else "",
         "HairpinMode": False,
         "LinkLocalIPv6Address": "",
         "LinkLocalIPv6PrefixLen": 0,
-        "Ports": ports,
-        "SandboxKey": "",
+        "Ports": ports.ports_view(*published) if published else {},
+        "SandboxKey": c.network.get("sandbox", "") if running else "",
         "SecondaryIPAddresses": None,
         "SecondaryIPv6Addresses": None,
-        "EndpointID": "",
-        "Gateway": "",
+        "EndpointID": bridge.get("EndpointID", ""),
+        "Gateway": bridge.get("Gateway", ""),
         "GlobalIPv6Address": "",
         "GlobalIPv6PrefixLen": 0,
-        "IPAddress": "",
-        "IPPrefixLen": 0,
+        "IPAddress": bridge.get("IPAddress", ""),
+        "IPPrefixLen": bridge.get("IPPrefixLen", 0),
         "IPv6Gateway": "",
-        "MacAddress": "",
-        "Networks": {},
+        "MacAddress": bridge.get("MacAddress", ""),
+        "Networks": networks,
     }
 
 

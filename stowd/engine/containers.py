@@ -83,6 +83,8 @@ class Container:
     path: str
     args: list[str]
     networking_config: dict[str, Any] = field(default_factory=dict)
+    # What the network layer set up at start (namespace, endpoints, ports): network/manager.py
+    network: dict[str, Any] = field(default_factory=dict)
     state: State = field(default_factory=State)
     restart_count: int = 0
     platform: str = "linux"

@@ -37,6 +37,7 @@ from stowd.engine.containers import (
 )
 from stowd.engine.errors import (
     Conflict,
+    EngineError,
     InvalidParameter,
     NotFound,
     NotModified,
@@ -47,6 +48,7 @@ from stowd.engine.images import archive, delete, load, reference, save
 from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.logs import parse_log_options, rotate
+from stowd.engine.network.manager import NetworkManager
 from stowd.engine.restart import RestartManager, should_restart
 from stowd.engine.runtime import mounts
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
@@ -85,6 +87,7 @@ class Engine:
         self._execs: dict[str, execs.ExecInstance] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = RestartManager(self)
+        self.network = NetworkManager(self)
         self.store: Store
         self.images: ImageStore
         self.runtime: OciRuntime
@@ -93,8 +96,10 @@ class Engine:
 
     async def open(self) -> None:
         await asyncio.to_thread(self._open_blocking)
+        await self.network.open()  # networking: networks, address leases of running containers
         for container in list(self._containers.values()):
             await self._recover(container)
+        await self.network.sweep()  # networking: undo what no running container owns
         self._spawn(self._rotate_logs_forever())
 
     async def _rotate_logs_forever(self) -> None:
@@ -142,6 +147,7 @@ class Engine:
         for task in list(self._tasks):
             task.cancel()
         if hasattr(self, "store"):
+            await self.network.close()
             self.store.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -160,6 +166,7 @@ class Engine:
         if status in (RUNNING, PAUSED):
             alive = await asyncio.to_thread(process_alive, c.state.conmon_pid, c.id)
             if alive and self._watch(c):
+                await self.network.reattach(c)  # networking: hold its ports, serve its DNS
                 return
             await self._handle_exit(c.id, c.state.conmon_pid)
         elif status == RESTARTING:
@@ -228,6 +235,7 @@ class Engine:
             name = names.validate_name(name)
         image = await asyncio.to_thread(self.images.resolve, image_name)
         merged = create_rules.merge_image_defaults(config, image.container_config)
+        networking = self.network.prepare(merged, host_config, body.get("NetworkingConfig"))
         path, args = create_rules.entrypoint_and_args(merged)
         cid = names.new_id()
         if not merged.get("Hostname"):
@@ -242,7 +250,7 @@ class Engine:
             host_config=host_config,
             path=path,
             args=args,
-            networking_config=body.get("NetworkingConfig") or {},
+            networking_config=networking,
         )
         await asyncio.to_thread(self._prepare_dirs, c, image)
         try:
@@ -306,8 +314,9 @@ class Engine:
         if image is None:
             raise NotFound(f"No such image: {c.image_id}")
         try:
+            await self.network.attach(c)  # networking: namespace, addresses, ports, DNS
             pid, conmon_pid = await asyncio.to_thread(self._create_task, c, image)
-        except (InvalidParameter, RuntimeError_, OSError) as exc:
+        except (EngineError, OSError) as exc:
             await self._start_failed(c, exc)
             raise
         st.conmon_pid = conmon_pid
@@ -401,6 +410,7 @@ class Engine:
             tty=bool(cfg.get("Tty")),
             open_stdin=bool(cfg.get("OpenStdin")),
             cgroups_path=f"/{cgroup_parent.strip('/')}/{c.id}",
+            netns_path=self.network.netns_path(c),
             hosts_path=str(base / "hosts"),
             hostname_path=str(base / "hostname"),
             resolv_conf_path=str(base / "resolv.conf"),
@@ -449,6 +459,7 @@ class Engine:
                 self.runtime.delete(c.id, force=True)
         self.runtime.cleanup_files(c.id)
         mounts.unmount(str(self.container_dir(c) / "rootfs"))
+        self.network.release(c)  # networking: idempotent
 
     # exits ------------------------------------------------------------------------------
 

@@ -41,6 +41,12 @@ CREATE TABLE IF NOT EXISTS layers (
     parent TEXT,
     size INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS networks (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    created REAL NOT NULL,
+    body TEXT NOT NULL
+);
 """
 
 
@@ -189,6 +195,30 @@ class Store:
     def delete_layer(self, chain_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM layers WHERE chain_id = ?", (chain_id,))
+
+    # networks -----------------------------------------------------------------------------
+
+    def put_network(self, network_id: str, name: str, created: float,
+                    body: dict[str, Any]) -> None:
+        """Insert or update a network; Conflict when another one has the name."""
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO networks(id, name, created, body) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET name = excluded.name, body = excluded.body",
+                    (network_id, name, created, json.dumps(body)),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"network with name {name} already exists") from None
+
+    def delete_network(self, network_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM networks WHERE id = ?", (network_id,))
+
+    def all_networks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM networks ORDER BY created").fetchall()
+        return [json.loads(r[0]) for r in rows]
 
 
 def name_conflict(name: str, holder: str) -> Conflict:

@@ -59,7 +59,7 @@ def test_etc_files_and_dockerenv(client: docker.DockerClient) -> None:
     assert lines[0] == "myhost"
     assert int(lines[1]) >= 2
     assert lines[2] == "/.dockerenv"
-    assert lines[3] == "1"  # loopback only until the networking issue lands
+    assert lines[3] == "2"  # lo and eth0 on the default bridge
 
 
 def test_each_container_gets_its_own_cgroup(client: docker.DockerClient, daemon: Daemon) -> None:

@@ -1,0 +1,171 @@
+"""Network routes: /networks, /networks/{id}, create, connect, disconnect, prune."""
+
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from stowd.api.app import Router, engine_of
+from stowd.api.filters import parse_filters
+from stowd.api.params import json_body
+from stowd.engine.containers import PAUSED, RUNNING, parse_time
+from stowd.engine.errors import InvalidParameter
+from stowd.engine.network.manager import Network, NetworkManager
+
+LIST_FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
+PRUNE_FILTERS = {"until", "label"}
+
+_FIELDS = ("Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal",
+           "Attachable", "Ingress", "ConfigFrom", "ConfigOnly")
+
+
+def network_shape(manager: NetworkManager, net: Network, containers: bool) -> dict[str, Any]:
+    """Docker's network object; `Containers` lists the running endpoints (inspect only)."""
+    out = {k: net.record.get(k) for k in _FIELDS}
+    attached: dict[str, Any] = {}
+    if containers:
+        for c in manager.containers_on(net):
+            if c.state.status not in (RUNNING, PAUSED):
+                continue
+            ep = (c.network.get("endpoints") or {}).get(net.name)
+            if ep is None and net.driver == "bridge":
+                continue
+            ep = ep or {}
+            attached[c.id] = {
+                "Name": c.name,
+                "EndpointID": ep.get("EndpointID", ""),
+                "MacAddress": ep.get("MacAddress", ""),
+                "IPv4Address": f"{ep['IPAddress']}/{ep['IPPrefixLen']}"
+                if ep.get("IPAddress") else "",
+                "IPv6Address": "",
+            }
+    out["Containers"] = attached
+    out["Options"] = net.record.get("Options") or {}
+    out["Labels"] = net.record.get("Labels") or {}
+    return out
+
+
+def _regex_match(pattern: str, value: str) -> bool:
+    if pattern == value:
+        return True
+    try:
+        return re.search(pattern, value) is not None
+    except re.error:
+        return False
+
+
+def _selected(manager: NetworkManager, net: Network, filters: dict[str, list[str]]) -> bool:
+    if "driver" in filters and net.driver not in filters["driver"]:
+        return False
+    if "name" in filters and not any(_regex_match(v, net.name) for v in filters["name"]):
+        return False
+    if "id" in filters and not any(_regex_match(v, net.id) for v in filters["id"]):
+        return False
+    if "scope" in filters and "local" not in filters["scope"]:
+        return False
+    if "type" in filters:
+        for value in filters["type"]:
+            if value not in ("custom", "builtin"):
+                raise InvalidParameter(f"invalid filter: 'type'='{value}'")
+        kind = "builtin" if net.predefined else "custom"
+        if kind not in filters["type"]:
+            return False
+    if "label" in filters:
+        labels = net.record.get("Labels") or {}
+        for want in filters["label"]:
+            key, sep, value = want.partition("=")
+            if key not in labels or (sep and labels[key] != value):
+                return False
+    if "dangling" in filters:
+        value = filters["dangling"][-1].lower()
+        if value not in ("true", "false", "1", "0"):
+            raise InvalidParameter(f"invalid filter: 'dangling'='{value}'")
+        dangling = not net.predefined and not manager.containers_on(net)
+        if dangling != (value in ("true", "1")):
+            return False
+    return True
+
+
+async def list_networks(request: web.Request) -> web.Response:
+    manager = engine_of(request).network
+    filters = parse_filters(request.query.get("filters"), LIST_FILTERS)
+    rows = [network_shape(manager, n, containers=False) for n in manager.networks()
+            if _selected(manager, n, filters)]
+    return web.json_response(rows)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    manager = engine_of(request).network
+    net = manager.get(request.match_info["id"])
+    return web.json_response(network_shape(manager, net, containers=True))
+
+
+async def create(request: web.Request) -> web.Response:
+    body = await json_body(request, required=True)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    net, warning = await engine_of(request).network.create_network(body)
+    return web.json_response({"Id": net.id, "Warning": warning}, status=201)
+
+
+def _container_ref(body: Any) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get("Container"), str) \
+            or not body["Container"]:
+        raise InvalidParameter("a container is required: {\"Container\": \"<id or name>\"}")
+    return str(body["Container"])
+
+
+async def connect(request: web.Request) -> web.Response:
+    body = await json_body(request, required=True)
+    ref = _container_ref(body)
+    await engine_of(request).network.connect(request.match_info["id"], ref,
+                                             body.get("EndpointConfig"))
+    return web.Response(status=200)
+
+
+async def disconnect(request: web.Request) -> web.Response:
+    body = await json_body(request, required=True)
+    ref = _container_ref(body)
+    await engine_of(request).network.disconnect(request.match_info["id"], ref,
+                                                bool(body.get("Force")))
+    return web.Response(status=200)
+
+
+async def remove(request: web.Request) -> web.Response:
+    await engine_of(request).network.remove_network(request.match_info["id"])
+    return web.Response(status=204)
+
+
+def _until(value: str) -> float:
+    """Docker's `until`: a Unix time, an RFC 3339 time, or a duration before now."""
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    units = {"s": 1, "m": 60, "h": 3600}
+    if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(value[:-1]) * units[value[-1]]
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise InvalidParameter(f"invalid filter 'until={value}'") from None
+
+
+async def prune(request: web.Request) -> web.Response:
+    filters = parse_filters(request.query.get("filters"), PRUNE_FILTERS)
+    until = _until(filters["until"][-1]) if filters.get("until") else None
+    deleted = await engine_of(request).network.prune(until, filters.get("label", []))
+    return web.json_response({"NetworksDeleted": deleted or None})
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/networks", list_networks)
+    router.add("POST", "/networks/create", create)
+    router.add("POST", "/networks/prune", prune)
+    router.add("GET", "/networks/{id}", inspect)
+    router.add("DELETE", "/networks/{id}", remove)
+    router.add("POST", "/networks/{id}/connect", connect)
+    router.add("POST", "/networks/{id}/disconnect", disconnect)
+

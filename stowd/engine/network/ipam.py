@@ -1,0 +1,174 @@
+"""Address management: subnets for networks, addresses for endpoints (pure, no I/O).
+
+Subnets are chosen so they never overlap a route the host already has (`ip route`), nor
+another network of this engine. Addresses are handed out lowest-free first, as Docker's
+default IPAM does; since the MAC address is derived from the IP (Docker's 02:42:… scheme),
+a reused address comes back with the same MAC and neighbours' ARP caches stay right.
+"""
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from stowd.engine.errors import Conflict, InvalidParameter
+
+IPv4Network = ipaddress.IPv4Network
+IPv4Address = ipaddress.IPv4Address
+
+# Candidates for the default bridge when --bridge-subnet is not given, in order.
+DEFAULT_BRIDGE_CANDIDATES = ["10.88.0.0/16", "10.87.0.0/16", "10.86.0.0/16", "10.85.0.0/16",
+                             "172.29.0.0/16", "172.30.0.0/16", "192.168.220.0/24"]
+DEFAULT_POOL = "10.89.0.0/16"
+DEFAULT_POOL_SIZE = 24
+
+
+def network(text: str, what: str = "subnet") -> IPv4Network:
+    """An IPv4 network from CIDR text; host bits must be zero (Docker refuses them too)."""
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid {what} {text!r}: {exc}") from None
+    if not isinstance(net, IPv4Network):
+        raise InvalidParameter(f"invalid {what} {text!r}: only IPv4 is supported")
+    if str(net) != text.strip() and "/" in text:
+        raise InvalidParameter(f"invalid {what} {text.strip()}: it should be {net}")
+    return net
+
+
+def address(text: str, what: str = "address") -> IPv4Address:
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise InvalidParameter(f"invalid {what}: {text!r}") from None
+    if not isinstance(ip, IPv4Address):
+        raise InvalidParameter(f"invalid {what} {text!r}: only IPv4 is supported")
+    return ip
+
+
+def parse_routes(text: str) -> list[IPv4Network]:
+    """The destinations of `ip -4 route show table all` output (default routes left out)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        dest = parts[0]
+        if dest in ("broadcast", "local", "unicast", "anycast", "multicast") and len(parts) > 1:
+            dest = parts[1]
+        if dest == "default" or dest.startswith(("fe80", "ff")):
+            continue
+        try:
+            net = ipaddress.ip_network(dest, strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, IPv4Network) and net.prefixlen > 0 and not net.is_loopback:
+            out.append(net)
+    return out
+
+
+def overlaps(net: IPv4Network, others: Iterable[IPv4Network]) -> bool:
+    return any(net.overlaps(o) for o in others)
+
+
+def parse_pool(text: str) -> tuple[IPv4Network, int]:
+    """dockerd's --default-address-pool form `base=10.89.0.0/16,size=24`, or a bare CIDR."""
+    base, size = "", DEFAULT_POOL_SIZE
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            base = key
+        elif key.strip() == "base":
+            base = value
+        elif key.strip() == "size":
+            if not value.strip().isdigit():
+                raise InvalidParameter(f"invalid address pool size: {value!r}")
+            size = int(value)
+        else:
+            raise InvalidParameter(f"invalid address pool option: {part!r}")
+    net = network(base, "address pool")
+    if not net.prefixlen <= size <= 30:
+        raise InvalidParameter(f"invalid address pool: size {size} does not fit in {net}")
+    return net, size
+
+
+def pool_subnets(base: IPv4Network, size: int, start: int = 0) -> Iterator[IPv4Network]:
+    """base split into /size subnets, beginning at the start-th one and wrapping around."""
+    subnets = list(base.subnets(new_prefix=size)) if size > base.prefixlen else [base]
+    n = len(subnets)
+    for i in range(n):
+        yield subnets[(start + i) % n]
+
+
+def pick_subnet(candidates: Iterable[IPv4Network], taken: list[IPv4Network]) -> IPv4Network:
+    for net in candidates:
+        if not overlaps(net, taken):
+            return net
+    raise Conflict("could not find an available, non-overlapping IPv4 address pool among the "
+                   "defaults to assign to the network")
+
+
+def mac_for(ip: IPv4Address) -> str:
+    """Docker's MAC for an address: 02:42 and the address's four bytes."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+@dataclass
+class Pool:
+    """The addresses of one network: who holds which, lowest free first."""
+
+    subnet: IPv4Network
+    gateway: IPv4Address
+    ip_range: IPv4Network | None = None
+    used: set[IPv4Address] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, subnet: str, gateway: str = "", ip_range: str = "") -> "Pool":
+        net = network(subnet)
+        gw = address(gateway, "gateway") if gateway else default_gateway(net)
+        if gw not in net:
+            raise InvalidParameter(f"gateway {gw} is not in subnet {net}")
+        rng = network(ip_range, "ip-range") if ip_range else None
+        if rng is not None and not rng.subnet_of(net):  # type: ignore[arg-type]
+            raise InvalidParameter(f"ip-range {rng} is not in subnet {net}")
+        return cls(net, gw, rng)
+
+    def _reserved(self, ip: IPv4Address) -> bool:
+        if ip == self.gateway:
+            return True
+        if self.subnet.prefixlen < 31:
+            return ip in (self.subnet.network_address, self.subnet.broadcast_address)
+        return False
+
+    def allocate(self, want: str = "") -> IPv4Address:
+        if want:
+            ip = address(want, "IPv4 address")
+            if ip not in self.subnet:
+                raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
+                                       f"address {ip}")
+            if ip in self.used or self._reserved(ip):
+                raise Conflict(f"Address already in use: {ip}")
+            self.used.add(ip)
+            return ip
+        scope = self.ip_range or self.subnet
+        first = int(scope.network_address)
+        last = int(scope.broadcast_address)
+        for value in range(first, last + 1):
+            ip = IPv4Address(value)
+            if ip not in self.used and not self._reserved(ip):
+                self.used.add(ip)
+                return ip
+        raise Conflict(f"no available IPv4 addresses on this network's address pools: "
+                       f"{self.subnet}")
+
+    def mark(self, ip: str) -> None:
+        """Record an address held since before a restart."""
+        with_ip = ipaddress.ip_address(ip)
+        if isinstance(with_ip, IPv4Address) and with_ip in self.subnet:
+            self.used.add(with_ip)
+
+    def release(self, ip: str) -> None:
+        self.used.discard(ipaddress.ip_address(ip))  # type: ignore[arg-type]
+
+
+def default_gateway(net: IPv4Network) -> IPv4Address:
+    return net.network_address + 1 if net.num_addresses > 2 else net.network_address

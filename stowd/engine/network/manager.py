@@ -1,0 +1,1018 @@
+"""Container networks: the networks themselves, and each container's namespace in them.
+
+Modes (HostConfig.NetworkMode): `bridge`/`default` and user-defined bridge networks give a
+container its own namespace (`<exec-root>/netns/<id>`) with loopback and one veth per
+network (eth0, eth1, …) on the network's bridge; `none` gives loopback only; `host` shares
+stowd's namespace; `container:<id>` joins another container's.
+
+State: networks are rows in SQLite. What a running container holds (namespace, endpoints,
+addresses, published ports, DNAT rules) is its record's `network` field, written *before*
+anything is set up on the host, so that start-up recovery always knows what to undo. Every
+host-side step (links.py, iptables.py, netns.py) is idempotent. Address leases live in
+memory, rebuilt at start-up from the running containers' records.
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stowd.engine import rootfs
+from stowd.engine.containers import PAUSED, RUNNING, Container, rfc3339_nano
+from stowd.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
+from stowd.engine.network import dns, ipam, links, netns, ports
+from stowd.engine.network.iptables import Firewall
+
+if TYPE_CHECKING:
+    from stowd.engine.engine import Engine
+
+log = logging.getLogger("stowd.network")
+
+PREDEFINED = ("bridge", "host", "none")
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+
+
+@dataclass
+class Network:
+    """One network: Docker's record as stored, with typed accessors."""
+
+    record: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.record["Id"])
+
+    @property
+    def name(self) -> str:
+        return str(self.record["Name"])
+
+    @property
+    def driver(self) -> str:
+        return str(self.record["Driver"])
+
+    @property
+    def bridge(self) -> str:
+        return str(self.record.get("bridge") or "")
+
+    @property
+    def internal(self) -> bool:
+        return bool(self.record.get("Internal"))
+
+    @property
+    def predefined(self) -> bool:
+        return self.name in PREDEFINED
+
+    @property
+    def user_defined(self) -> bool:
+        """Docker's embedded DNS and aliases work on these, not on the default bridge."""
+        return self.driver == "bridge" and self.name != "bridge"
+
+    @property
+    def ipam_config(self) -> dict[str, str]:
+        configs = (self.record.get("IPAM") or {}).get("Config") or []
+        return configs[0] if configs else {}
+
+    @property
+    def subnet(self) -> str:
+        return self.ipam_config.get("Subnet", "")
+
+    @property
+    def gateway(self) -> str:
+        return self.ipam_config.get("Gateway", "")
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.ip_network(self.subnet).prefixlen
+
+
+def network_mode(c: Container) -> str:
+    mode = c.host_config.get("NetworkMode") or "default"
+    return "bridge" if mode == "default" else mode
+
+
+def _veth_name(cid: str, network_id: str) -> str:
+    return "ve" + hashlib.sha256(f"{cid}/{network_id}".encode()).hexdigest()[:13]
+
+
+def _endpoint_id(cid: str, network_id: str, started: str) -> str:
+    return hashlib.sha256(f"{cid}/{network_id}/{started}".encode()).hexdigest()
+
+
+def _running(c: Container) -> bool:
+    return c.state.status in (RUNNING, PAUSED)
+
+
+class NetworkManager:
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.netns_dir = engine.exec_root / "netns"
+        self.firewall = Firewall(self.settings.chain_prefix)
+        self._networks: dict[str, Network] = {}
+        self._pools: dict[str, ipam.Pool] = {}
+        self._ready: set[str] = set()  # networks whose bridge and rules are in place
+        self._base_ready = False
+        self._bindings: dict[str, list[ports.Binding]] = {}
+        self._dns: dict[str, dns.DnsServer] = {}
+        self._lock = threading.Lock()  # pools, bindings, DNS servers: touched by threads too
+        self._setup_lock = threading.Lock()  # bridges and base rules: made once
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.resolver = dns.Resolver(self._dns_lookup, self._dns_reverse, self._dns_upstreams)
+        self._upstreams: dict[str, list[str]] = {}
+
+    # start-up and shut-down -------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._open_blocking)
+
+    def _open_blocking(self) -> None:
+        self.netns_dir.mkdir(parents=True, exist_ok=True)
+        for record in self.engine.store.all_networks():
+            net = Network(record)
+            self._networks[net.id] = net
+        by_name = {n.name: n for n in self._networks.values()}
+        for name, driver in (("bridge", "bridge"), ("host", "host"), ("none", "null")):
+            if name not in by_name:
+                self._put(self._new_record(name, driver, {}, {}))
+        self._configure_default_bridge()
+        for net in self._networks.values():
+            if net.driver == "bridge" and net.subnet:
+                cfg = net.ipam_config
+                self._pools[net.id] = ipam.Pool.of(cfg["Subnet"], cfg.get("Gateway", ""),
+                                                   cfg.get("IPRange", ""))
+        # Leases of containers that were running: before anything can allocate again.
+        for c in self.engine.containers():
+            if _running(c):
+                for ep in (c.network.get("endpoints") or {}).values():
+                    pool = self._pools.get(ep.get("NetworkID", ""))
+                    if pool is not None and ep.get("IPAddress"):
+                        pool.mark(ep["IPAddress"])
+
+    def _configure_default_bridge(self) -> None:
+        """The default bridge's device and subnet: the flags, else what was persisted, else
+        a private subnet that no route of this host uses yet."""
+        net = self.by_name("bridge")
+        record = dict(net.record)
+        changed = False
+        if net.bridge != self.settings.bridge:
+            record["bridge"] = self.settings.bridge
+            record["Options"] = dict(record.get("Options") or {},
+                                     **{BRIDGE_NAME_OPTION: self.settings.bridge})
+            changed = True
+        subnet = self.settings.bridge_subnet
+        if subnet:
+            subnet = str(ipam.network(subnet, "--bridge-subnet"))
+        elif not net.subnet:
+            taken = ipam.parse_routes(_routes()) + self._subnets(exclude=net.id)
+            candidates = [ipam.network(s) for s in ipam.DEFAULT_BRIDGE_CANDIDATES]
+            subnet = str(ipam.pick_subnet(candidates, taken))
+            log.info("default bridge %s: subnet %s", self.settings.bridge, subnet)
+        if subnet and subnet != net.subnet:
+            gw = str(ipam.default_gateway(ipaddress.ip_network(subnet)))  # type: ignore[arg-type]
+            record["IPAM"] = {"Driver": "default", "Options": None,
+                              "Config": [{"Subnet": subnet, "Gateway": gw}]}
+            changed = True
+        if changed:
+            self._put(record)
+
+    async def close(self) -> None:
+        """Stop serving DNS and holding ports. With no container running, take stowd's
+        bridges and iptables chains away too (they come back at the next start)."""
+        with self._lock:
+            servers = list(self._dns.values())
+            self._dns.clear()
+            bindings = [b for bs in self._bindings.values() for b in bs]
+            self._bindings.clear()
+        for server in servers:
+            server.close()
+        ports.close_all(bindings)
+        if not any(_running(c) for c in self.engine.containers()):
+            try:
+                await asyncio.to_thread(self._remove_infrastructure)
+            except Exception:
+                log.exception("removing stowd's bridges and iptables chains failed")
+
+    def _remove_infrastructure(self) -> None:
+        for net in self._networks.values():
+            if net.bridge:
+                links.delete_link(net.bridge)
+        try:
+            self.firewall.remove_all()
+        except SystemError_ as exc:
+            log.warning("removing iptables chains: %s", exc)
+        with contextlib.suppress(OSError):
+            self.netns_dir.rmdir()
+        self._ready.clear()
+        self._base_ready = False
+
+    # networks ---------------------------------------------------------------------------
+
+    def _new_record(self, name: str, driver: str, ipam_cfg: dict[str, Any],
+                    options: dict[str, str], labels: dict[str, str] | None = None,
+                    internal: bool = False, attachable: bool = False) -> dict[str, Any]:
+        nid = secrets.token_hex(32)
+        record: dict[str, Any] = {
+            "Name": name,
+            "Id": nid,
+            "Created": rfc3339_nano(),
+            "Scope": "local",
+            "Driver": driver,
+            "EnableIPv6": False,
+            "IPAM": {"Driver": "default", "Options": None,
+                     "Config": [ipam_cfg] if ipam_cfg else []},
+            "Internal": internal,
+            "Attachable": attachable,
+            "Ingress": False,
+            "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False,
+            "Options": options,
+            "Labels": labels or {},
+        }
+        if name == "bridge":
+            record["bridge"] = self.settings.bridge
+            record["Options"] = {
+                "com.docker.network.bridge.default_bridge": "true",
+                "com.docker.network.bridge.enable_icc": "true",
+                "com.docker.network.bridge.enable_ip_masquerade": "true",
+                "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+                BRIDGE_NAME_OPTION: self.settings.bridge,
+                "com.docker.network.driver.mtu": "1500",
+            }
+        elif driver == "bridge":
+            record["bridge"] = options.get(BRIDGE_NAME_OPTION) or "br-" + nid[:12]
+        return record
+
+    def _put(self, record: dict[str, Any]) -> Network:
+        self.engine.store.put_network(record["Id"], record["Name"], time.time(), record)
+        net = Network(record)
+        self._networks[net.id] = net
+        return net
+
+    def networks(self) -> list[Network]:
+        return sorted(self._networks.values(), key=lambda n: n.record["Created"])
+
+    def by_name(self, name: str) -> Network:
+        for net in self._networks.values():
+            if net.name == name:
+                return net
+        raise NotFound(f"network {name} not found")
+
+    def get(self, ref: str) -> Network:
+        """By name, full ID, or unique ID prefix (Docker's order)."""
+        if not ref:
+            raise NotFound("network  not found")
+        for net in self._networks.values():
+            if net.name == ref:
+                return net
+        if ref in self._networks:
+            return self._networks[ref]
+        matches = [n for n in self._networks.values() if n.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidParameter(f"network {ref} is ambiguous ({len(matches)} matches found "
+                                   "based on ID prefix)")
+        raise NotFound(f"network {ref} not found")
+
+    def _subnets(self, exclude: str = "") -> list[ipaddress.IPv4Network]:
+        out = []
+        for net in self._networks.values():
+            if net.id != exclude and net.subnet:
+                out.append(ipaddress.IPv4Network(net.subnet))
+        return out
+
+    def containers_on(self, net: Network) -> list[Container]:
+        """Containers attached to the network (by configuration, running or not)."""
+        return [c for c in self.engine.containers() if net.name in self._endpoints_config(c)]
+
+    def active_endpoints(self, net: Network) -> list[tuple[Container, dict[str, Any]]]:
+        """Running containers with an endpoint on the network, and the endpoint."""
+        out = []
+        for c in self.engine.containers():
+            ep = (c.network.get("endpoints") or {}).get(net.name)
+            if ep and _running(c) and ep.get("NetworkID") == net.id:
+                out.append((c, ep))
+        return out
+
+    async def create_network(self, body: dict[str, Any]) -> tuple[Network, str]:
+        name = body.get("Name")
+        if not isinstance(name, str) or not name:
+            raise InvalidParameter("network name must be specified")
+        if not NAME_RE.match(name):
+            raise InvalidParameter(f'invalid network name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-]'
+                                   " are allowed")
+        driver = body.get("Driver") or "bridge"
+        if name in PREDEFINED:
+            raise Forbidden(f"{name} is a pre-defined network and cannot be created")
+        if driver in ("host", "null"):
+            raise Forbidden(f'only one instance of "{driver}" network is allowed')
+        if driver != "bridge":
+            raise NotFound(f'plugin "{driver}" not found')
+        if body.get("EnableIPv6"):
+            raise InvalidParameter("stowd networks are IPv4 only: EnableIPv6 is not supported")
+        if any(n.name == name for n in self._networks.values()):
+            raise Conflict(f"network with name {name} already exists")
+        ipam_body = body.get("IPAM") or {}
+        if not isinstance(ipam_body, dict):
+            raise InvalidParameter("IPAM must be an object")
+        if (ipam_body.get("Driver") or "default") != "default":
+            raise NotFound(f'plugin "{ipam_body["Driver"]}" not found')
+        configs = [cfg for cfg in ipam_body.get("Config") or []
+                   if not (isinstance(cfg, dict) and ":" in str(cfg.get("Subnet") or ""))]
+        if len(configs) > 1:
+            raise InvalidParameter("stowd networks take one IPv4 subnet")
+        cfg = dict(configs[0]) if configs else {}
+        if not isinstance(cfg, dict):
+            raise InvalidParameter("IPAM.Config entries must be objects")
+        options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
+        labels = body.get("Labels") or {}
+        if not isinstance(labels, dict):
+            raise InvalidParameter("Labels must be a map of strings")
+        subnet_text = str(cfg.get("Subnet") or "")
+        taken = self._subnets()
+        if subnet_text:
+            subnet = ipam.network(subnet_text)
+            if ipam.overlaps(subnet, taken):
+                raise Forbidden("Pool overlaps with other one on this address space")
+        else:
+            if cfg.get("Gateway") or cfg.get("IPRange"):
+                raise InvalidParameter("a Gateway or IPRange needs a Subnet")
+            routes = await asyncio.to_thread(_routes)
+            base, size = ipam.parse_pool(self.settings.default_address_pool)
+            subnet = ipam.pick_subnet(ipam.pool_subnets(base, size),
+                                      taken + ipam.parse_routes(routes))
+        pool = ipam.Pool.of(str(subnet), str(cfg.get("Gateway") or ""),
+                            str(cfg.get("IPRange") or ""))
+        ipam_cfg = {"Subnet": str(subnet)}
+        if cfg.get("IPRange"):
+            ipam_cfg["IPRange"] = str(pool.ip_range)
+        ipam_cfg["Gateway"] = str(pool.gateway)
+        record = self._new_record(name, "bridge", ipam_cfg, options, labels,
+                                  internal=bool(body.get("Internal")),
+                                  attachable=bool(body.get("Attachable")))
+        bridge = record["bridge"]
+        if len(bridge) > 15 or not NAME_RE.match(bridge):
+            raise InvalidParameter(f"invalid bridge name {bridge!r}")
+        if any(n.bridge == bridge for n in self._networks.values()):
+            raise Conflict(f"bridge name {bridge} is used by another network")
+        net = Network(record)
+        await asyncio.to_thread(self._ensure_network, net)
+        try:
+            self._put(record)
+        except BaseException:
+            await asyncio.to_thread(self._remove_network_blocking, net)
+            raise
+        self._pools[net.id] = pool
+        self.engine.events.publish("network", "create", net.id,
+                                   {"name": net.name, "type": net.driver})
+        return net, ""
+
+    async def remove_network(self, ref: str) -> None:
+        net = self.get(ref)
+        if net.predefined:
+            raise Forbidden(f"{net.name} is a pre-defined network and cannot be removed")
+        if self.active_endpoints(net):
+            raise Forbidden(f"error while removing network: network {net.name} id {net.id} "
+                            "has active endpoints")
+        await asyncio.to_thread(self._remove_network_blocking, net)
+        self.engine.store.delete_network(net.id)
+        self._networks.pop(net.id, None)
+        self._pools.pop(net.id, None)
+        self.engine.events.publish("network", "destroy", net.id,
+                                   {"name": net.name, "type": net.driver})
+
+    def _remove_network_blocking(self, net: Network) -> None:
+        with self._setup_lock:
+            self._ready.discard(net.id)
+            if net.bridge:
+                self.firewall.remove_network(net.bridge)
+                links.delete_link(net.bridge)
+
+    async def prune(self, until: float | None, labels: list[str]) -> list[str]:
+        deleted = []
+        for net in self.networks():
+            if net.predefined or self.active_endpoints(net):
+                continue
+            if any(_running(c) for c in self.containers_on(net)):
+                continue
+            if until is not None and _created(net) >= until:
+                continue
+            if not _labels_match(net, labels):
+                continue
+            try:
+                await self.remove_network(net.id)
+            except (Forbidden, NotFound):
+                continue
+            deleted.append(net.name)
+        return deleted
+
+    # host-side setup of one network --------------------------------------------------
+
+    def _ensure_base(self) -> None:
+        if not self._base_ready:
+            links.ensure_forwarding()
+            self.firewall.ensure_base()
+            self._base_ready = True
+
+    def _ensure_network(self, net: Network) -> None:
+        """Blocking: the network's bridge and iptables rules, once per daemon life."""
+        if net.driver != "bridge":
+            return
+        with self._setup_lock:
+            if net.id in self._ready:
+                return
+            self._ensure_base()
+            links.ensure_bridge(net.bridge, net.gateway, net.prefixlen)
+            self.firewall.ensure_network(net.bridge, net.subnet, net.internal)
+            self._ready.add(net.id)
+
+    # create-time rules --------------------------------------------------------------------
+
+    def prepare(self, config: dict[str, Any], host_config: dict[str, Any],
+                networking_config: Any) -> dict[str, Any]:
+        """Validate a create request's networking and return its NetworkingConfig, keyed by
+        network name, the network the mode names first. May set Config.Hostname (host)."""
+        mode = host_config.get("NetworkMode") or "default"
+        if not isinstance(mode, str):
+            raise InvalidParameter("NetworkMode must be a string")
+        given = networking_config or {}
+        if not isinstance(given, dict):
+            raise InvalidParameter("NetworkingConfig must be an object")
+        endpoints_in = given.get("EndpointsConfig") or {}
+        if not isinstance(endpoints_in, dict):
+            raise InvalidParameter("EndpointsConfig must be an object")
+        ports.requests(config.get("ExposedPorts"), host_config.get("PortBindings"), False)
+        if mode == "host":
+            if not config.get("Hostname"):
+                config["Hostname"] = rootfs.host_hostname()
+            return {"EndpointsConfig": {"host": self._endpoint_config(
+                self.by_name("host"), endpoints_in.get("host") or {})}}
+        if mode.startswith("container:"):
+            ref = mode.split(":", 1)[1]
+            self.engine.get(ref)
+            for field, what in (("Hostname", "hostname"), ("MacAddress", "mac-address")):
+                if config.get(field):
+                    raise InvalidParameter(f"conflicting options: {what} and the network mode")
+            if host_config.get("PortBindings") or host_config.get("PublishAllPorts"):
+                raise InvalidParameter("conflicting options: port publishing and the container "
+                                       "type network mode")
+            if host_config.get("Dns"):
+                raise InvalidParameter("conflicting options: dns and the network mode")
+            if host_config.get("ExtraHosts"):
+                raise InvalidParameter("conflicting options: custom host-to-IP mapping and the "
+                                       "network mode")
+            return {"EndpointsConfig": {}}
+        if mode == "none":
+            if host_config.get("PortBindings") or host_config.get("PublishAllPorts"):
+                log.info("published ports are discarded with network mode none")
+            return {"EndpointsConfig": {"none": self._endpoint_config(
+                self.by_name("none"), endpoints_in.get("none") or {})}}
+        primary = self.get("bridge" if mode in ("default", "bridge") else mode)
+        if primary.driver != "bridge":
+            raise InvalidParameter(f"network mode {mode!r} is not supported")
+        out: dict[str, Any] = {primary.name: {}}
+        for ref, ep in endpoints_in.items():
+            net = self.get("bridge" if ref == "default" else ref)
+            if net.driver != "bridge":
+                raise InvalidParameter(f"container cannot be connected to network {net.name} "
+                                       f"and to {primary.name}")
+            out[net.name] = ep or {}
+        for name, ep in list(out.items()):
+            out[name] = self._endpoint_config(self.by_name(name), ep)
+        return {"EndpointsConfig": out}
+
+    def _endpoint_config(self, net: Network, ep: Any) -> dict[str, Any]:
+        if not isinstance(ep, dict):
+            raise InvalidParameter("endpoint settings must be objects")
+        aliases = ep.get("Aliases") or None
+        if aliases is not None and (not isinstance(aliases, list)
+                                    or not all(isinstance(a, str) for a in aliases)):
+            raise InvalidParameter("Aliases must be a list of strings")
+        if aliases and not net.user_defined:
+            raise InvalidParameter("network-scoped alias is supported only for containers in "
+                                   "user defined networks")
+        ipam_cfg = ep.get("IPAMConfig") or None
+        if ipam_cfg is not None:
+            if not isinstance(ipam_cfg, dict):
+                raise InvalidParameter("IPAMConfig must be an object")
+            want = ipam_cfg.get("IPv4Address") or ""
+            if want:
+                if not net.user_defined or not net.subnet:
+                    raise InvalidParameter("user specified IP address is supported only when "
+                                           "connecting to networks with user configured subnets")
+                ip = ipam.address(want, "IPv4 address")
+                if ip not in ipaddress.ip_network(net.subnet):
+                    raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
+                                           f"address {ip}")
+        return {
+            "IPAMConfig": ipam_cfg,
+            "Links": ep.get("Links") or None,
+            "Aliases": aliases,
+            "NetworkID": net.id,
+            "DriverOpts": ep.get("DriverOpts") or None,
+        }
+
+    # start: set a container's network up ------------------------------------------------
+
+    def netns_path(self, c: Container) -> str | None:
+        """The namespace the container joins (SpecInput.netns_path); None for a new one."""
+        return c.network.get("netns_path") or None
+
+    def _endpoints_config(self, c: Container) -> dict[str, dict[str, Any]]:
+        return dict((c.networking_config or {}).get("EndpointsConfig") or {})
+
+    async def attach(self, c: Container) -> None:
+        """Before the task is created: namespace, endpoints, ports, DNS, /etc files.
+
+        On failure everything made so far is undone before the error is raised."""
+        mode = network_mode(c)
+        if c.network.get("sandbox"):  # left over: a crash between setup and a recorded start
+            await asyncio.to_thread(self.release, c)
+        try:
+            if mode == "host":
+                await asyncio.to_thread(self._etc_host, c)
+                c.network = {"mode": "host", "netns_path": f"/proc/{os.getpid()}/ns/net",
+                             "endpoints": {}}
+            elif mode.startswith("container:"):
+                await self._attach_container_mode(c, mode.split(":", 1)[1])
+            else:
+                await self._attach_own(c, mode)
+        except BaseException:
+            await asyncio.to_thread(self.release, c)
+            raise
+
+    async def _attach_container_mode(self, c: Container, ref: str) -> None:
+        try:
+            target = self.engine.get(ref)
+        except NotFound:
+            raise NotFound(f"No such container: {ref}") from None
+        if not _running(target):
+            raise Conflict(f"cannot join network of a non running container: {target.id}")
+        path = target.network.get("netns_path") or f"/proc/{target.state.pid}/ns/net"
+        c.config["Hostname"] = target.config.get("Hostname") or c.config.get("Hostname")
+        c.config["Domainname"] = target.config.get("Domainname") or ""
+        src = self.engine.container_dir(target)
+        dst = self.engine.container_dir(c)
+
+        def copy() -> None:
+            for name in ("hosts", "resolv.conf", "hostname"):
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(src / name, dst / name)
+
+        await asyncio.to_thread(copy)
+        c.network = {"mode": "container", "netns_path": path, "container": target.id,
+                     "endpoints": {}}
+
+    async def _attach_own(self, c: Container, mode: str) -> None:
+        sandbox = str(self.netns_dir / c.id)
+        started = rfc3339_nano()
+        record: dict[str, Any] = {"mode": "none" if mode == "none" else "bridge",
+                                  "sandbox": sandbox, "netns_path": sandbox,
+                                  "sandbox_id": hashlib.sha256(
+                                      f"{c.id}/{started}".encode()).hexdigest(),
+                                  "endpoints": {}, "ports": [], "port_rules": [], "dns": False}
+        nets: list[tuple[Network, dict[str, Any]]] = []
+        if mode != "none":
+            for name, ep in self._endpoints_config(c).items():
+                try:
+                    net = self.by_name(name)
+                except NotFound:
+                    raise NotFound(f"network {name} not found") from None
+                if ep.get("NetworkID") and ep["NetworkID"] != net.id:
+                    raise NotFound(f"network {ep['NetworkID']} not found")
+                nets.append((net, ep))
+        # Addresses, interface and veth names: decided and recorded before the host changes.
+        for index, (net, ep) in enumerate(nets):
+            want = (ep.get("IPAMConfig") or {}).get("IPv4Address") or ""
+            with self._lock:
+                ip = self._pools[net.id].allocate(want)
+            record["endpoints"][net.name] = self._endpoint_record(c, net, ep, ip,
+                                                                  f"eth{index}", started)
+        record["dns"] = any(net.user_defined for net, _ in nets)
+        reqs = []
+        if nets:
+            reqs = ports.requests(c.config.get("ExposedPorts"),
+                                  c.host_config.get("PortBindings"),
+                                  bool(c.host_config.get("PublishAllPorts")))
+        c.network = record
+        self.engine.store.update_container(c.id, c.to_record())
+        bindings = await asyncio.to_thread(ports.reserve, reqs, self._port_held, c.name)
+        with self._lock:
+            self._bindings[c.id] = bindings
+        record["ports"] = [b.to_record() for b in bindings]
+        if nets and bindings:
+            primary = next(iter(record["endpoints"].values()))
+            record["port_rules"] = self.firewall.port_rules(c.id, primary["IPAddress"],
+                                                            bindings)
+            self.engine.store.update_container(c.id, c.to_record())
+        await asyncio.to_thread(self._build_sandbox, c, nets, bindings)
+        if record["dns"]:
+            self._upstreams[c.id] = list(c.host_config.get("Dns") or [])
+            await self._start_dns(c)
+        await asyncio.to_thread(self._write_etc, c)
+
+    def _endpoint_record(self, c: Container, net: Network, ep_cfg: dict[str, Any],
+                         ip: ipaddress.IPv4Address, ifname: str, started: str) -> dict[str, Any]:
+        aliases = list(ep_cfg.get("Aliases") or [])
+        if net.user_defined:  # Docker adds the short ID, which its DNS answers too
+            aliases.append(c.short_id)
+        return {
+            "Aliases": aliases or None,
+            "NetworkID": net.id,
+            "EndpointID": _endpoint_id(c.id, net.id, started),
+            "Gateway": "" if net.internal else net.gateway,
+            "IPAddress": str(ip),
+            "IPPrefixLen": net.prefixlen,
+            "MacAddress": ipam.mac_for(ip),
+            "veth": _veth_name(c.id, net.id),
+            "ifname": ifname,
+            "bridge": net.bridge,
+        }
+
+    def _build_sandbox(self, c: Container, nets: list[tuple[Network, dict[str, Any]]],
+                       bindings: list[ports.Binding]) -> None:
+        """Blocking: the namespace, its interfaces and the DNAT rules."""
+        record = c.network
+        netns.create(record["sandbox"])
+        if not nets:
+            links.loopback_up(record["sandbox"])
+            return
+        gateway_set = False
+        for net, _ in nets:
+            self._ensure_network(net)
+            ep = record["endpoints"][net.name]
+            gw = ep["Gateway"] if ep["Gateway"] and not gateway_set else None
+            links.add_endpoint(record["sandbox"], net.bridge, ep["veth"], ep["ifname"],
+                               ep["IPAddress"], ep["IPPrefixLen"], ep["MacAddress"], gw)
+            gateway_set = gateway_set or bool(gw)
+        if bindings:
+            primary = next(iter(record["endpoints"].values()))
+            self.firewall.add_ports(c.id, primary["IPAddress"], bindings)
+
+    async def _start_dns(self, c: Container) -> None:
+        sandbox = c.network["sandbox"]
+        udp, tcp = await asyncio.to_thread(netns.run_in, sandbox, dns.make_sockets)
+        server = dns.DnsServer(c.id, self.resolver)
+        await server.start(udp, tcp)
+        with self._lock:
+            old = self._dns.pop(c.id, None)
+            self._dns[c.id] = server
+        if old is not None:
+            old.close()
+
+    # stop: take it down again -----------------------------------------------------------
+
+    def release(self, c: Container) -> None:
+        """Blocking, idempotent: undo whatever attach() set up for the container."""
+        record = c.network
+        if not record:
+            return
+        with self._lock:
+            server = self._dns.pop(c.id, None)
+            bindings = self._bindings.pop(c.id, [])
+            self._upstreams.pop(c.id, None)
+        if server is not None:
+            if self._loop is not None and self._loop.is_running():
+                self._loop.call_soon_threadsafe(server.close)
+            else:
+                server.close()
+        ports.close_all(bindings)
+        if record.get("port_rules") or record.get("ports"):
+            try:
+                self.firewall.remove_ports(c.id, record.get("port_rules"))
+            except SystemError_ as exc:
+                log.warning("removing the DNAT rules of %s: %s", c.id[:12], exc)
+        for ep in (record.get("endpoints") or {}).values():
+            if ep.get("veth"):
+                links.delete_link(ep["veth"])
+            pool = self._pools.get(ep.get("NetworkID", ""))
+            if pool is not None and ep.get("IPAddress"):
+                with self._lock:
+                    pool.release(ep["IPAddress"])
+        if record.get("sandbox"):
+            netns.delete(record["sandbox"])
+        c.network = {}
+
+    # after a restart of stowd -------------------------------------------------------------
+
+    async def reattach(self, c: Container) -> None:
+        """A container that kept running while stowd was down: hold its ports again, serve
+        its DNS again, and make sure its networks' bridges and rules are there."""
+        record = c.network
+        if record.get("mode") != "bridge":
+            return
+        nets = []
+        for name, ep in (record.get("endpoints") or {}).items():
+            net = self._networks.get(ep.get("NetworkID", ""))
+            if net is not None:
+                nets.append(net)
+            else:
+                log.warning("%s: network %s is gone", c.id[:12], name)
+        for net in nets:
+            await asyncio.to_thread(self._ensure_network, net)
+        bindings = [ports.Binding.from_record(r) for r in record.get("ports") or []]
+
+        def hold() -> None:
+            for b in bindings:
+                try:
+                    b.sock = ports.bind(b.proto, "" if b.host_ip == "0.0.0.0" else b.host_ip,
+                                         b.host_port)
+                except OSError as exc:
+                    log.warning("%s: cannot hold %s port %s:%s again: %s", c.id[:12], b.proto,
+                                b.host_ip, b.host_port, exc)
+
+        await asyncio.to_thread(hold)
+        with self._lock:
+            self._bindings[c.id] = bindings
+        if record.get("dns"):
+            try:
+                await self._start_dns(c)
+            except OSError as exc:
+                log.warning("%s: cannot serve DNS again: %s", c.id[:12], exc)
+
+    async def sweep(self) -> None:
+        """After recovery: undo what no running container owns any more (crash leftovers:
+        namespaces, veths, DNAT rules, records of stopped containers)."""
+        containers = self.engine.containers()
+        running = [c for c in containers if _running(c)]
+        for c in containers:
+            if not _running(c) and c.network:
+                await asyncio.to_thread(self.release, c)
+                self.engine.store.update_container(c.id, c.to_record())
+        owned_ns = {c.network.get("sandbox") for c in running}
+        owned_veths = {ep.get("veth") for c in running
+                       for ep in (c.network.get("endpoints") or {}).values()}
+        running_ids = {c.id for c in running}
+        bridges = [n.bridge for n in self._networks.values() if n.bridge]
+        rules = {c.id: c.network.get("port_rules") or [] for c in running}
+
+        def sweep() -> None:
+            if self.netns_dir.is_dir():
+                for entry in self.netns_dir.iterdir():
+                    if str(entry) not in owned_ns:
+                        log.info("removing leftover network namespace %s", entry)
+                        netns.delete(str(entry))
+            for bridge in bridges:
+                for port in links.bridge_ports(bridge):
+                    if port not in owned_veths:
+                        log.info("removing leftover interface %s", port)
+                        links.delete_link(port)
+            if not self.firewall.present():
+                return
+            owners = self.firewall.port_owners()
+            for cid in owners - running_ids:
+                log.info("removing leftover DNAT rules of %s", cid[:12])
+                self.firewall.remove_ports(cid)
+            for cid, lines in rules.items():
+                if lines and cid not in owners:  # the rules went away (iptables flushed?)
+                    log.info("restoring the DNAT rules of %s", cid[:12])
+                    self.firewall.add_lines(lines)
+
+        await asyncio.to_thread(sweep)
+
+    # connect and disconnect ---------------------------------------------------------------
+
+    async def connect(self, net_ref: str, container_ref: str, endpoint: Any) -> None:
+        net = self.get(net_ref)
+        c = self.engine.get(container_ref)
+        mode = network_mode(c)
+        if net.driver == "host" or mode == "host":
+            raise InvalidParameter("container cannot be disconnected from host network or "
+                                   "connected to host network")
+        if mode.startswith("container:"):
+            raise InvalidParameter("container sharing network namespace with another container "
+                                   "or host cannot be connected to any other network")
+        if net.driver == "null" or mode == "none":
+            raise InvalidParameter("container cannot be connected to multiple networks with one "
+                                   "of the networks in private (none) mode")
+        async with self.engine._lock(c.id):
+            eps = self._endpoints_config(c)
+            if net.name in eps:
+                raise Forbidden(f"endpoint with name {c.name} already exists in network "
+                                f"{net.name}")
+            ep_cfg = self._endpoint_config(net, endpoint or {})
+            if _running(c) and c.network.get("sandbox"):
+                await self._connect_running(c, net, ep_cfg)
+            eps[net.name] = ep_cfg
+            c.networking_config = dict(c.networking_config or {}, EndpointsConfig=eps)
+            self.engine.store.update_container(c.id, c.to_record())
+        self.engine.events.publish("network", "connect", net.id,
+                                   {"container": c.id, "name": net.name, "type": net.driver})
+
+    async def _connect_running(self, c: Container, net: Network, ep_cfg: dict[str, Any]) -> None:
+        record = c.network
+        used = {ep["ifname"] for ep in record["endpoints"].values()}
+        ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
+        want = (ep_cfg.get("IPAMConfig") or {}).get("IPv4Address") or ""
+        with self._lock:
+            ip = self._pools[net.id].allocate(want)
+        ep = self._endpoint_record(c, net, ep_cfg, ip, ifname, rfc3339_nano())
+        record["endpoints"][net.name] = ep
+        self.engine.store.update_container(c.id, c.to_record())
+        has_gateway = any(e.get("Gateway") for n, e in record["endpoints"].items()
+                          if n != net.name)
+
+        def build() -> None:
+            self._ensure_network(net)
+            links.add_endpoint(record["sandbox"], net.bridge, ep["veth"], ifname,
+                               ep["IPAddress"], ep["IPPrefixLen"], ep["MacAddress"],
+                               None if has_gateway else (ep["Gateway"] or None))
+
+        try:
+            await asyncio.to_thread(build)
+        except BaseException:
+            record["endpoints"].pop(net.name, None)
+            with self._lock:
+                self._pools[net.id].release(str(ip))
+            raise
+        if net.user_defined and c.id not in self._dns:
+            record["dns"] = True
+            self._upstreams[c.id] = list(c.host_config.get("Dns") or [])
+            await self._start_dns(c)
+        await asyncio.to_thread(self._write_hosts, c)
+
+    async def disconnect(self, net_ref: str, container_ref: str, force: bool = False) -> None:
+        net = self.get(net_ref)
+        c = self.engine.get(container_ref)
+        if net.driver == "host" or network_mode(c) == "host":
+            raise InvalidParameter("container cannot be disconnected from host network or "
+                                   "connected to host network")
+        async with self.engine._lock(c.id):
+            eps = self._endpoints_config(c)
+            if net.name not in eps:
+                raise SystemError_(f"container {c.id} is not connected to network {net.name}")
+            record = c.network
+            ep = (record.get("endpoints") or {}).pop(net.name, None)
+            if ep is not None:
+                def take_down() -> None:
+                    links.delete_link(ep["veth"])
+                    pool = self._pools.get(ep["NetworkID"])
+                    if pool is not None:
+                        with self._lock:
+                            pool.release(ep["IPAddress"])
+                    if ep.get("Gateway") and record.get("sandbox"):
+                        for other in record["endpoints"].values():
+                            if other.get("Gateway"):
+                                links.set_default_route(record["sandbox"], other["Gateway"],
+                                                        other["ifname"])
+                                break
+
+                await asyncio.to_thread(take_down)
+                await asyncio.to_thread(self._write_hosts, c)
+            eps.pop(net.name, None)
+            c.networking_config = dict(c.networking_config or {}, EndpointsConfig=eps)
+            self.engine.store.update_container(c.id, c.to_record())
+        self.engine.events.publish("network", "disconnect", net.id,
+                                   {"container": c.id, "name": net.name, "type": net.driver})
+
+    # published ports --------------------------------------------------------------------
+
+    def _port_held(self, proto: str, host_ip: str, port: int) -> bool:
+        with self._lock:
+            for bindings in self._bindings.values():
+                for b in bindings:
+                    if b.proto == proto and b.host_port == port and (
+                            not host_ip or b.host_ip in ("0.0.0.0", host_ip)):
+                        return True
+        return False
+
+    def bindings(self, c: Container) -> list[ports.Binding]:
+        return [ports.Binding.from_record(r) for r in c.network.get("ports") or []]
+
+    # /etc/hosts, /etc/resolv.conf, /etc/hostname --------------------------------------
+
+    def _hostname(self, c: Container) -> str:
+        return str(c.config.get("Hostname") or c.short_id)
+
+    def _etc_host(self, c: Container) -> None:
+        """Host mode: the host's name, hosts (plus ExtraHosts) and resolv.conf."""
+        base = self.engine.container_dir(c)
+        (base / "hostname").write_text(self._hostname(c) + "\n")
+        try:
+            hosts = Path("/etc/hosts").read_text()
+        except OSError:
+            hosts = rootfs.hosts_file(self._hostname(c))
+        for entry in c.host_config.get("ExtraHosts") or []:
+            host, _, addr = entry.partition(":")
+            hosts = hosts.rstrip("\n") + f"\n{addr}\t{host}\n"
+        (base / "hosts").write_text(hosts)
+        try:
+            resolv = Path("/etc/resolv.conf").read_text()
+        except OSError:
+            resolv = ""
+        (base / "resolv.conf").write_text(resolv)
+
+    def _write_hosts(self, c: Container) -> None:
+        base = self.engine.container_dir(c)
+        text = rootfs.hosts_file(self._hostname(c), None, c.host_config.get("ExtraHosts"))
+        for ep in (c.network.get("endpoints") or {}).values():
+            if ep.get("IPAddress"):
+                text += f"{ep['IPAddress']}\t{self._hostname(c)}\n"
+        (base / "hosts").write_text(text)
+
+    def _write_etc(self, c: Container) -> None:
+        base = self.engine.container_dir(c)
+        (base / "hostname").write_text(self._hostname(c) + "\n")
+        self._write_hosts(c)
+        hc = c.host_config
+        if c.network.get("dns"):
+            search = _host_search()
+            lines = ["nameserver " + dns.ADDRESS]
+            if hc.get("DnsSearch") or search:
+                lines.append("search " + " ".join(hc.get("DnsSearch") or search))
+            lines.append("options " + " ".join(hc.get("DnsOptions") or ["ndots:0"]))
+            text = "\n".join(lines) + "\n"
+        else:
+            text = rootfs.resolv_conf(hc.get("Dns"), hc.get("DnsSearch"), hc.get("DnsOptions"))
+        (base / "resolv.conf").write_text(text)
+
+    # embedded DNS -------------------------------------------------------------------------
+
+    def _peers(self, cid: str) -> list[tuple[str, Container, dict[str, Any]]]:
+        """(network name, container, its endpoint) on the user networks cid is on."""
+        try:
+            me = self.engine.get(cid)
+        except NotFound:
+            return []
+        mine = {name for name, ep in (me.network.get("endpoints") or {}).items()
+                if (net := self._networks.get(ep.get("NetworkID", ""))) and net.user_defined}
+        out = []
+        for c in self.engine.containers():
+            if not _running(c):
+                continue
+            for name, ep in (c.network.get("endpoints") or {}).items():
+                if name in mine and ep.get("IPAddress"):
+                    out.append((name, c, ep))
+        return out
+
+    def _dns_lookup(self, cid: str, qname: str) -> list[str] | None:
+        found: list[str] = []
+        for net_name, c, ep in self._peers(cid):
+            eps_cfg = self._endpoints_config(c).get(net_name) or {}
+            names = {c.name.lower(), c.short_id}
+            names.update(a.lower() for a in eps_cfg.get("Aliases") or [])
+            candidates = {qname}
+            suffix = "." + net_name.lower()
+            if qname.endswith(suffix):
+                candidates.add(qname[: -len(suffix)])
+            if names & candidates and ep["IPAddress"] not in found:
+                found.append(ep["IPAddress"])
+        return found or None
+
+    def _dns_reverse(self, cid: str, ip: str) -> str | None:
+        for net_name, c, ep in self._peers(cid):
+            if ep["IPAddress"] == ip:
+                return f"{c.name}.{net_name}"
+        return None
+
+    def _dns_upstreams(self, cid: str) -> list[str]:
+        return self._upstreams.get(cid) or dns.host_resolvers()
+
+
+def _routes() -> str:
+    proc = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True,
+                          text=True, check=False)
+    return proc.stdout
+
+
+def _host_search() -> list[str]:
+    search: list[str] = []
+    try:
+        with open("/etc/resolv.conf", encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] == "search":
+                    search = parts[1:]
+    except OSError:
+        pass
+    return search
+
+
+def _created(net: Network) -> float:
+    from stowd.engine.containers import parse_time
+
+    return parse_time(str(net.record.get("Created") or ""))
+
+
+def _labels_match(net: Network, filters: list[str]) -> bool:
+    labels = net.record.get("Labels") or {}
+    for f in filters:
+        negate = f.startswith("!")
+        key, sep, value = f.lstrip("!").partition("=")
+        has = key in labels and (not sep or labels[key] == value)
+        if has == negate:
+            return False
+    return True
