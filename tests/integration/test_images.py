@@ -46,6 +46,18 @@ def base_layer() -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_behind(daemon: Daemon) -> Iterator[None]:
+    """The tests here leave the shared daemon with the images and layers it had."""
+    api = docker.APIClient(base_url=daemon.url)
+    before = (image_ids(api), layer_dirs(daemon))
+    yield
+    after = (image_ids(api), layer_dirs(daemon))
+    api.close()
+    assert after == before
+    assert list((daemon.data_root / "images" / "tmp").iterdir()) == []
+
+
 @pytest.fixture
 def made(client: docker.DockerClient) -> Iterator[list[str]]:
     """Names and IDs of images a test creates: removed (forced) afterwards."""
