@@ -133,8 +133,11 @@ def container_summary(c: Container, image_ref: str, sizes: tuple[int, int] | Non
         "NetworkSettings": {"Networks": _endpoints(c)},
         "Mounts": mounts_of(c),
     }
-    if sizes is not None:
-        row["SizeRw"], row["SizeRootFs"] = sizes
+    if sizes is not None:  # omitted when zero, as dockerd's omitempty does
+        if sizes[0]:
+            row["SizeRw"] = sizes[0]
+        if sizes[1]:
+            row["SizeRootFs"] = sizes[1]
     return row
 
 

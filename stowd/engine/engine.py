@@ -5,13 +5,15 @@ Every state change is committed to SQLite before the method returns. Work that b
 """
 
 import asyncio
+import collections
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
-import subprocess
+import stat
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -19,10 +21,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from stowd.config import Settings
+from stowd.engine import archive_path, diskusage, names, rootfs
 from stowd.engine import create as create_rules
 from stowd.engine import exec as execs
-from stowd.engine import names, rootfs
+from stowd.engine import export as exporting
+from stowd.engine import top as ps_top
 from stowd.engine.attach import AttachSession, parse_detach_keys
+from stowd.engine.changes import Change, collect_changes
 from stowd.engine.containers import (
     CREATED,
     DEAD,
@@ -38,6 +43,7 @@ from stowd.engine.containers import (
 from stowd.engine.errors import (
     Conflict,
     EngineError,
+    Forbidden,
     InvalidParameter,
     NotFound,
     NotModified,
@@ -54,6 +60,7 @@ from stowd.engine.runtime import mounts
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
 from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec, host_capabilities
 from stowd.engine.signals import parse_signal
+from stowd.engine.stats import Sample, StatsCollector
 from stowd.engine.store import NameTaken, Store, name_conflict
 
 log = logging.getLogger("stowd.engine")
@@ -952,10 +959,13 @@ class Engine:
 
     async def top(self, ref: str, ps_args: str = "-ef") -> tuple[list[str], list[list[str]]]:
         c = self.get(ref)
+        if c.state.status == RESTARTING:
+            raise Conflict(f"Container {c.id} is restarting, wait until the container is "
+                           "running")
         if c.state.status not in (RUNNING, PAUSED):
             raise Conflict(f"Container {c.id} is not running")
         pids = set(await asyncio.to_thread(self.runtime.pids, c.id))
-        return await asyncio.to_thread(_ps_table, ps_args or "-ef", pids)
+        return await asyncio.to_thread(ps_top.ps_table, ps_args or "-ef", pids)
 
     # images -------------------------------------------------------------------------------
 
@@ -1076,8 +1086,201 @@ class Engine:
     async def container_sizes(self, c: Container) -> tuple[int, int]:
         """(SizeRw, SizeRootFs): bytes in the writable layer, and with the image."""
         image = await asyncio.to_thread(self.images.find, c.image_id)
-        rw = await asyncio.to_thread(_dir_size, self.container_dir(c) / "upper")
+        rw = await asyncio.to_thread(diskusage.dir_size, self.container_dir(c) / "upper")
         return rw, rw + (image.size if image else 0)
+
+    # looking inside: stats, changes, export, copy, disk usage ---------------------------
+
+    @functools.cached_property
+    def stats_collector(self) -> StatsCollector:
+        return StatsCollector()
+
+    def cgroup_path(self, c: Container) -> str:
+        parent = c.host_config.get("CgroupParent") or self.settings.cgroup_parent
+        return f"/{parent.strip('/')}/{c.id}"
+
+    async def stats_sample(self, c: Container) -> Sample | None:
+        """A sample of a running container (kept as its last one); None when it is not."""
+        if c.state.status not in (RUNNING, PAUSED) or c.state.pid <= 0:
+            return None
+        self.stats_collector.prune(self._containers)
+        return await asyncio.to_thread(self.stats_collector.sample, c.id, self.cgroup_path(c),
+                                       c.state.pid)
+
+    async def stats_pair(self, c: Container) -> tuple[Sample | None, Sample | None]:
+        """(sample, an earlier sample) for precpu: the kept one when fit, else a fresh one
+        read StatsCollector.MIN_SPAN before."""
+        collector = self.stats_collector
+        now = time.time()
+        earlier = collector.previous(c.id, now)
+        if earlier is None:
+            wait = collector.wait_needed(c.id, now)
+            earlier = collector.last(c.id) if wait >= 0 else await self.stats_sample(c)
+            if earlier is None:
+                return None, None
+            await asyncio.sleep(wait if wait >= 0 else collector.MIN_SPAN)
+        sample = await self.stats_sample(c)
+        return sample, earlier if sample is not None else None
+
+    async def _layer_stack(self, c: Container) -> list[str]:
+        """The container's lower layers, topmost first: its init layer, then the image's."""
+        image = await asyncio.to_thread(self.images.find, c.image_id)
+        if image is None:
+            raise NotFound(f"No such image: {c.image_id}")
+        return [str(self.container_dir(c) / "init"), *self.images.layer_dirs(image)]
+
+    async def changes(self, ref: str) -> list[Change]:
+        c = self.get(ref)
+        lowers = await self._layer_stack(c)
+        return await asyncio.to_thread(collect_changes, str(self.container_dir(c) / "upper"),
+                                       lowers)
+
+    async def export(self, ref: str) -> AsyncIterator[bytes]:
+        """The tar of the container's filesystem (see export.py); tar starts when the
+        iteration does, and a failure to start raises at the first step."""
+        c = self.get(ref)
+        if c.state.status == DEAD:
+            raise Conflict(f"You cannot export container {c.id} which is Dead")
+        if c.state.status == REMOVING:
+            raise Conflict(f"You cannot export container {c.id} which is being removed")
+        base = self.container_dir(c)
+        layers = [str(base / "upper"), *await self._layer_stack(c)]
+        self._event(c, "export")
+        return exporting.stream_tar(exporting.tar_command(str(base / "rootfs"), layers))
+
+    @contextlib.asynccontextmanager
+    async def _root_fd(self, c: Container) -> AsyncIterator[int]:
+        """A descriptor of the container's root filesystem: the running container's mount,
+        or (stopped) its overlay mounted for the time of the operation, under the container's
+        lock as dockerd does."""
+        if c.state.status in (REMOVING, DEAD):
+            raise Conflict(f"container {c.id} is marked for removal")
+        rootfs_dir = str(self.container_dir(c) / "rootfs")
+        lock = self._lock(c.id)
+        await lock.acquire()
+        held, mounted_here = True, False
+        try:
+            running = c.state.status in (RUNNING, PAUSED)
+            if not running:
+                layers = await self._layer_stack(c)
+                mounted_here = await asyncio.to_thread(self._mount_stopped, c, layers)
+            fd = await asyncio.to_thread(os.open, rootfs_dir, os.O_PATH | os.O_DIRECTORY)
+            if running:
+                # The descriptor keeps the mount even if the container exits meanwhile.
+                lock.release()
+                held = False
+            try:
+                yield fd
+            finally:
+                os.close(fd)
+        finally:
+            if mounted_here:
+                await asyncio.to_thread(mounts.unmount, rootfs_dir)
+            if held:
+                lock.release()
+
+    def _mount_stopped(self, c: Container, layers: list[str]) -> bool:
+        base = self.container_dir(c)
+        target = str(base / "rootfs")
+        if mounts.is_mounted(target):
+            return False
+        mounts.mount_overlay(layers, str(base / "upper"), str(base / "work"), target)
+        return True
+
+    def _network_files(self, c: Container) -> dict[str, str]:
+        base = self.container_dir(c)
+        return {"/etc/hosts": str(base / "hosts"), "/etc/hostname": str(base / "hostname"),
+                "/etc/resolv.conf": str(base / "resolv.conf")}
+
+    async def archive_stat(self, ref: str, path: str) -> archive_path.PathStat:
+        c = self.get(ref)
+        async with self._root_fd(c) as root:
+            return await asyncio.to_thread(self._stat_path, c, root, path)
+
+    def _stat_path(self, c: Container, root: int, path: str) -> archive_path.PathStat:
+        res = archive_path.resolve_resource(root, path, c.name, self._network_files(c))
+        return archive_path.path_stat(root, res)
+
+    async def archive_get(self, ref: str,
+                          path: str) -> AsyncIterator[archive_path.PathStat | bytes]:
+        """`docker cp` out: first the PathStat, then the tar's bytes. The container stays
+        mounted (and, stopped, locked) until the iteration ends."""
+        c = self.get(ref)
+        async with self._root_fd(c) as root:
+            files = self._network_files(c)
+            res = await asyncio.to_thread(archive_path.resolve_resource, root, path, c.name,
+                                          files)
+            yield await asyncio.to_thread(archive_path.path_stat, root, res)
+            self._event(c, "archive-path")
+            pipe = ThreadPipe(asyncio.get_running_loop())
+
+            def run() -> None:
+                try:
+                    archive_path.write_archive(root, res, pipe, files)  # type: ignore[arg-type]
+                    pipe.finish()
+                except BrokenPipeError:
+                    pass  # the client went away
+                except BaseException as exc:
+                    log.error("archive of %s:%s failed: %s", c.short_id, path, exc)
+                    pipe.fail(exc)
+
+            worker = asyncio.ensure_future(asyncio.to_thread(run))
+            try:
+                async for chunk in pipe.chunks():
+                    yield chunk
+            finally:
+                pipe.close()
+                await worker
+
+    async def archive_put(self, ref: str, path: str, source: BinaryIO, *,
+                          no_overwrite_dir_non_dir: bool, copy_uid_gid: bool) -> None:
+        """`docker cp` in: unpack the tar `source` into the directory `path`."""
+        c = self.get(ref)
+        if c.host_config.get("ReadonlyRootfs"):
+            raise Forbidden("container rootfs is marked read-only")
+        async with self._root_fd(c) as root:
+            await asyncio.to_thread(self._extract, c, root, path, source,
+                                    no_overwrite_dir_non_dir, copy_uid_gid)
+        self._event(c, "extract-to-dir")
+
+    def _extract(self, c: Container, root: int, path: str, source: BinaryIO,
+                 no_overwrite: bool, copy_uid_gid: bool) -> None:
+        if not path:
+            raise InvalidParameter("bad parameter: path cannot be empty")
+        dest = archive_path.resolve_in_scope(root, archive_path.absolute(path))
+        try:
+            fd = archive_path.open_in_root(root, dest, os.O_PATH)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"Could not find the file {path} in container {c.name}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidParameter("extraction point is not a directory")
+        owner = None
+        if copy_uid_gid and c.config.get("User"):
+            user = rootfs.resolve_user(Path(f"/proc/self/fd/{root}"), c.config["User"])
+            owner = (user.uid, user.gid)
+        archive_path.extract(root, dest, source, archive_path.ExtractOptions(
+            no_overwrite_dir_non_dir=no_overwrite, owner=owner))
+
+    async def disk_usage(self, kinds: set[str]) -> tuple[int, list[diskusage.ImageUsage],
+                                                         list[tuple[Container, int, int]]]:
+        """`docker system df`: LayersSize, images (with users and shared sizes), containers
+        (with SizeRw and SizeRootFs); only the kinds asked for are computed."""
+        layers_size, images = 0, []
+        if "image" in kinds:
+            users = collections.Counter(c.image_id for c in self._containers.values())
+            all_images = await asyncio.to_thread(self.images.all)
+            layers_size, images = await asyncio.to_thread(
+                diskusage.image_usage, all_images, users, self.images.layer_size)
+        containers = []
+        if "container" in kinds:
+            for c in self.containers():
+                rw, rootfs_size = await self.container_sizes(c)
+                containers.append((c, rw, rootfs_size))
+        return layers_size, images, containers
 
 
 UPDATABLE = ("CpuShares", "Memory", "MemoryReservation", "MemorySwap", "NanoCpus",
@@ -1166,15 +1369,6 @@ def _write_ctl(fifo: Path, line: str) -> None:
         os.close(fd)
 
 
-def _dir_size(path: Path) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(path):
-        for f in filenames:
-            with contextlib.suppress(OSError):
-                st = os.lstat(os.path.join(dirpath, f))
-                total += st.st_size
-    return total
-
 
 def _home_of(root: Path, uid: int) -> str:
     try:
@@ -1186,30 +1380,3 @@ def _home_of(root: Path, uid: int) -> str:
     except OSError:
         pass
     return "/root" if uid == 0 else "/"
-
-
-def _ps_table(ps_args: str, pids: set[int]) -> tuple[list[str], list[list[str]]]:
-    """Docker's top: run ps on the host and keep the container's rows."""
-    import shlex
-
-    args = shlex.split(ps_args)
-    proc = subprocess.run(["ps", *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise InvalidParameter(f"Error running ps: {proc.stderr.strip()}")
-    lines = proc.stdout.splitlines()
-    if not lines:
-        return [], []
-    titles = lines[0].split()
-    try:
-        pid_index = titles.index("PID")
-    except ValueError as exc:
-        raise InvalidParameter("Couldn't find PID field in ps output") from exc
-    rows = []
-    for line in lines[1:]:
-        fields = line.split(None, len(titles) - 1)
-        if len(fields) <= pid_index or not fields[pid_index].isdigit():
-            continue
-        if int(fields[pid_index]) in pids:
-            rows.append(fields)
-    return titles, rows
-
