@@ -14,7 +14,7 @@ from stowd.engine.errors import InvalidParameter
 from stowd.engine.network.manager import Network, NetworkManager
 
 LIST_FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
-PRUNE_FILTERS = {"until", "label"}
+PRUNE_FILTERS = {"until", "label", "label!"}
 
 _FIELDS = ("Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "Internal",
            "Attachable", "Ingress", "ConfigFrom", "ConfigOnly")
@@ -156,7 +156,8 @@ def _until(value: str) -> float:
 async def prune(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), PRUNE_FILTERS)
     until = _until(filters["until"][-1]) if filters.get("until") else None
-    deleted = await engine_of(request).network.prune(until, filters.get("label", []))
+    labels = filters.get("label", []) + ["!" + v for v in filters.get("label!", [])]
+    deleted = await engine_of(request).network.prune(until, labels)
     return web.json_response({"NetworksDeleted": deleted or None})
 
 

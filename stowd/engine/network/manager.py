@@ -839,10 +839,14 @@ class NetworkManager:
                 self._pools[net.id].release(str(ip))
             raise
         if net.user_defined and c.id not in self._dns:
+            # As Docker: the first user network brings the embedded DNS, and resolv.conf
+            # is rewritten to point at it.
             record["dns"] = True
             self._upstreams[c.id] = list(c.host_config.get("Dns") or [])
             await self._start_dns(c)
-        await asyncio.to_thread(self._write_hosts, c)
+            await asyncio.to_thread(self._write_etc, c)
+        else:
+            await asyncio.to_thread(self._write_hosts, c)
 
     async def disconnect(self, net_ref: str, container_ref: str, force: bool = False) -> None:
         net = self.get(net_ref)
