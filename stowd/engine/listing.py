@@ -110,10 +110,11 @@ def select(
                 "publish" in filters and not (c.host_config.get("PortBindings") or
                                               c.host_config.get("PublishAllPorts"))):
             continue
-        if "network" in filters:
-            mode = c.host_config.get("NetworkMode") or "default"
-            mode = "bridge" if mode == "default" else mode
-            if mode not in filters["network"]:
+        if "network" in filters:  # the names and IDs of the networks it is attached to
+            attached = (c.networking_config or {}).get("EndpointsConfig") or {}
+            keys = set(attached) | {str(ep.get("NetworkID")) for ep in attached.values()
+                                    if isinstance(ep, dict) and ep.get("NetworkID")}
+            if not keys & set(filters["network"]):
                 continue
         if "volume" in filters:
             binds = c.host_config.get("Binds") or []

@@ -319,6 +319,8 @@ def test_containers_on_a_user_network_talk_by_name_and_alias(
     aliases = api.inspect_container(server.id)["NetworkSettings"]["Networks"][net.name][
         "Aliases"]
     assert aliases == ["webalias", server.id[:12]]
+    for ref in (net.name, net.id):
+        assert [r["Id"] for r in api.containers(filters={"network": ref})] == [server.id]
 
 
 def test_default_bridge_has_no_embedded_dns(client: docker.DockerClient) -> None:

@@ -114,10 +114,25 @@ def _running(c: Container) -> bool:
     return c.state.status in (RUNNING, PAUSED)
 
 
+def check_settings(bridge: str, bridge_subnet: str, chain_prefix: str, pool: str) -> None:
+    """Refuse bad networking flags before anything is set up."""
+    if not 0 < len(bridge) <= 15 or not NAME_RE.match(bridge):
+        raise InvalidParameter(f"invalid --bridge {bridge!r}: an interface name of at most 15 "
+                               "characters [a-zA-Z0-9_.-]")
+    if bridge_subnet:
+        ipam.network(bridge_subnet, "--bridge-subnet")
+    if not re.fullmatch(r"[A-Za-z0-9_]{1,16}", chain_prefix):
+        raise InvalidParameter(f"invalid --chain-prefix {chain_prefix!r}: 1 to 16 characters "
+                               "[A-Za-z0-9_]")
+    ipam.parse_pool(pool)
+
+
 class NetworkManager:
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
         self.settings = engine.settings
+        check_settings(self.settings.bridge, self.settings.bridge_subnet,
+                       self.settings.chain_prefix, self.settings.default_address_pool)
         self.netns_dir = engine.exec_root / "netns"
         self.firewall = Firewall(self.settings.chain_prefix)
         self._networks: dict[str, Network] = {}
@@ -623,6 +638,8 @@ class NetworkManager:
             self._upstreams[c.id] = list(c.host_config.get("Dns") or [])
             await self._start_dns(c)
         await asyncio.to_thread(self._write_etc, c)
+        for net, _ in nets:
+            self._event(net, "connect", c.id)
 
     def _endpoint_record(self, c: Container, net: Network, ep_cfg: dict[str, Any],
                          ip: ipaddress.IPv4Address, ifname: str, started: str) -> dict[str, Any]:
@@ -698,10 +715,13 @@ class NetworkManager:
         for ep in (record.get("endpoints") or {}).values():
             if ep.get("veth"):
                 links.delete_link(ep["veth"])
+            net = self._networks.get(ep.get("NetworkID", ""))
             pool = self._pools.get(ep.get("NetworkID", ""))
             if pool is not None and ep.get("IPAddress"):
                 with self._lock:
                     pool.release(ep["IPAddress"])
+            if net is not None and self._loop is not None and self._loop.is_running():
+                self._loop.call_soon_threadsafe(self._event, net, "disconnect", c.id)
         if record.get("sandbox"):
             netns.delete(record["sandbox"])
         c.network = {}
@@ -809,8 +829,7 @@ class NetworkManager:
             eps[net.name] = ep_cfg
             c.networking_config = dict(c.networking_config or {}, EndpointsConfig=eps)
             self.engine.store.update_container(c.id, c.to_record())
-        self.engine.events.publish("network", "connect", net.id,
-                                   {"container": c.id, "name": net.name, "type": net.driver})
+        self._event(net, "connect", c.id)
 
     async def _connect_running(self, c: Container, net: Network, ep_cfg: dict[str, Any]) -> None:
         record = c.network
@@ -879,8 +898,11 @@ class NetworkManager:
             eps.pop(net.name, None)
             c.networking_config = dict(c.networking_config or {}, EndpointsConfig=eps)
             self.engine.store.update_container(c.id, c.to_record())
-        self.engine.events.publish("network", "disconnect", net.id,
-                                   {"container": c.id, "name": net.name, "type": net.driver})
+        self._event(net, "disconnect", c.id)
+
+    def _event(self, net: Network, action: str, cid: str) -> None:
+        self.engine.events.publish("network", action, net.id,
+                                   {"container": cid, "name": net.name, "type": net.driver})
 
     # published ports --------------------------------------------------------------------
 
