@@ -163,7 +163,7 @@ def json_ok(data: object, status: int = 200) -> web.Response:
 
 
 def make_app(engine: Engine) -> web.Application:
-    from stowd.api.routes import containers, execs, images, inspection, networks, system
+    from stowd.api.routes import containers, execs, images, inspection, networks, system, volumes
 
     app = web.Application(middlewares=[docker_middleware], client_max_size=1024**4,
                           handler_args={"max_field_size": 65536})
@@ -176,6 +176,7 @@ def make_app(engine: Engine) -> web.Application:
     images.register(router)
     inspection.register(router)
     networks.register(router)
+    volumes.register(router)
     return app
 
 

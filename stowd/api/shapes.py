@@ -141,8 +141,24 @@ def container_summary(c: Container, image_ref: str, sizes: tuple[int, int] | Non
     return row
 
 
+def mount_point(m: dict[str, Any]) -> dict[str, Any]:
+    """One entry of `Mounts` (mountspec.MountPoint record), in dockerd's shape."""
+    out: dict[str, Any] = {"Type": m["type"]}
+    if m["type"] == "volume":
+        out["Name"] = m.get("name", "")
+    out["Source"] = m.get("source", "")
+    out["Destination"] = m["destination"]
+    if m["type"] == "volume":
+        out["Driver"] = m.get("driver", "local")
+    out.update(Mode=m.get("mode", ""), RW=bool(m.get("rw", True)),
+               Propagation=m.get("propagation", ""))
+    return out
+
+
 def mounts_of(c: Container) -> list[dict[str, Any]]:
-    out = []
+    if c.mounts:
+        return [mount_point(m) for m in c.mounts]
+    out = []  # a record from before volumes
     for bind in c.host_config.get("Binds") or []:
         parts = bind.split(":")
         opts = parts[2].split(",") if len(parts) > 2 else []

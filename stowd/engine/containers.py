@@ -89,6 +89,8 @@ class Container:
     restart_count: int = 0
     platform: str = "linux"
     driver: str = "overlay2"
+    # Resolved volumes, binds and tmpfs mounts (mountspec.MountPoint records): volumes.py
+    mounts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def short_id(self) -> str:

@@ -5,6 +5,7 @@ Pure functions (no I/O), so that every rule here is unit-tested on plain dicts.
 
 from typing import Any
 
+from stowd.engine import mountspec
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.logs import parse_log_options
 
@@ -214,9 +215,7 @@ def normalize_host_config(host_config: dict[str, Any] | None, runtime: str) -> d
         if not isinstance(binds, list) or not all(isinstance(b, str) for b in binds):
             raise InvalidParameter("Binds must be a list of strings")
         for bind in binds:
-            parts = bind.split(":")
-            if len(parts) < 2 or not parts[1].startswith("/"):
-                raise InvalidParameter(f"invalid volume specification: '{bind}'")
+            mountspec.parse_bind(bind)  # the rest of the mount rules: volumes.prepare
     return hc
 
 

@@ -62,6 +62,7 @@ from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec, host_
 from stowd.engine.signals import parse_signal
 from stowd.engine.stats import Sample, StatsCollector
 from stowd.engine.store import NameTaken, Store, name_conflict
+from stowd.engine.volumes import VolumeManager
 
 log = logging.getLogger("stowd.engine")
 
@@ -95,6 +96,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = RestartManager(self)
         self.network = NetworkManager(self)
+        self.volumes = VolumeManager(self)
         self.store: Store
         self.images: ImageStore
         self.runtime: OciRuntime
@@ -103,6 +105,7 @@ class Engine:
 
     async def open(self) -> None:
         await asyncio.to_thread(self._open_blocking)
+        await self.volumes.open()  # volumes: before recovery, which may release mounts
         await self.network.open()  # networking: networks, address leases of running containers
         for container in list(self._containers.values()):
             await self._recover(container)
@@ -244,6 +247,7 @@ class Engine:
         merged = create_rules.merge_image_defaults(config, image.container_config)
         networking = self.network.prepare(merged, host_config, body.get("NetworkingConfig"))
         path, args = create_rules.entrypoint_and_args(merged)
+        volume_mounts = await self.volumes.prepare(merged, host_config)  # volumes: resolved
         cid = names.new_id()
         if not merged.get("Hostname"):
             merged["Hostname"] = cid[:12]
@@ -258,12 +262,14 @@ class Engine:
             path=path,
             args=args,
             networking_config=networking,
+            mounts=volume_mounts,
         )
         await asyncio.to_thread(self._prepare_dirs, c, image)
         try:
             self._reserve(c, explicit_name=bool(name))
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, self.container_dir(c), True)
+            await self.volumes.container_removed(c, remove_anonymous=True)
             raise
         self._containers[cid] = c
         self._event(c, "create")
@@ -364,6 +370,7 @@ class Engine:
         lowers = [str(base / "init")] + self.images.layer_dirs(image)
         mounts.mount_overlay(lowers, str(base / "upper"), str(base / "work"), target)
         try:
+            self.volumes.mount_for(c, Path(target))  # volumes: mounts, copy-up
             spec = build_spec(self._spec_input(c, Path(target)))
             bundle = base / "bundle"
             tmp = bundle / "config.json.tmp"
@@ -397,13 +404,7 @@ class Engine:
         if "HOME" not in keys:
             env.append("HOME=" + _home_of(root, user.uid))
         base = self.container_dir(c)
-        binds = []
-        for spec in hc.get("Binds") or []:
-            parts = spec.split(":")
-            src, dest = parts[0], parts[1]
-            opts = parts[2].split(",") if len(parts) > 2 else []
-            if src.startswith("/"):
-                binds.append({"source": src, "destination": dest, "readonly": "ro" in opts})
+        binds, tmpfs = self.volumes.spec_mounts(c)
         size = hc.get("ConsoleSize") or [0, 0]
         cgroup_parent = hc.get("CgroupParent") or self.settings.cgroup_parent
         return SpecInput(
@@ -431,6 +432,7 @@ class Engine:
             cpu_shares=hc.get("CpuShares") or 0,
             pids_limit=hc.get("PidsLimit") or 0,
             binds=binds,
+            tmpfs=tmpfs,
             shm_size=hc.get("ShmSize") or 64 * 1024 * 1024,
             labels=cfg.get("Labels") or {},
         )
@@ -467,6 +469,7 @@ class Engine:
         self.runtime.cleanup_files(c.id)
         mounts.unmount(str(self.container_dir(c) / "rootfs"))
         self.network.release(c)  # networking: idempotent
+        self.volumes.unmount_for(c)  # volumes: idempotent
 
     # exits ------------------------------------------------------------------------------
 
@@ -848,9 +851,9 @@ class Engine:
                 return
             c.state.status = REMOVING
             self._persist(c)
-            await self._finish_remove(c)
+            await self._finish_remove(c, volumes)
 
-    async def _finish_remove(self, c: Container) -> None:
+    async def _finish_remove(self, c: Container, volumes: bool = False) -> None:
         self._unwatch(c.id)
         for session in self._attachers.pop(c.id, set()):
             session.end()
@@ -861,6 +864,7 @@ class Engine:
         self._containers.pop(c.id, None)
         self._locks.pop(c.id, None)
         self._event(c, "destroy")
+        await self.volumes.container_removed(c, volumes)  # volumes: rm -v, AutoRemove
         status = ExitStatus(c.state.exit_code)
         self._resolve(self._exit_waiters, c.id, status)
         self._resolve(self._removal_waiters, c.id, status)

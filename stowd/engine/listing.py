@@ -117,8 +117,11 @@ def select(
             if not keys & set(filters["network"]):
                 continue
         if "volume" in filters:
-            binds = c.host_config.get("Binds") or []
-            if not any(v in b.split(":")[:2] for b in binds for v in filters["volume"]):
+            # A mount's name (its source when it has none) or destination, as dockerd matches.
+            keys = {k for m in c.mounts for k in (m.get("name") or m.get("source"),
+                                                  m.get("destination"))}
+            keys |= {p for b in c.host_config.get("Binds") or [] for p in b.split(":")[:2]}
+            if not keys & set(filters["volume"]):
                 continue
         if "health" in filters and "none" not in filters["health"]:
             continue

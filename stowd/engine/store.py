@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS tags (
     image_id TEXT NOT NULL REFERENCES images(id)
 );
 CREATE INDEX IF NOT EXISTS tags_by_image ON tags(image_id);
+CREATE TABLE IF NOT EXISTS volumes (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS layers (
     chain_id TEXT PRIMARY KEY,
     diff_id TEXT NOT NULL,
@@ -175,6 +180,22 @@ class Store:
     def all_tags(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self._db.execute("SELECT ref, image_id FROM tags ORDER BY ref"))
+
+    # volumes ------------------------------------------------------------------------------
+
+    def put_volume(self, name: str, created: float, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO volumes(name, created, body) VALUES (?, ?, ?)",
+                             (name, created, json.dumps(body)))
+
+    def delete_volume(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM volumes WHERE name = ?", (name,))
+
+    def all_volumes(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT body FROM volumes ORDER BY created").fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     # layers -------------------------------------------------------------------------------
 

@@ -120,7 +120,10 @@ class SpecInput:
     nano_cpus: int = 0
     cpu_shares: int = 0
     pids_limit: int = 0
+    # {"source", "destination", "readonly", "propagation" (default rprivate)}
     binds: list[dict[str, Any]] = field(default_factory=list)
+    # {"destination", "options"}: tmpfs mounts (HostConfig.Mounts and Tmpfs)
+    tmpfs: list[dict[str, Any]] = field(default_factory=list)
     netns_path: str | None = None
     shm_size: int = 64 * 1024 * 1024
     labels: dict[str, str] = field(default_factory=dict)
@@ -147,6 +150,24 @@ def capabilities(inp: SpecInput) -> list[str]:
     else:
         caps = [c for c in caps if c not in drops]
     return caps
+
+
+def _depth(destination: str) -> int:
+    return len([p for p in destination.split("/") if p])
+
+
+def user_mount_entries(inp: SpecInput) -> list[dict[str, Any]]:
+    """The OCI entries of the container's binds, volumes and tmpfs mounts."""
+    out: list[dict[str, Any]] = []
+    for bind in inp.binds:
+        opts = ["rbind", bind.get("propagation") or "rprivate"]
+        opts += ["ro"] if bind.get("readonly") else []
+        out.append({"destination": bind["destination"], "type": "bind",
+                    "source": bind["source"], "options": opts})
+    for tmpfs in inp.tmpfs:
+        out.append({"destination": tmpfs["destination"], "type": "tmpfs", "source": "tmpfs",
+                    "options": list(tmpfs.get("options") or [])})
+    return out
 
 
 def build_spec(inp: SpecInput) -> dict[str, Any]:
@@ -187,17 +208,16 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={inp.shm_size}"]},
     ]
-    for dest, src in (
-        ("/etc/resolv.conf", inp.resolv_conf_path),
-        ("/etc/hostname", inp.hostname_path),
-        ("/etc/hosts", inp.hosts_path),
-    ):
-        mounts.append({"destination": dest, "type": "bind", "source": src,
-                       "options": ["rbind", "rprivate"]})
-    for bind in inp.binds:
-        opts = ["rbind", "rprivate"] + (["ro"] if bind.get("readonly") else [])
-        mounts.append({"destination": bind["destination"], "type": "bind",
-                       "source": bind["source"], "options": opts})
+    user_mounts = user_mount_entries(inp)
+    taken = {m["destination"] for m in user_mounts}
+    mounts = [m for m in mounts if m["destination"] not in taken]  # the user's /dev/shm wins
+    files = [{"destination": dest, "type": "bind", "source": src,
+              "options": ["rbind", "rprivate"]}
+             for dest, src in (("/etc/resolv.conf", inp.resolv_conf_path),
+                               ("/etc/hostname", inp.hostname_path),
+                               ("/etc/hosts", inp.hosts_path)) if dest not in taken]
+    # Parents before children (a volume on /etc, then /etc/hosts over it), as dockerd sorts.
+    mounts += sorted(files + user_mounts, key=lambda m: _depth(m["destination"]))
 
     namespaces: list[dict[str, str]] = [
         {"type": "pid"},
@@ -238,6 +258,11 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
         "cgroupsPath": inp.cgroups_path,
         "resources": resources,
     }
+    propagations = {b.get("propagation") for b in inp.binds}
+    if propagations & {"shared", "rshared"}:  # so the mount can propagate at all (dockerd)
+        linux["rootfsPropagation"] = "shared"
+    elif propagations & {"slave", "rslave"}:
+        linux["rootfsPropagation"] = "rslave"
     if not inp.privileged:
         linux["maskedPaths"] = MASKED_PATHS
         linux["readonlyPaths"] = READONLY_PATHS
