@@ -455,6 +455,10 @@ class Engine:
         if c.state.status not in (CREATED, EXITED):
             c.state.status = EXITED
         self._persist(c)
+        if c.host_config.get("AutoRemove"):
+            # As Docker: a --rm container whose start failed is removed (`docker run --rm`
+            # waits for that), once this start has let go of the container's lock.
+            self._spawn(self.restarts.auto_remove(c))
         if isinstance(exc, RuntimeError_) and code in (126, 127):
             # The user's command is at fault, not the host: Docker answers 400.
             raise InvalidParameter(message) from exc

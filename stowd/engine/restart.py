@@ -53,7 +53,7 @@ class RestartManager:
         if c.state.status == RESTARTING or should_restart(c, daemon_start):
             self._schedule(c)
         elif c.host_config.get("AutoRemove"):
-            self.engine._spawn(self._auto_remove(c))
+            self.engine._spawn(self.auto_remove(c))
 
     def _schedule(self, c: Container) -> None:
         ran_for = time.time() - parse_time(c.state.started_at)
@@ -85,7 +85,7 @@ class RestartManager:
                 return
         self.engine._event(c, "restart")
 
-    async def _auto_remove(self, c: Container) -> None:
+    async def auto_remove(self, c: Container) -> None:
         with contextlib.suppress(Exception):
             await self.engine.remove(c.id, force=True)
 

@@ -480,3 +480,13 @@ def test_attach_websocket(daemon: Daemon, api: docker.APIClient) -> None:
             return out
 
     assert b"got-ping\n" in asyncio.run(asyncio.wait_for(talk(), 15))
+
+
+def test_run_rm_of_missing_command_fails_and_removes(cli: Cli, api: docker.APIClient) -> None:
+    res = cli("run", "--rm", "busybox", "no-such-command", check=False, timeout=30)
+    assert res.returncode == 127
+    assert "executable file not found" in res.stderr
+    deadline = time.monotonic() + 10
+    while api.containers(all=True) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api.containers(all=True) == []
