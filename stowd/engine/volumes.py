@@ -208,6 +208,7 @@ class VolumeManager:
         self._guard = threading.Lock()
         self._mounted: dict[str, set[str]] = {}  # volume needing a mount → containers using it
         self._active: dict[str, list[str]] = {}  # container → volumes mounted for its run
+        self._copying: dict[str, threading.Lock] = {}  # one copy-up at a time per volume
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
 
@@ -321,6 +322,7 @@ class VolumeManager:
         data = str(self.mountpoint(name))
         with self._guard:
             self._mounted.pop(name, None)
+            self._copying.pop(name, None)
             if mounts.is_mounted(data):
                 mounts.unmount(data)
         if mounts.is_mounted(data):  # never delete through a mount (a bind of host files)
@@ -435,7 +437,10 @@ class VolumeManager:
                     raise InvalidParameter(f"cannot access path {data / m.subpath}: no such "
                                            "file or directory")
                 if m.copy_data:
-                    copy_up(rootfs, m.destination, data)
+                    with self._guard:
+                        copying = self._copying.setdefault(m.name, threading.Lock())
+                    with copying:  # two first starts at once: one copies, one finds content
+                        copy_up(rootfs, m.destination, data)
                     m.copy_data = False
         except BaseException:
             with self._guard:

@@ -191,6 +191,9 @@ def _event_matches(event: Event, filters: dict[str, list[str]]) -> bool:
                 k, sep, val = v.partition("=")
                 if k not in attrs or (sep and attrs[k] != val):
                     return False
+        if key == "volume" and (event.type != "volume" or not any(
+                event.actor_id.startswith(v) for v in values)):
+            return False
         if key == "scope" and "local" not in values:
             return False
     return True
