@@ -7,11 +7,13 @@ stopped with `cleanup()`: no containers, conmon processes, mounts or cgroups.
 import contextlib
 import io
 import ipaddress
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -176,11 +178,23 @@ def test_network() -> tuple[str, str, str, str]:
     return f"stt{tag}", subnet, f"STT{tag[:5].upper()}", pool
 
 
+def _bridges(d: Daemon) -> list[str]:
+    """The default bridge and those of the daemon's user networks (from its database)."""
+    bridges = [d.bridge]
+    if (d.data_root / "stowd.db").exists():
+        with contextlib.suppress(sqlite3.Error):
+            db = sqlite3.connect(d.data_root / "stowd.db")
+            try:
+                bridges += [json.loads(body).get("bridge") or "" for (body,) in
+                            db.execute("SELECT body FROM networks")]
+            finally:
+                db.close()
+    return [b for b in bridges if b]
+
+
 def network_leftovers(d: Daemon) -> list[str]:
     """What a stopped daemon left of its networking: bridges, iptables chains, namespaces."""
-    found = []
-    if os.path.exists(f"/sys/class/net/{d.bridge}"):
-        found.append(f"bridge {d.bridge}")
+    found = [f"bridge {b}" for b in _bridges(d) if os.path.exists(f"/sys/class/net/{b}")]
     for table in ("filter", "nat"):
         rules = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
                                text=True, check=False).stdout
@@ -193,7 +207,9 @@ def network_leftovers(d: Daemon) -> list[str]:
 
 def remove_network_leftovers(d: Daemon) -> None:
     """Safety net after a daemon that could not clean up (killed): same steps as stowd's."""
-    subprocess.run(["ip", "link", "del", d.bridge], capture_output=True, check=False)
+    for bridge in _bridges(d):
+        if os.path.exists(f"/sys/class/net/{bridge}"):
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
     for table in ("filter", "nat"):
         rules = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
                                text=True, check=False).stdout.splitlines()

@@ -313,10 +313,13 @@ def test_events_stream_container_events(daemon: Daemon, client: docker.DockerCli
     try:
         _, rest = _read_headers(sock)
         ctr = client.containers.run("busybox", ["true"], detach=True, name="events-probe")
-        events = _read_events(sock, rest, 2)
+        events = _read_events(sock, rest, 3)
     finally:
         sock.close()
-    create, start = events[0], events[1]
+    # dockerd's order: the container joins its network between create and start.
+    assert (events[1]["Type"], events[1]["Action"]) == ("network", "connect")
+    assert events[1]["Actor"]["Attributes"]["container"] == ctr.id
+    create, start = events[0], events[2]
     assert [create["Action"], start["Action"]] == ["create", "start"]
     for event in (create, start):
         assert event["Type"] == "container"

@@ -764,41 +764,52 @@ class NetworkManager:
                 log.warning("%s: cannot serve DNS again: %s", c.id[:12], exc)
 
     async def sweep(self) -> None:
-        """After recovery: undo what no running container owns any more (crash leftovers:
-        namespaces, veths, DNAT rules, records of stopped containers)."""
-        containers = self.engine.containers()
-        running = [c for c in containers if _running(c)]
-        for c in containers:
+        """After recovery: undo what no container holds any more (crash leftovers: records of
+        stopped containers, namespaces, veths, DNAT rules).
+
+        A restart policy may start a container meanwhile; its record names what it sets up
+        before it sets anything up, so ownership is read from the records at each step."""
+        for c in self.engine.containers():
             if not _running(c) and c.network:
-                await asyncio.to_thread(self.release, c)
-                self.engine.store.update_container(c.id, c.to_record())
-        owned_ns = {c.network.get("sandbox") for c in running}
-        owned_veths = {ep.get("veth") for c in running
-                       for ep in (c.network.get("endpoints") or {}).values()}
-        running_ids = {c.id for c in running}
+                async with self.engine._lock(c.id):  # no start is half-way while we hold it
+                    if not _running(c) and c.network:
+                        await asyncio.to_thread(self.release, c)
+                        self.engine.store.update_container(c.id, c.to_record())
         bridges = [n.bridge for n in self._networks.values() if n.bridge]
-        rules = {c.id: c.network.get("port_rules") or [] for c in running}
+
+        def owned(what: str) -> set[str]:
+            out: set[str] = set()
+            for c in self.engine.containers():
+                rec = c.network
+                if what == "netns" and rec.get("sandbox"):
+                    out.add(rec["sandbox"])
+                elif what == "veth":
+                    out.update(ep.get("veth", "") for ep in (rec.get("endpoints") or {}).values())
+                elif what == "rules" and rec.get("port_rules"):
+                    out.add(c.id)
+            return out
 
         def sweep() -> None:
             if self.netns_dir.is_dir():
                 for entry in self.netns_dir.iterdir():
-                    if str(entry) not in owned_ns:
+                    if str(entry) not in owned("netns"):
                         log.info("removing leftover network namespace %s", entry)
                         netns.delete(str(entry))
             for bridge in bridges:
                 for port in links.bridge_ports(bridge):
-                    if port not in owned_veths:
+                    if port not in owned("veth"):
                         log.info("removing leftover interface %s", port)
                         links.delete_link(port)
             if not self.firewall.present():
                 return
-            owners = self.firewall.port_owners()
-            for cid in owners - running_ids:
+            have = self.firewall.port_owners()
+            for cid in have - owned("rules"):
                 log.info("removing leftover DNAT rules of %s", cid[:12])
                 self.firewall.remove_ports(cid)
-            for cid, lines in rules.items():
-                if lines and cid not in owners:  # the rules went away (iptables flushed?)
-                    log.info("restoring the DNAT rules of %s", cid[:12])
+            for c in self.engine.containers():
+                lines = c.network.get("port_rules") or []
+                if lines and _running(c) and c.id not in have:  # iptables was flushed?
+                    log.info("restoring the DNAT rules of %s", c.short_id)
                     self.firewall.add_lines(lines)
 
         await asyncio.to_thread(sweep)
