@@ -48,7 +48,7 @@ async def list_volumes(request: web.Request) -> web.Response:
 
 
 async def create(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await json_body(request, required=True)
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
     manager = engine_of(request).volumes
