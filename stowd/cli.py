@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from stowd import __version__
 from stowd.api.versions import MAX_API_VERSION, MIN_API_VERSION
@@ -218,6 +219,16 @@ def lock_data_root(data_root: Path) -> int:
     return fd
 
 
+def run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """Run the daemon on uvloop when it is installed (about twice the request rate of the
+    standard loop), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -245,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         lock_data_root(settings.data_root)
         sites = bind_listeners(plan, settings)
-        return asyncio.run(serve(settings, sites, args.seed_busybox))
+        return run_loop(serve(settings, sites, args.seed_busybox))
     except (ListenError, LockError) as exc:
         print(f"stowd: {exc}", file=sys.stderr)
         return 1
