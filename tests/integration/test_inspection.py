@@ -413,3 +413,15 @@ def test_sizes_and_system_df(client: docker.DockerClient, api: docker.APIClient,
     assert {r["Id"]: r.get("SizeRw", 0) for r in df["Containers"]}[c.id] == 100000
     out = cli("system", "df").stdout
     assert out.splitlines()[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+
+
+def test_cp_archive_mode_takes_the_container_user(client: docker.DockerClient, cli: Cli,
+                                                  tmp_path: Path) -> None:
+    c = client.containers.run("busybox", ["sleep", "1000"], user="nobody", detach=True)
+    f = tmp_path / "f"
+    f.write_text("f")
+    os.chown(f, 4242, 4343)
+    cli("cp", str(f), f"{c.name}:/tmp/kept")
+    cli("cp", "-a", str(f), f"{c.name}:/tmp/as-user")  # copyUIDGID: the container's user
+    out = c.exec_run(["stat", "-c", "%u:%g", "/tmp/kept", "/tmp/as-user"]).output.split()
+    assert out == [b"4242:4343", b"65534:65534"]

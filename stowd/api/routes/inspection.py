@@ -172,8 +172,7 @@ def _path(request: web.Request) -> str:
 
 async def archive_head(request: web.Request) -> web.Response:
     st = await engine_of(request).archive_stat(request.match_info["id"], _path(request))
-    return web.Response(status=200, headers={"X-Docker-Container-Path-Stat": _stat_header(st),
-                                             "Content-Type": "application/json"})
+    return web.Response(status=200, headers={"X-Docker-Container-Path-Stat": _stat_header(st)})
 
 
 async def archive_get(request: web.Request) -> web.StreamResponse:
