@@ -62,7 +62,7 @@ from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec, host_
 from stowd.engine.signals import parse_signal
 from stowd.engine.stats import Sample, StatsCollector
 from stowd.engine.store import NameTaken, Store, name_conflict
-from stowd.engine.volumes import VolumeManager
+from stowd.engine.volumes import Volume, VolumeManager
 
 log = logging.getLogger("stowd.engine")
 
@@ -1273,10 +1273,12 @@ class Engine:
         archive_path.extract(root, dest, source, archive_path.ExtractOptions(
             no_overwrite_dir_non_dir=no_overwrite, owner=owner))
 
-    async def disk_usage(self, kinds: set[str]) -> tuple[int, list[diskusage.ImageUsage],
-                                                         list[tuple[Container, int, int]]]:
+    async def disk_usage(self, kinds: set[str]) -> tuple[
+            int, list[diskusage.ImageUsage], list[tuple[Container, int, int]],
+            list[tuple[Volume, int, int]]]:
         """`docker system df`: LayersSize, images (with users and shared sizes), containers
-        (with SizeRw and SizeRootFs); only the kinds asked for are computed."""
+        (with SizeRw and SizeRootFs), volumes (with size and users); only the kinds asked
+        for are computed."""
         layers_size, images = 0, []
         if "image" in kinds:
             users = collections.Counter(c.image_id for c in self._containers.values())
@@ -1288,7 +1290,13 @@ class Engine:
             for c in self.containers():
                 rw, rootfs_size = await self.container_sizes(c)
                 containers.append((c, rw, rootfs_size))
-        return layers_size, images, containers
+        volumes = []
+        if "volume" in kinds:
+            for vol in self.volumes.all():
+                size = await asyncio.to_thread(diskusage.dir_size,
+                                               self.volumes.mountpoint(vol.name))
+                volumes.append((vol, size, len(self.volumes.users(vol.name))))
+        return layers_size, images, containers, volumes
 
 
 UPDATABLE = ("CpuShares", "Memory", "MemoryReservation", "MemorySwap", "NanoCpus",

@@ -415,6 +415,23 @@ def test_sizes_and_system_df(client: docker.DockerClient, api: docker.APIClient,
     assert out.splitlines()[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
 
 
+def test_system_df_volumes(client: docker.DockerClient, api: docker.APIClient) -> None:
+    vol = client.volumes.create("df-vol")
+    try:
+        client.containers.run("busybox", ["sh", "-c", "head -c 1000 /dev/zero > /v/f"],
+                              volumes={"df-vol": {"bind": "/v", "mode": "rw"}}, remove=True)
+        holder = client.containers.create("busybox", ["true"],
+                                          volumes={"df-vol": {"bind": "/v", "mode": "rw"}})
+        row = next(v for v in api.df()["Volumes"] if v["Name"] == "df-vol")
+        assert row["UsageData"] == {"RefCount": 1, "Size": 1000}
+        assert row["Driver"] == "local" and row["Mountpoint"]
+        only = api._result(api._get(api._url("/system/df"), params={"type": "volume"}), True)
+        assert only["Containers"] == [] and any(v["Name"] == "df-vol" for v in only["Volumes"])
+        holder.remove()
+    finally:
+        vol.remove(force=True)
+
+
 def test_cp_archive_mode_takes_the_container_user(client: docker.DockerClient, cli: Cli,
                                                   tmp_path: Path) -> None:
     c = client.containers.run("busybox", ["sleep", "1000"], user="nobody", detach=True)

@@ -12,6 +12,7 @@ from aiohttp import web
 from stowd.api import shapes
 from stowd.api.app import Router, engine_of
 from stowd.api.params import api_version, bool_param
+from stowd.api.routes.volumes import volume_shape
 from stowd.api.streams import BodyReader
 from stowd.engine.archive_path import PathStat
 from stowd.engine.containers import PAUSED, RUNNING, ZERO_TIME, Container, rfc3339_nano
@@ -228,7 +229,7 @@ async def system_df(request: web.Request) -> web.Response:
         if kind not in _DF_TYPES:
             raise InvalidParameter(f"unknown object type: {kind}")
     kinds = kinds or _DF_TYPES
-    layers_size, images, containers = await engine.disk_usage(kinds)
+    layers_size, images, containers, volumes = await engine.disk_usage(kinds)
     image_rows = []
     for usage in images:
         row = shapes.image_summary(usage.image, version, usage.containers, usage.shared_size)
@@ -237,8 +238,12 @@ async def system_df(request: web.Request) -> web.Response:
     container_rows = [
         shapes.container_summary(c, c.config.get("Image") or c.image_id, (rw, rootfs), version)
         for c, rw, rootfs in containers]
+    volume_rows = [{**volume_shape(engine.volumes, vol),
+                    "UsageData": {"RefCount": refs, "Size": size}}
+                   for vol, size, refs in volumes]
     body: dict[str, Any] = {"LayersSize": layers_size, "Images": image_rows,
-                            "Containers": container_rows, "Volumes": [], "BuildCache": []}
+                            "Containers": container_rows, "Volumes": volume_rows,
+                            "BuildCache": []}
     if version < (1, 42):
         body["BuilderSize"] = 0
     return web.json_response(body)
