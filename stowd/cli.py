@@ -172,6 +172,7 @@ async def serve(settings: Settings, sites: "Sites", seed_busybox: bool = False) 
     from stowd.engine.seed import seed_busybox_image
 
     loop = asyncio.get_running_loop()
+    _watch_for_blocking_calls()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -217,6 +218,17 @@ def lock_data_root(data_root: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _watch_for_blocking_calls() -> None:
+    """With STOWD_BLOCKBUSTER=1 (the test suite sets it), a blocking call that stowd's own
+    code makes on the event loop raises instead of stalling every client."""
+    if os.environ.get("STOWD_BLOCKBUSTER") != "1":
+        return
+    from blockbuster import BlockBuster
+
+    BlockBuster(scanned_modules=["stowd"]).activate()
+    log.warning("blocking calls on the event loop will raise (STOWD_BLOCKBUSTER=1)")
 
 
 def run_loop(coro: Coroutine[Any, Any, int]) -> int:
