@@ -50,7 +50,7 @@ from stowd.engine.errors import (
     SystemError_,
 )
 from stowd.engine.events import EventBus
-from stowd.engine.images import archive, delete, load, reference, save
+from stowd.engine.images import archive, commit, delete, load, reference, save
 from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.logs import parse_log_options, rotate
@@ -997,6 +997,37 @@ class Engine:
         self._untag_events(replaced)
         return image  # type: ignore[no-any-return]
 
+    async def commit(self, ref: str, repo: str, tag: str, *, comment: str = "",
+                     author: str = "", pause: bool = True, changes: list[str] | None = None,
+                     config: dict[str, Any] | None = None) -> Image:
+        """`docker commit`: the container's writable layer as a new image over its own."""
+        c = self.get(ref)
+        tags = [reference.tag_reference(repo, tag)] if repo else []
+        if config is not None and not isinstance(config, dict):
+            raise InvalidParameter("the request body must be a container config object")
+        new_config = commit.commit_config(c.config, config, changes or [])
+        image = await asyncio.to_thread(self.images.find, c.image_id)
+        if image is None:
+            raise NotFound(f"No such image: {c.image_id}")
+        paused_here = False
+        async with self._lock(c.id):
+            if pause and c.state.status == RUNNING:
+                # As Docker: freeze the processes so the layer is a consistent snapshot.
+                await asyncio.to_thread(self.runtime.pause, c.id)
+                paused_here = True
+            try:
+                new, replaced = await asyncio.to_thread(
+                    commit.commit_layer, self.images, self.container_dir(c) / "upper", image,
+                    c.id, new_config, author, comment, " ".join([c.path, *c.args]), tags)
+            finally:
+                if paused_here:
+                    await asyncio.to_thread(self.runtime.resume, c.id)
+        self._event(c, "commit", comment=comment)
+        for t in tags:
+            self.events.publish("image", "tag", new.id, {"name": t.familiar()})
+        self._untag_events(replaced)
+        return new
+
     def _untag_events(self, replaced: list[tuple[reference.Reference, str]]) -> None:
         for _, image_id in replaced:
             self.events.publish("image", "untag", image_id, {"name": image_id})
@@ -1166,12 +1197,15 @@ class Engine:
         rootfs_dir = str(self.container_dir(c) / "rootfs")
         lock = self._lock(c.id)
         await lock.acquire()
-        held, mounted_here = True, False
+        held, mounted_here, volumes_in = True, False, False
         try:
             running = c.state.status in (RUNNING, PAUSED)
             if not running:
                 layers = await self._layer_stack(c)
                 mounted_here = await asyncio.to_thread(self._mount_stopped, c, layers)
+            # volumes: docker cp sees the container's volumes and binds at their paths
+            await asyncio.to_thread(self.volumes.mount_into, c, Path(rootfs_dir))
+            volumes_in = True
             fd = await asyncio.to_thread(os.open, rootfs_dir, os.O_PATH | os.O_DIRECTORY)
             if running:
                 # The descriptor keeps the mount even if the container exits meanwhile.
@@ -1182,6 +1216,8 @@ class Engine:
             finally:
                 os.close(fd)
         finally:
+            if volumes_in:
+                await asyncio.to_thread(self.volumes.unmount_from, c)
             if mounted_here:
                 await asyncio.to_thread(mounts.unmount, rootfs_dir)
             if held:

@@ -7,9 +7,9 @@ import logging
 from aiohttp import web
 
 from stowd.api import shapes
-from stowd.api.app import Router, engine_of
+from stowd.api.app import Router, engine_of, json_ok
 from stowd.api.filters import parse_filters
-from stowd.api.params import api_version, bool_param
+from stowd.api.params import api_version, bool_param, json_body
 from stowd.api.streams import BodyReader, error_line, json_line
 from stowd.engine.errors import EngineError, InvalidParameter, NotFound
 from stowd.engine.images import listing, reference
@@ -216,7 +216,48 @@ async def remove(request: web.Request) -> web.Response:
     return web.json_response(report)
 
 
+async def commit(request: web.Request) -> web.Response:
+    """POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes= (body: Config)."""
+    body = await json_body(request)
+    image = await engine_of(request).commit(
+        request.query.get("container", ""), request.query.get("repo", ""),
+        request.query.get("tag", ""), comment=request.query.get("comment", ""),
+        author=request.query.get("author", ""), pause=bool_param(request, "pause", True),
+        changes=request.query.getall("changes", []), config=body or None)
+    return json_ok({"Id": image.id}, status=201)
+
+
+async def history(request: web.Request) -> web.Response:
+    """GET /images/{name}/history: the config's history, newest first, with layer sizes."""
+    engine = engine_of(request)
+    image = await asyncio.to_thread(engine.images.resolve, request.match_info["name"])
+    entries = list(image.config.get("history") or [])
+    sizes = [engine.images.layer_size(chain) for chain in image.layers]
+    rows = []
+    layer = 0
+    for entry in entries:
+        empty = bool(entry.get("empty_layer"))
+        size = 0 if empty or layer >= len(sizes) else sizes[layer]
+        if not empty:
+            layer += 1
+        rows.append({
+            "Id": "<missing>",
+            "Created": int(shapes.parse_time(entry["created"])) if entry.get("created") else 0,
+            "CreatedBy": entry.get("created_by", ""),
+            "Tags": None,
+            "Size": size,
+            "Comment": entry.get("comment", ""),
+        })
+    rows.reverse()
+    if rows:
+        rows[0]["Id"] = image.id
+        rows[0]["Tags"] = image.repo_tags or None
+    return json_ok(rows)
+
+
 def register(router: Router) -> None:
+    router.add("POST", "/commit", commit)
+    router.add("GET", "/images/{name:.+}/history", history)
     router.add("POST", "/images/create", create)
     router.add("POST", "/images/load", load_images)
     router.add("GET", "/images/get", save_images)

@@ -1,0 +1,88 @@
+"""docker commit, image history, docker update and container prune."""
+
+import time
+
+import docker
+import pytest
+from docker.errors import APIError
+
+from tests.daemon import Daemon
+from tests.integration.conftest import Cli
+
+
+def test_commit_keeps_changes_and_applies_config(client: docker.DockerClient,
+                                                 cli: Cli) -> None:
+    ctr = client.containers.run("busybox", ["sh", "-c", "echo data > /newfile; rm /bin/vi; "
+                                            "mkdir -p /etc/x && echo y > /etc/x/z; sleep 60"],
+                                detach=True, environment={"KEEP": "me"})
+    time.sleep(0.5)
+    image = ctr.commit(repository="committed", tag="v1", message="my commit", author="me",
+                       changes=['CMD ["cat", "/newfile"]'])
+    try:
+        assert ctr.status in ("running", "created")
+        ctr.reload()
+        assert ctr.attrs["State"]["Running"]  # the pause during commit was undone
+        assert image.tags == ["committed:v1"]
+        assert image.attrs["Comment"] == "my commit" and image.attrs["Author"] == "me"
+        assert image.attrs["Config"]["Cmd"] == ["cat", "/newfile"]
+        assert "KEEP=me" in image.attrs["Config"]["Env"]
+        assert len(image.attrs["RootFS"]["Layers"]) == 2
+        assert client.containers.run("committed:v1", remove=True) == b"data\n"
+        out = cli("run", "--rm", "committed:v1", "sh", "-c",
+                  "ls /bin/vi 2>&1; cat /etc/x/z").stdout
+        assert "No such file" in out and out.endswith("y\n")
+        history = client.api.history("committed:v1")
+        assert history[0]["Id"] == image.id and history[0]["Comment"] == "my commit"
+        assert history[0]["Size"] > 0 and history[1]["Id"] == "<missing>"
+    finally:
+        ctr.remove(force=True)
+        client.images.remove("committed:v1")
+
+
+def test_commit_errors(api: docker.APIClient) -> None:
+    with pytest.raises(docker.errors.NotFound):
+        api.commit("no-such-container", repository="x")
+    cid = api.create_container("busybox", ["true"])["Id"]
+    with pytest.raises(APIError) as err:
+        api.commit(cid, repository="Bad:Name")
+    assert err.value.status_code == 400
+    with pytest.raises(APIError) as err:
+        api.commit(cid, repository="fine", changes=["NOPE x"])
+    assert err.value.status_code == 400
+
+
+def test_update_resources_and_restart_policy(client: docker.DockerClient,
+                                             api: docker.APIClient, daemon: Daemon) -> None:
+    ctr = client.containers.run("busybox", ["sleep", "60"], detach=True, mem_limit="400m",
+                                restart_policy={"Name": "always"})
+    ctr.update(mem_limit="300m", restart_policy={"Name": "on-failure",
+                                                 "MaximumRetryCount": 42})
+    info = api.inspect_container(ctr.id)
+    assert info["HostConfig"]["Memory"] == 300 * 1024 * 1024
+    assert info["HostConfig"]["RestartPolicy"] == {"Name": "on-failure",
+                                                  "MaximumRetryCount": 42}
+    from pathlib import Path
+
+    cg = Path("/sys/fs/cgroup/memory") / daemon.cgroup_parent / ctr.id
+    if cg.exists():
+        assert int((cg / "memory.limit_in_bytes").read_text()) == 300 * 1024 * 1024
+    with pytest.raises(APIError) as err:
+        ctr.update(mem_limit="1k")
+    assert err.value.status_code == 400
+    with pytest.raises(APIError) as err:
+        ctr.update(restart_policy={"Name": "sometimes"})
+    assert err.value.status_code == 400
+
+
+def test_prune_removes_only_stopped(client: docker.DockerClient, api: docker.APIClient) -> None:
+    done = client.containers.run("busybox", ["sh", "-c", "echo hello > /data.txt"],
+                                 detach=True)
+    done.wait(timeout=10)
+    running = client.containers.run("busybox", ["sleep", "60"], detach=True)
+    labelled = client.containers.create("busybox", ["true"], labels={"keep": "yes"})
+    result = api.prune_containers(filters={"label!": "keep=yes"})
+    assert done.id in result["ContainersDeleted"]
+    assert running.id not in result["ContainersDeleted"]
+    assert labelled.id not in result["ContainersDeleted"]
+    assert result["SpaceReclaimed"] > 0
+    assert {c["Id"] for c in api.containers(all=True)} == {running.id, labelled.id}
