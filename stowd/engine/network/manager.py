@@ -386,7 +386,7 @@ class NetworkManager:
         net = Network(record)
         await asyncio.to_thread(self._ensure_network, net)
         try:
-            self._put(record)
+            await asyncio.to_thread(self._put, record)
         except BaseException:
             await asyncio.to_thread(self._remove_network_blocking, net)
             raise
@@ -403,7 +403,7 @@ class NetworkManager:
             raise Forbidden(f"error while removing network: network {net.name} id {net.id} "
                             "has active endpoints")
         await asyncio.to_thread(self._remove_network_blocking, net)
-        self.engine.store.delete_network(net.id)
+        await asyncio.to_thread(self.engine.store.delete_network, net.id)
         self._networks.pop(net.id, None)
         self._pools.pop(net.id, None)
         self.engine.events.publish("network", "destroy", net.id,
@@ -623,7 +623,7 @@ class NetworkManager:
                                   c.host_config.get("PortBindings"),
                                   bool(c.host_config.get("PublishAllPorts")))
         c.network = record
-        self.engine.store.update_container(c.id, c.to_record())
+        await self._save(c)
         bindings = await asyncio.to_thread(ports.reserve, reqs, self._port_held, c.name)
         with self._lock:
             self._bindings[c.id] = bindings
@@ -632,10 +632,9 @@ class NetworkManager:
             primary = next(iter(record["endpoints"].values()))
             record["port_rules"] = self.firewall.port_rules(c.id, primary["IPAddress"],
                                                             bindings)
-            self.engine.store.update_container(c.id, c.to_record())
+            await self._save(c)
         await asyncio.to_thread(self._build_sandbox, c, nets, bindings)
         if record["dns"]:
-            self._upstreams[c.id] = list(c.host_config.get("Dns") or [])
             await self._start_dns(c)
         await asyncio.to_thread(self._write_etc, c)
         for net, _ in nets:
@@ -681,12 +680,17 @@ class NetworkManager:
 
     async def _start_dns(self, c: Container) -> None:
         sandbox = c.network["sandbox"]
+        # Where other names go: the container's --dns, else the host's resolvers (read now,
+        # as Docker reads them when a container starts).
+        upstreams = list(c.host_config.get("Dns") or []) or await asyncio.to_thread(
+            dns.host_resolvers)
         udp, tcp = await asyncio.to_thread(netns.run_in, sandbox, dns.make_sockets)
         server = dns.DnsServer(c.id, self.resolver)
         await server.start(udp, tcp)
         with self._lock:
             old = self._dns.pop(c.id, None)
             self._dns[c.id] = server
+            self._upstreams[c.id] = upstreams
         if old is not None:
             old.close()
 
@@ -774,7 +778,7 @@ class NetworkManager:
                 async with self.engine._lock(c.id):  # no start is half-way while we hold it
                     if not _running(c) and c.network:
                         await asyncio.to_thread(self.release, c)
-                        self.engine.store.update_container(c.id, c.to_record())
+                        await self._save(c)
         bridges = [n.bridge for n in self._networks.values() if n.bridge]
 
         def owned(what: str) -> set[str]:
@@ -839,7 +843,7 @@ class NetworkManager:
                 await self._connect_running(c, net, ep_cfg)
             eps[net.name] = ep_cfg
             c.networking_config = dict(c.networking_config or {}, EndpointsConfig=eps)
-            self.engine.store.update_container(c.id, c.to_record())
+            await self._save(c)
         self._event(net, "connect", c.id)
 
     async def _connect_running(self, c: Container, net: Network, ep_cfg: dict[str, Any]) -> None:
@@ -851,7 +855,7 @@ class NetworkManager:
             ip = self._pools[net.id].allocate(want)
         ep = self._endpoint_record(c, net, ep_cfg, ip, ifname, rfc3339_nano())
         record["endpoints"][net.name] = ep
-        self.engine.store.update_container(c.id, c.to_record())
+        await self._save(c)
         has_gateway = any(e.get("Gateway") for n, e in record["endpoints"].items()
                           if n != net.name)
 
@@ -872,7 +876,6 @@ class NetworkManager:
             # As Docker: the first user network brings the embedded DNS, and resolv.conf
             # is rewritten to point at it.
             record["dns"] = True
-            self._upstreams[c.id] = list(c.host_config.get("Dns") or [])
             await self._start_dns(c)
             await asyncio.to_thread(self._write_etc, c)
         else:
@@ -908,8 +911,13 @@ class NetworkManager:
                 await asyncio.to_thread(self._write_hosts, c)
             eps.pop(net.name, None)
             c.networking_config = dict(c.networking_config or {}, EndpointsConfig=eps)
-            self.engine.store.update_container(c.id, c.to_record())
+            await self._save(c)
         self._event(net, "disconnect", c.id)
+
+    async def _save(self, c: Container) -> None:
+        """Persist the container's record (off the event loop)."""
+        record = c.to_record()
+        await asyncio.to_thread(self.engine.store.update_container, c.id, record)
 
     def _event(self, net: Network, action: str, cid: str) -> None:
         self.engine.events.publish("network", action, net.id,
@@ -1016,7 +1024,7 @@ class NetworkManager:
         return None
 
     def _dns_upstreams(self, cid: str) -> list[str]:
-        return self._upstreams.get(cid) or dns.host_resolvers()
+        return self._upstreams.get(cid) or []
 
 
 def _routes() -> str:
