@@ -46,7 +46,6 @@ SYS_OPENAT2 = 437  # the same number on every architecture (new syscall table)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 MAX_LINKS = 255
-NETWORK_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 
 
 class _OpenHow(ctypes.Structure):
@@ -219,15 +218,13 @@ class Resolved:
     abs_path: str  # as requested, made absolute
     resolved: str  # container path: directory part resolved, base kept
     st: os.stat_result
-    host_file: str | None = None  # a network file (hosts, ...) served from the host side
 
 
 def _not_found(path: str, container: str) -> NotFound:
     return NotFound(f"Could not find the file {path} in container {container}")
 
 
-def resolve_resource(root_fd: int, path: str, container: str,
-                     substitutes: dict[str, str] | None = None) -> Resolved:
+def resolve_resource(root_fd: int, path: str, container: str) -> Resolved:
     """dockerd's ResolvePath + lstat: directory part resolved in scope, base kept."""
     if not path:
         raise InvalidParameter("bad parameter: path cannot be empty")
@@ -248,11 +245,6 @@ def resolve_resource(root_fd: int, path: str, container: str,
         except NotADirectoryError as exc:
             raise InvalidParameter(f"lstat {path}: not a directory") from exc
     resolved = posixpath.join(resolved_dir, base) if base not in ("", ".") else resolved_dir
-    host_file = (substitutes or {}).get(resolved)
-    if host_file is not None and stat.S_ISREG(st.st_mode):
-        with contextlib.suppress(OSError):
-            st = os.stat(host_file)
-            return Resolved(abs_path, resolved, st, host_file)
     return Resolved(abs_path, resolved, st)
 
 
@@ -300,25 +292,13 @@ def _capability(name: str, dir_fd: int) -> str | None:
 
 
 class _TarWriter:
-    def __init__(self, out: IO[bytes], substitutes: dict[str, str]) -> None:
+    def __init__(self, out: IO[bytes]) -> None:
         self.tar = tarfile.open(fileobj=out, mode="w|",  # noqa: SIM115 - closed by close()
                                 format=tarfile.PAX_FORMAT, encoding="utf-8")
         self.links: dict[tuple[int, int], str] = {}
-        self.substitutes = substitutes
 
-    def add(self, name: str, cpath: str, dir_fd: int, base: str,
-            st: os.stat_result) -> None:
-        """Add the entry `base` of the directory dir_fd (container path cpath)."""
-        host_file = self.substitutes.get(cpath)
-        if host_file is not None and stat.S_ISREG(st.st_mode):
-            try:
-                with open(host_file, "rb") as f:
-                    info = _tarinfo(name, os.fstat(f.fileno()))
-                    assert info is not None
-                    self.tar.addfile(info, f)
-                return
-            except OSError:
-                pass
+    def add(self, name: str, dir_fd: int, base: str, st: os.stat_result) -> None:
+        """Add the entry `base` of the directory dir_fd."""
         info = _tarinfo(name, st)
         if info is None:
             return
@@ -346,7 +326,7 @@ class _TarWriter:
             return
         self.tar.addfile(info)
 
-    def walk(self, name: str, cpath: str, dfd: int) -> None:
+    def walk(self, name: str, dfd: int) -> None:
         """Add the contents of the open directory dfd (already added as `name`)."""
         with os.scandir(dfd) as it:
             names = sorted(e.name for e in it)
@@ -356,8 +336,7 @@ class _TarWriter:
             except FileNotFoundError:
                 continue
             child_name = f"{name.rstrip('/')}/{child}" if name != "/" else f"/{child}"
-            child_cpath = f"{cpath.rstrip('/')}/{child}"
-            self.add(child_name, child_cpath, dfd, child, st)
+            self.add(child_name, dfd, child, st)
             if stat.S_ISDIR(st.st_mode):
                 try:
                     sub = os.open(child, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -365,32 +344,31 @@ class _TarWriter:
                 except OSError:
                     continue
                 with _opened(sub):
-                    self.walk(child_name, child_cpath, sub)
+                    self.walk(child_name, sub)
 
     def close(self) -> None:
         self.tar.close()
 
 
-def write_archive(root_fd: int, res: Resolved, out: IO[bytes],
-                  substitutes: dict[str, str] | None = None) -> None:
+def write_archive(root_fd: int, res: Resolved, out: IO[bytes]) -> None:
     """The tar of a resolved resource, entries named from the requested base name."""
     name = go_base(res.abs_path)
-    writer = _TarWriter(out, substitutes or {})
+    writer = _TarWriter(out)
     parent, _, base = res.resolved.rpartition("/")
     with _opened(_dir_in_root(root_fd, parent or "/")) as pfd:
         if res.resolved == "/" or not base:
             # the root itself: a directory entry, then its contents
             with _opened(open_in_root(root_fd, "/", os.O_RDONLY | os.O_DIRECTORY)) as rfd:
-                writer.add(name, "/", rfd, ".", os.stat(".", dir_fd=rfd))
-                writer.walk(name, "/", rfd)
+                writer.add(name, rfd, ".", os.stat(".", dir_fd=rfd))
+                writer.walk(name, rfd)
         else:
             st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
-            writer.add(name, res.resolved, pfd, base, st)
+            writer.add(name, pfd, base, st)
             if stat.S_ISDIR(st.st_mode):
                 sub = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                               | os.O_CLOEXEC, dir_fd=pfd)
                 with _opened(sub):
-                    writer.walk(name, res.resolved, sub)
+                    writer.walk(name, sub)
     writer.close()
 
 

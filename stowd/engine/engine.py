@@ -7,6 +7,7 @@ Every state change is committed to SQLite before the method returns. Work that b
 import asyncio
 import collections
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from stowd.config import Settings
-from stowd.engine import archive_path, diskusage, names, rootfs
+from stowd.engine import archive_path, cpview, diskusage, names, rootfs
 from stowd.engine import create as create_rules
 from stowd.engine import exec as execs
 from stowd.engine import export as exporting
@@ -1187,80 +1188,55 @@ class Engine:
         self._event(c, "export")
         return exporting.stream_tar(exporting.tar_command(str(base / "rootfs"), layers))
 
-    @contextlib.asynccontextmanager
-    async def _root_fd(self, c: Container) -> AsyncIterator[int]:
-        """A descriptor of the container's root filesystem: the running container's mount,
-        or (stopped) its overlay mounted for the time of the operation, under the container's
-        lock as dockerd does."""
+    def _cp_view(self, c: Container, layers: list[str], *,
+                 extract: bool) -> cpview.ViewSpec:
+        """What `docker cp` sees (see cpview.py): a running container's rootfs, or its
+        overlay mounted in the view, with its volumes, binds and /etc files."""
+        base = self.container_dir(c)
+        running = c.state.status in (RUNNING, PAUSED)
+        binds = [cpview.Bind(b["source"], b["destination"], bool(b.get("readonly")))
+                 for b in self.volumes.spec_mounts(c)[0]]
+        binds += [cpview.Bind(str(base / name), f"/etc/{name}")
+                  for name in ("hosts", "hostname", "resolv.conf")]
+        binds.sort(key=lambda b: b.destination.rstrip("/").count("/"))  # parents first
+        return cpview.ViewSpec(rootfs=str(base / "rootfs"), upper=str(base / "upper"),
+                               work=str(base / "work"), layers=layers, binds=binds,
+                               writable=extract and not running,
+                               may_mount=not (extract and running))
+
+    async def _cp_target(self, ref: str) -> tuple[Container, list[str]]:
+        c = self.get(ref)
         if c.state.status in (REMOVING, DEAD):
             raise Conflict(f"container {c.id} is marked for removal")
-        rootfs_dir = str(self.container_dir(c) / "rootfs")
-        lock = self._lock(c.id)
-        await lock.acquire()
-        held, mounted_here, volumes_in = True, False, False
-        try:
-            running = c.state.status in (RUNNING, PAUSED)
-            if not running:
-                layers = await self._layer_stack(c)
-                mounted_here = await asyncio.to_thread(self._mount_stopped, c, layers)
-            # volumes: docker cp sees the container's volumes and binds at their paths
-            await asyncio.to_thread(self.volumes.mount_into, c, Path(rootfs_dir))
-            volumes_in = True
-            fd = await asyncio.to_thread(os.open, rootfs_dir, os.O_PATH | os.O_DIRECTORY)
-            if running:
-                # The descriptor keeps the mount even if the container exits meanwhile.
-                lock.release()
-                held = False
-            try:
-                yield fd
-            finally:
-                os.close(fd)
-        finally:
-            if volumes_in:
-                await asyncio.to_thread(self.volumes.unmount_from, c)
-            if mounted_here:
-                await asyncio.to_thread(mounts.unmount, rootfs_dir)
-            if held:
-                lock.release()
-
-    def _mount_stopped(self, c: Container, layers: list[str]) -> bool:
-        base = self.container_dir(c)
-        target = str(base / "rootfs")
-        if mounts.is_mounted(target):
-            return False
-        mounts.mount_overlay(layers, str(base / "upper"), str(base / "work"), target)
-        return True
-
-    def _network_files(self, c: Container) -> dict[str, str]:
-        base = self.container_dir(c)
-        return {"/etc/hosts": str(base / "hosts"), "/etc/hostname": str(base / "hostname"),
-                "/etc/resolv.conf": str(base / "resolv.conf")}
+        return c, await self._layer_stack(c)
 
     async def archive_stat(self, ref: str, path: str) -> archive_path.PathStat:
-        c = self.get(ref)
-        async with self._root_fd(c) as root:
-            return await asyncio.to_thread(self._stat_path, c, root, path)
+        c, layers = await self._cp_target(ref)
+        spec = self._cp_view(c, layers, extract=False)
 
-    def _stat_path(self, c: Container, root: int, path: str) -> archive_path.PathStat:
-        res = archive_path.resolve_resource(root, path, c.name, self._network_files(c))
-        return archive_path.path_stat(root, res)
+        def work() -> archive_path.PathStat:
+            with cpview.enter(spec) as root:
+                return archive_path.path_stat(
+                    root, archive_path.resolve_resource(root, path, c.name))
+
+        return await cpview.run_in_own_thread(work)
 
     async def archive_get(self, ref: str,
                           path: str) -> AsyncIterator[archive_path.PathStat | bytes]:
-        """`docker cp` out: first the PathStat, then the tar's bytes. The container stays
-        mounted (and, stopped, locked) until the iteration ends."""
-        c = self.get(ref)
-        async with self._root_fd(c) as root:
-            files = self._network_files(c)
-            res = await asyncio.to_thread(archive_path.resolve_resource, root, path, c.name,
-                                          files)
-            yield await asyncio.to_thread(archive_path.path_stat, root, res)
-            self._event(c, "archive-path")
-            pipe = ThreadPipe(asyncio.get_running_loop())
+        """`docker cp` out: first the PathStat, then the tar's bytes."""
+        c, layers = await self._cp_target(ref)
+        spec = self._cp_view(c, layers, extract=False)
+        loop = asyncio.get_running_loop()
+        pipe = ThreadPipe(loop)
+        found: asyncio.Future[archive_path.PathStat] = loop.create_future()
 
-            def run() -> None:
+        def work() -> None:
+            with cpview.enter(spec) as root:
+                res = archive_path.resolve_resource(root, path, c.name)
+                st = archive_path.path_stat(root, res)
+                loop.call_soon_threadsafe(lambda: found.done() or found.set_result(st))
                 try:
-                    archive_path.write_archive(root, res, pipe, files)  # type: ignore[arg-type]
+                    archive_path.write_archive(root, res, pipe)  # type: ignore[arg-type]
                     pipe.finish()
                 except BrokenPipeError:
                     pass  # the client went away
@@ -1268,46 +1244,70 @@ class Engine:
                     log.error("archive of %s:%s failed: %s", c.short_id, path, exc)
                     pipe.fail(exc)
 
-            worker = asyncio.ensure_future(asyncio.to_thread(run))
-            try:
-                async for chunk in pipe.chunks():
-                    yield chunk
-            finally:
-                pipe.close()
-                await worker
+        done = cpview.run_in_own_thread(work)
+        try:
+            await asyncio.wait([found, done], return_when=asyncio.FIRST_COMPLETED)
+            if not found.done():
+                await done  # raises what stopped it (NotFound, ...)
+                raise SystemError_(f"archive of {path} ended without an answer")
+            yield found.result()
+            self._event(c, "archive-path")
+            async for chunk in pipe.chunks():
+                yield chunk
+        finally:
+            pipe.close()
+            found.cancel()
+            with contextlib.suppress(Exception):
+                await done
 
     async def archive_put(self, ref: str, path: str, source: BinaryIO, *,
                           no_overwrite_dir_non_dir: bool, copy_uid_gid: bool) -> None:
-        """`docker cp` in: unpack the tar `source` into the directory `path`."""
-        c = self.get(ref)
+        """`docker cp` in: unpack the tar `source` into the directory `path`. A stopped
+        container's overlay is written under its lock, as dockerd does."""
+        c, layers = await self._cp_target(ref)
         if c.host_config.get("ReadonlyRootfs"):
             raise Forbidden("container rootfs is marked read-only")
-        async with self._root_fd(c) as root:
-            await asyncio.to_thread(self._extract, c, root, path, source,
-                                    no_overwrite_dir_non_dir, copy_uid_gid)
+        lock = self._lock(c.id)
+        held = False
+        if c.state.status not in (RUNNING, PAUSED):
+            await lock.acquire()
+            held = True
+        try:
+            spec = self._cp_view(c, layers, extract=True)
+            await cpview.run_in_own_thread(lambda: self._extract(
+                c, spec, path, source, no_overwrite_dir_non_dir, copy_uid_gid))
+        finally:
+            if held:
+                lock.release()
         self._event(c, "extract-to-dir")
 
-    def _extract(self, c: Container, root: int, path: str, source: BinaryIO,
+    def _extract(self, c: Container, spec: cpview.ViewSpec, path: str, source: BinaryIO,
                  no_overwrite: bool, copy_uid_gid: bool) -> None:
         if not path:
             raise InvalidParameter("bad parameter: path cannot be empty")
-        dest = archive_path.resolve_in_scope(root, archive_path.absolute(path))
-        try:
-            fd = archive_path.open_in_root(root, dest, os.O_PATH)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"Could not find the file {path} in container {c.name}") from None
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if not stat.S_ISDIR(st.st_mode):
-            raise InvalidParameter("extraction point is not a directory")
-        owner = None
-        if copy_uid_gid and c.config.get("User"):
-            user = rootfs.resolve_user(Path(f"/proc/self/fd/{root}"), c.config["User"])
-            owner = (user.uid, user.gid)
-        archive_path.extract(root, dest, source, archive_path.ExtractOptions(
-            no_overwrite_dir_non_dir=no_overwrite, owner=owner))
+        with cpview.enter(spec) as root:
+            dest = archive_path.resolve_in_scope(root, archive_path.absolute(path))
+            try:
+                fd = archive_path.open_in_root(root, dest, os.O_PATH)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NotFound(f"Could not find the file {path} in container {c.name}") from None
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if not stat.S_ISDIR(st.st_mode):
+                raise InvalidParameter("extraction point is not a directory")
+            owner = None
+            if copy_uid_gid and c.config.get("User"):
+                user = rootfs.resolve_user(Path(f"/proc/self/fd/{root}"), c.config["User"])
+                owner = (user.uid, user.gid)
+            try:
+                archive_path.extract(root, dest, source, archive_path.ExtractOptions(
+                    no_overwrite_dir_non_dir=no_overwrite, owner=owner))
+            except OSError as exc:
+                if exc.errno == errno.EROFS:
+                    raise InvalidParameter("mounted volume is marked read-only") from exc
+                raise
 
     async def disk_usage(self, kinds: set[str]) -> tuple[
             int, list[diskusage.ImageUsage], list[tuple[Container, int, int]],

@@ -442,3 +442,42 @@ def test_cp_archive_mode_takes_the_container_user(client: docker.DockerClient, c
     cli("cp", "-a", str(f), f"{c.name}:/tmp/as-user")  # copyUIDGID: the container's user
     out = c.exec_run(["stat", "-c", "%u:%g", "/tmp/kept", "/tmp/as-user"]).output.split()
     assert out == [b"4242:4343", b"65534:65534"]
+
+
+@pytest.mark.parametrize("state", ["running", "stopped"])
+def test_cp_reaches_volumes_and_binds(client: docker.DockerClient, cli: Cli, state: str,
+                                      tmp_path: Path) -> None:
+    """As dockerd: cp reads and writes through the container's volumes and bind mounts."""
+    host = tmp_path / "bound"
+    host.mkdir()
+    (host / "from-host").write_text("h")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    vol = client.volumes.create(f"cpvol-{state}")
+    try:
+        c = client.containers.run(
+            "busybox", ["sh", "-c", "echo v > /vol/in-volume; sleep 1000"], detach=True,
+            volumes={vol.name: {"bind": "/vol", "mode": "rw"},
+                     str(host): {"bind": "/bound", "mode": "rw"},
+                     str(ro): {"bind": "/ro", "mode": "ro"}})
+        _wait_for(lambda: c.exec_run(["cat", "/vol/in-volume"]).exit_code == 0)
+        if state == "stopped":
+            c.stop(timeout=0)
+        cli("cp", f"{c.name}:/vol/in-volume", str(tmp_path / "v"))
+        assert (tmp_path / "v").read_text() == "v\n"
+        cli("cp", f"{c.name}:/bound/from-host", str(tmp_path / "b"))
+        assert (tmp_path / "b").read_text() == "h"
+        (tmp_path / "new").write_text("n")
+        cli("cp", str(tmp_path / "new"), f"{c.name}:/bound/")
+        assert (host / "new").read_text() == "n"  # in the bind's source, not the layer
+        cli("cp", str(tmp_path / "new"), f"{c.name}:/vol/")
+        ro_try = cli("cp", str(tmp_path / "new"), f"{c.name}:/ro/", check=False)
+        assert ro_try.returncode != 0 and "read-only" in ro_try.stderr
+        assert not (ro / "new").exists()
+        assert not any(ch["Path"].startswith(("/bound/", "/vol/")) for ch in c.diff() or [])
+        if state == "stopped":
+            c.start()
+        assert c.exec_run(["cat", "/vol/new"]).output == b"n"
+        c.remove(force=True)
+    finally:
+        vol.remove(force=True)

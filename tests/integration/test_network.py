@@ -544,3 +544,30 @@ def test_kill_9_keeps_addresses_and_ports_and_stop_cleans_up() -> None:
         assert network_leftovers(d) == []
     finally:
         d.cleanup()
+
+
+def test_failed_start_gives_back_every_address(client: docker.DockerClient,
+                                               api: docker.APIClient, daemon: Daemon) -> None:
+    a = client.networks.create("tfail-a")
+    b = client.networks.create("tfail-b", ipam=docker.types.IPAMConfig(
+        pool_configs=[docker.types.IPAMPool(subnet="10.222.9.0/24")]))
+    try:
+        holder = client.containers.create("busybox", ["sleep", "300"], network="tfail-b")
+        api.disconnect_container_from_network(holder.id, b.id)
+        api.connect_container_to_network(holder.id, b.id, ipv4_address="10.222.9.5")
+        holder.start()
+        loser = client.containers.create("busybox", ["sleep", "300"], network="tfail-a")
+        api.connect_container_to_network(loser.id, b.id, ipv4_address="10.222.9.5")
+        with pytest.raises(docker.errors.APIError, match="Address already in use"):
+            loser.start()
+        assert _host_state(daemon)["netns"] == [holder.id]  # the loser's is gone already
+        probe = client.containers.run("busybox", ["sleep", "300"], detach=True,
+                                      network="tfail-a")
+        ip = api.inspect_container(probe.id)["NetworkSettings"]["Networks"]["tfail-a"][
+            "IPAddress"]
+        assert ip.endswith(".2")  # the loser's address on tfail-a came back
+    finally:
+        for c in client.containers.list(all=True):
+            c.remove(force=True)
+        a.remove()
+        b.remove()

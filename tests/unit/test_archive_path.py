@@ -141,20 +141,6 @@ def test_archive_names_follow_the_requested_base(root: tuple[Path, int]) -> None
         _archive(fd, "/hostdir/")
 
 
-def test_archive_serves_network_files_from_the_host_side(root: tuple[Path, int],
-                                                         tmp_path: Path) -> None:
-    r, fd = root
-    (r / "etc" / "hosts").write_text("")
-    hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.1 localhost\n")
-    res = ap.resolve_resource(fd, "/etc", "c", {"/etc/hosts": str(hosts)})
-    out = io.BytesIO()
-    ap.write_archive(fd, res, out, {"/etc/hosts": str(hosts)})
-    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as t:
-        f = t.extractfile("etc/hosts")
-        assert f is not None and f.read() == b"127.0.0.1 localhost\n"
-
-
 def _extract(fd: int, dest: str, tar: io.BytesIO, **opts: object) -> None:
     ap.extract(fd, dest, tar, ap.ExtractOptions(**opts))  # type: ignore[arg-type]
 

@@ -599,6 +599,7 @@ class NetworkManager:
                                   "sandbox_id": hashlib.sha256(
                                       f"{c.id}/{started}".encode()).hexdigest(),
                                   "endpoints": {}, "ports": [], "port_rules": [], "dns": False}
+        c.network = record  # from here on, release() undoes whatever is in it
         nets: list[tuple[Network, dict[str, Any]]] = []
         if mode != "none":
             for name, ep in self._endpoints_config(c).items():
@@ -622,7 +623,6 @@ class NetworkManager:
             reqs = ports.requests(c.config.get("ExposedPorts"),
                                   c.host_config.get("PortBindings"),
                                   bool(c.host_config.get("PublishAllPorts")))
-        c.network = record
         await self._save(c)
         bindings = await asyncio.to_thread(ports.reserve, reqs, self._port_held, c.name)
         with self._lock:

@@ -1,0 +1,171 @@
+"""The filesystem `docker cp` sees, built in a mount namespace private to one thread.
+
+dockerd's cp works on the container's root filesystem with its volumes, bind mounts and
+/etc/hosts, hostname and resolv.conf mounted where the container has them. stowd builds the
+same view without touching the host's mount table: a dedicated thread leaves stowd's mount
+namespace (unshare(CLONE_NEWNS) acts on the calling thread only), marks everything private,
+mounts the container's overlay if it is not running (read-only: upperdir, init layer and
+image layers as lower layers; read-write with upper/work for an extraction, which the engine
+does under the container's lock), and bind-mounts each volume and bind source at its
+destination, found inside the root as the runtime finds it. When the thread ends, the
+namespace and its mounts go with it: nothing to clean up after an error or a crash.
+
+A running container's rootfs mount is already in the copy of the namespace the thread gets,
+and it is the same filesystem: what an extraction writes there, the container sees.
+"""
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from stowd.engine.archive_path import open_in_root
+from stowd.engine.errors import Conflict
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 0x1
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 2
+_MAX_MOUNT_DATA = 4000
+
+T = TypeVar("T")
+
+
+@dataclass
+class Bind:
+    source: str
+    destination: str
+    readonly: bool = False
+
+
+@dataclass
+class ViewSpec:
+    rootfs: str  # the container's mount point
+    upper: str
+    work: str
+    layers: list[str]  # lower layers, topmost first: the init layer, then the image's
+    binds: list[Bind] = field(default_factory=list)
+    writable: bool = False  # mount a stopped container's overlay read-write (extraction)
+    may_mount: bool = True  # False: the container runs, its rootfs must be there
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mounted_here(target: str) -> bool:
+    target = os.path.realpath(target)
+    with open("/proc/thread-self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+                return True
+    return False
+
+
+def _mount_overlay(spec: ViewSpec) -> None:
+    if spec.writable:
+        lowers = spec.layers
+        tail = f",upperdir={spec.upper},workdir={spec.work},index=off"
+    else:
+        lowers = [spec.upper, *spec.layers]
+        tail = ""
+    data = "lowerdir=" + ":".join(lowers) + tail
+    if len(data) > _MAX_MOUNT_DATA:
+        # Too long for one page: relative lower paths from their common parent. This
+        # thread has its own working directory once it has left the namespace.
+        base = os.path.commonpath(lowers)
+        os.chdir(base)
+        data = "lowerdir=" + ":".join(os.path.relpath(d, base) for d in lowers) + tail
+    _check(_libc.mount(b"overlay", spec.rootfs.encode(), b"overlay",
+                       0 if spec.writable else MS_RDONLY, data.encode()),
+           f"mount overlay on {spec.rootfs}")
+
+
+def _bind(root: int, bind: Bind) -> None:
+    try:
+        src = os.stat(bind.source)
+        fd = open_in_root(root, bind.destination, os.O_PATH)
+    except OSError:
+        return  # a missing source or mount point: the container never had it either
+    try:
+        if stat.S_ISDIR(src.st_mode) != stat.S_ISDIR(os.fstat(fd).st_mode):
+            return
+        _check(_libc.mount(bind.source.encode(), f"/proc/self/fd/{fd}".encode(), None,
+                           MS_BIND | MS_REC, None), f"bind {bind.source} on {bind.destination}")
+    finally:
+        os.close(fd)
+    if bind.readonly:
+        fd = open_in_root(root, bind.destination, os.O_PATH)  # now the mount's root
+        try:
+            _check(_libc.mount(None, f"/proc/self/fd/{fd}".encode(), None,
+                               MS_BIND | MS_REMOUNT | MS_RDONLY, None),
+                   f"read-only {bind.destination}")
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def enter(spec: ViewSpec) -> Iterator[int]:
+    """Build the view and yield a descriptor of its root. Irreversible for the calling
+    thread: call it only in a thread of its own (run_in_own_thread)."""
+    _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
+    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
+    mounted = False
+    if not _mounted_here(spec.rootfs):
+        if not spec.may_mount:
+            raise Conflict("the container stopped meanwhile: try again")
+        _mount_overlay(spec)
+        mounted = True
+    root = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for bind in spec.binds:
+            _bind(root, bind)
+        yield root
+    finally:
+        os.close(root)
+        if mounted:
+            # Free upper/work at once (the namespace would drop it with the thread too).
+            _libc.umount2(spec.rootfs.encode(), MNT_DETACH)
+
+
+def run_in_own_thread(fn: Callable[[], T]) -> "asyncio.Future[T]":
+    """Run fn in a new thread (never a pooled one: it may leave the mount namespace)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def main() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=main, name="stowd-cp", daemon=True).start()
+    return fut
