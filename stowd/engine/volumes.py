@@ -335,8 +335,7 @@ class VolumeManager:
                 return existing
             vol = Volume(name=name, driver=driver, created_at=_now(), labels=labels or None,
                          options=options or None)
-            await asyncio.to_thread(self.mountpoint(name).mkdir, 0o755, True, True)
-            self.engine.store.put_volume(name, time.time(), vol.to_record())
+            await asyncio.to_thread(self._create_blocking, vol)
             self._volumes[name] = vol
         self._emit("create", name, {"driver": driver})
         return vol
@@ -356,10 +355,18 @@ class VolumeManager:
         async with self._lock:
             if name not in self._volumes:
                 return
-            await asyncio.to_thread(self._remove_dirs, name)
-            self.engine.store.delete_volume(name)
+            await asyncio.to_thread(self._remove_blocking, name)
             del self._volumes[name]
         self._emit("destroy", name, {"driver": vol.driver})
+
+    def _create_blocking(self, vol: Volume) -> None:
+        self.mountpoint(vol.name).mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.engine.store.put_volume(vol.name, time.time(), vol.to_record())
+
+    def _remove_blocking(self, name: str) -> None:
+        """The directory goes first: a volume that cannot be unmounted stays listed."""
+        self._remove_dirs(name)
+        self.engine.store.delete_volume(name)
 
     def _remove_dirs(self, name: str) -> None:
         data = str(self.mountpoint(name))

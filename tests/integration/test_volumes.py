@@ -425,6 +425,32 @@ def test_volumes_from(client: docker.DockerClient, api: docker.APIClient,
         client.containers.create("busybox", ["true"], volumes_from=["vt-no-such-container"])
 
 
+def test_cp_sees_volumes_and_binds(client: docker.DockerClient, cli: Cli, tmp_path: Path,
+                                   volumes: list[str], daemon: Daemon) -> None:
+    volumes.append("vt-cp")
+    (tmp_path / "in.txt").write_text("copied in\n")
+    ctr = client.containers.create("busybox", ["cat", "/data/in.txt"], volumes=["vt-cp:/data"])
+    cli("cp", str(tmp_path / "in.txt"), f"{ctr.id}:/data/in.txt")  # stopped: into the volume
+    ctr.start()
+    assert ctr.wait(timeout=20)["StatusCode"] == 0
+    assert ctr.logs() == b"copied in\n"
+    runner = client.containers.run("busybox", ["sleep", "30"], volumes=[f"{tmp_path}:/h:ro"],
+                                   detach=True)
+    cli("cp", f"{runner.id}:/h/in.txt", str(tmp_path / "out.txt"))  # running: out of a bind
+    assert (tmp_path / "out.txt").read_text() == "copied in\n"
+
+    def left_on_rootfs() -> list[str]:  # the copy's mounts go once its stream has ended
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            return [line for line in f if str(daemon.data_root / "containers") in line
+                    and "/rootfs/" in line.split()[4]]
+
+    deadline = time.monotonic() + 5
+    while left_on_rootfs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left_on_rootfs()
+    runner.remove(force=True)
+
+
 def test_volume_events(client: docker.DockerClient, api: docker.APIClient,
                        volumes: list[str]) -> None:
     since = time.time()
