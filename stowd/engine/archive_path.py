@@ -390,7 +390,7 @@ def _inside(path: str, dest: str) -> bool:
     return path == dest or dest == "/" or path.startswith(dest.rstrip("/") + "/")
 
 
-def _ensure_dir(root_fd: int, cpath: str) -> int:
+def ensure_dir(root_fd: int, cpath: str) -> int:
     """An O_PATH descriptor of directory cpath, making missing parts (0755) in the root
     (through symlinks, resolved inside the root, as mkdir -p under chroot would)."""
     try:
@@ -487,7 +487,7 @@ def _extract_one(root_fd: int, dest: str, tar: tarfile.TarFile, info: tarfile.Ta
                 _apply_meta(fd, info, owner)
             dirs.append((cpath, int(info.mtime)))
         return
-    with _opened(_ensure_dir(root_fd, parent or "/")) as pfd:
+    with _opened(ensure_dir(root_fd, parent or "/")) as pfd:
         try:
             existing: os.stat_result | None = os.stat(base, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from stowd.engine.archive_path import open_in_root
+from stowd.engine.archive_path import ensure_dir, open_in_root
 from stowd.engine.errors import Conflict
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -60,7 +60,9 @@ class ViewSpec:
     work: str
     layers: list[str]  # lower layers, topmost first: the init layer, then the image's
     binds: list[Bind] = field(default_factory=list)
-    writable: bool = False  # mount a stopped container's overlay read-write (extraction)
+    # mount a stopped container's overlay read-write (extraction, or missing mount points to
+    # make; the engine holds the container's lock meanwhile)
+    writable: bool = False
     may_mount: bool = True  # False: the container runs, its rootfs must be there
 
 
@@ -99,12 +101,37 @@ def _mount_overlay(spec: ViewSpec) -> None:
            f"mount overlay on {spec.rootfs}")
 
 
-def _bind(root: int, bind: Bind) -> None:
+def _mount_point(root: int, bind: Bind, is_dir: bool, create: bool) -> int | None:
+    """An O_PATH descriptor of the bind's destination inside the root; missing, it is made
+    (as dockerd's mountVolumes does) when the view is writable, else None."""
+    try:
+        return open_in_root(root, bind.destination, os.O_PATH)
+    except FileNotFoundError:
+        if not create:
+            return None
+    parent, _, base = bind.destination.rstrip("/").rpartition("/")
+    pfd = ensure_dir(root, parent or "/")
+    try:
+        if is_dir:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(base, 0o755, dir_fd=pfd)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(base, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o644, dir_fd=pfd))
+    finally:
+        os.close(pfd)
+    return open_in_root(root, bind.destination, os.O_PATH)
+
+
+def _bind(root: int, bind: Bind, create: bool) -> None:
     try:
         src = os.stat(bind.source)
-        fd = open_in_root(root, bind.destination, os.O_PATH)
+        fd = _mount_point(root, bind, stat.S_ISDIR(src.st_mode), create)
     except OSError:
-        return  # a missing source or mount point: the container never had it either
+        return  # a missing source, or no place for it: the container does not have it either
+    if fd is None:
+        return
     try:
         if stat.S_ISDIR(src.st_mode) != stat.S_ISDIR(os.fstat(fd).st_mode):
             return
@@ -137,7 +164,7 @@ def enter(spec: ViewSpec) -> Iterator[int]:
     root = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for bind in spec.binds:
-            _bind(root, bind)
+            _bind(root, bind, create=mounted and spec.writable)
         yield root
     finally:
         os.close(root)

@@ -1191,94 +1191,92 @@ class Engine:
     def _cp_view(self, c: Container, layers: list[str], *,
                  extract: bool) -> cpview.ViewSpec:
         """What `docker cp` sees (see cpview.py): a running container's rootfs, or its
-        overlay mounted in the view, with its volumes, binds and /etc files."""
+        overlay mounted in the view, with its volumes, binds and /etc files. A stopped
+        container's overlay is mounted read-write to extract, or to make the mount points of
+        its volumes and binds (as dockerd does): then the caller holds its lock."""
         base = self.container_dir(c)
         running = c.state.status in (RUNNING, PAUSED)
-        binds = [cpview.Bind(b["source"], b["destination"], bool(b.get("readonly")))
-                 for b in self.volumes.spec_mounts(c)[0]]
-        binds += [cpview.Bind(str(base / name), f"/etc/{name}")
-                  for name in ("hosts", "hostname", "resolv.conf")]
+        mounted = [cpview.Bind(b["source"], b["destination"], bool(b.get("readonly")))
+                   for b in self.volumes.spec_mounts(c)[0]]
+        binds = mounted + [cpview.Bind(str(base / name), f"/etc/{name}")
+                           for name in ("hosts", "hostname", "resolv.conf")]
         binds.sort(key=lambda b: b.destination.rstrip("/").count("/"))  # parents first
         return cpview.ViewSpec(rootfs=str(base / "rootfs"), upper=str(base / "upper"),
                                work=str(base / "work"), layers=layers, binds=binds,
-                               writable=extract and not running,
+                               writable=not running and (extract or bool(mounted)),
                                may_mount=not (extract and running))
 
-    async def _cp_target(self, ref: str) -> tuple[Container, list[str]]:
+    @contextlib.asynccontextmanager
+    async def _cp_session(self, ref: str, *,
+                          extract: bool) -> AsyncIterator[tuple[Container, cpview.ViewSpec]]:
         c = self.get(ref)
         if c.state.status in (REMOVING, DEAD):
             raise Conflict(f"container {c.id} is marked for removal")
-        return c, await self._layer_stack(c)
+        layers = await self._layer_stack(c)
+        spec = self._cp_view(c, layers, extract=extract)
+        if not spec.writable:
+            yield c, spec
+            return
+        async with self._lock(c.id):
+            yield c, self._cp_view(c, layers, extract=extract)  # it may run by now
 
     async def archive_stat(self, ref: str, path: str) -> archive_path.PathStat:
-        c, layers = await self._cp_target(ref)
-        spec = self._cp_view(c, layers, extract=False)
+        async with self._cp_session(ref, extract=False) as (c, spec):
 
-        def work() -> archive_path.PathStat:
-            with cpview.enter(spec) as root:
-                return archive_path.path_stat(
-                    root, archive_path.resolve_resource(root, path, c.name))
+            def work() -> archive_path.PathStat:
+                with cpview.enter(spec) as root:
+                    return archive_path.path_stat(
+                        root, archive_path.resolve_resource(root, path, c.name))
 
-        return await cpview.run_in_own_thread(work)
+            return await cpview.run_in_own_thread(work)
 
     async def archive_get(self, ref: str,
                           path: str) -> AsyncIterator[archive_path.PathStat | bytes]:
         """`docker cp` out: first the PathStat, then the tar's bytes."""
-        c, layers = await self._cp_target(ref)
-        spec = self._cp_view(c, layers, extract=False)
-        loop = asyncio.get_running_loop()
-        pipe = ThreadPipe(loop)
-        found: asyncio.Future[archive_path.PathStat] = loop.create_future()
+        async with self._cp_session(ref, extract=False) as (c, spec):
+            loop = asyncio.get_running_loop()
+            pipe = ThreadPipe(loop)
+            found: asyncio.Future[archive_path.PathStat] = loop.create_future()
 
-        def work() -> None:
-            with cpview.enter(spec) as root:
-                res = archive_path.resolve_resource(root, path, c.name)
-                st = archive_path.path_stat(root, res)
-                loop.call_soon_threadsafe(lambda: found.done() or found.set_result(st))
-                try:
-                    archive_path.write_archive(root, res, pipe)  # type: ignore[arg-type]
-                    pipe.finish()
-                except BrokenPipeError:
-                    pass  # the client went away
-                except BaseException as exc:
-                    log.error("archive of %s:%s failed: %s", c.short_id, path, exc)
-                    pipe.fail(exc)
+            def work() -> None:
+                with cpview.enter(spec) as root:
+                    res = archive_path.resolve_resource(root, path, c.name)
+                    st = archive_path.path_stat(root, res)
+                    loop.call_soon_threadsafe(lambda: found.done() or found.set_result(st))
+                    try:
+                        archive_path.write_archive(root, res, pipe)  # type: ignore[arg-type]
+                        pipe.finish()
+                    except BrokenPipeError:
+                        pass  # the client went away
+                    except BaseException as exc:
+                        log.error("archive of %s:%s failed: %s", c.short_id, path, exc)
+                        pipe.fail(exc)
 
-        done = cpview.run_in_own_thread(work)
-        try:
-            await asyncio.wait([found, done], return_when=asyncio.FIRST_COMPLETED)
-            if not found.done():
-                await done  # raises what stopped it (NotFound, ...)
-                raise SystemError_(f"archive of {path} ended without an answer")
-            yield found.result()
-            self._event(c, "archive-path")
-            async for chunk in pipe.chunks():
-                yield chunk
-        finally:
-            pipe.close()
-            found.cancel()
-            with contextlib.suppress(Exception):
-                await done
+            done = cpview.run_in_own_thread(work)
+            try:
+                await asyncio.wait([found, done], return_when=asyncio.FIRST_COMPLETED)
+                if not found.done():
+                    await done  # raises what stopped it (NotFound, ...)
+                    raise SystemError_(f"archive of {path} ended without an answer")
+                yield found.result()
+                self._event(c, "archive-path")
+                async for chunk in pipe.chunks():
+                    yield chunk
+            finally:
+                pipe.close()
+                found.cancel()
+                with contextlib.suppress(Exception):
+                    await done
 
     async def archive_put(self, ref: str, path: str, source: BinaryIO, *,
                           no_overwrite_dir_non_dir: bool, copy_uid_gid: bool) -> None:
         """`docker cp` in: unpack the tar `source` into the directory `path`. A stopped
         container's overlay is written under its lock, as dockerd does."""
-        c, layers = await self._cp_target(ref)
-        if c.host_config.get("ReadonlyRootfs"):
-            raise Forbidden("container rootfs is marked read-only")
-        lock = self._lock(c.id)
-        held = False
-        if c.state.status not in (RUNNING, PAUSED):
-            await lock.acquire()
-            held = True
-        try:
-            spec = self._cp_view(c, layers, extract=True)
+        async with self._cp_session(ref, extract=True) as (c, spec):
+            if c.host_config.get("ReadonlyRootfs"):
+                raise Forbidden("container rootfs is marked read-only")
             await cpview.run_in_own_thread(lambda: self._extract(
                 c, spec, path, source, no_overwrite_dir_non_dir, copy_uid_gid))
-        finally:
-            if held:
-                lock.release()
         self._event(c, "extract-to-dir")
 
     def _extract(self, c: Container, spec: cpview.ViewSpec, path: str, source: BinaryIO,
