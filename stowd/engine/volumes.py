@@ -136,9 +136,9 @@ def prune_all(filters: dict[str, list[str]], version: tuple[int, int]) -> bool:
     return bool(values) and _truthy(values[0], "all")
 
 
-def resolve_in_root(root: Path, path: str, missing_ok: bool = False) -> Path | None:
+def resolve_in_root(root: Path, path: str) -> Path | None:
     """`path` inside the tree at `root`, symlinks followed as if `root` were `/`; None when
-    it does not exist (missing_ok: the path it would have, its missing part taken as is)."""
+    it does not exist."""
     parts = [p for p in path.split("/") if p not in ("", ".")]
     resolved: list[str] = []
     links = 0
@@ -151,17 +151,7 @@ def resolve_in_root(root: Path, path: str, missing_ok: bool = False) -> Path | N
         candidate = root.joinpath(*resolved, part)
         try:
             st = os.lstat(candidate)
-        except FileNotFoundError:
-            if not missing_ok:
-                return None
-            for rest in [part, *parts]:
-                if rest == "..":
-                    if resolved:
-                        resolved.pop()
-                else:
-                    resolved.append(rest)
-            return root.joinpath(*resolved)
-        except NotADirectoryError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         if stat.S_ISLNK(st.st_mode):
             links += 1
@@ -209,49 +199,16 @@ def dir_size(path: Path) -> int:
     return total
 
 
-def _mount_target(rootfs: Path, destination: str, source: str) -> Path | None:
-    """Blocking: the path of `destination` in the rootfs, created (a directory, or a file for
-    a file source) when missing; None when it cannot be (a file in the way)."""
-    target = resolve_in_root(rootfs, destination, missing_ok=True)
-    if target is None:
-        return None
-    try:
-        if not os.path.lexists(target):
-            if os.path.isdir(source):
-                target.mkdir(mode=0o755, parents=True)
-            else:
-                target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-                target.touch(0o644)
-    except (NotADirectoryError, FileExistsError):
-        return None
-    return target
-
-
-def _bind(source: str, target: str, readonly: bool) -> None:
-    """Blocking: a recursive, private bind mount (read-only when asked)."""
-    steps = [["mount", "--rbind", source, target], ["mount", "--make-rprivate", target]]
-    if readonly:
-        steps.append(["mount", "-o", "remount,bind,ro", target])
-    for i, cmd in enumerate(steps):
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            if i:
-                with contextlib.suppress(OSError):
-                    mounts.unmount(target)
-            raise SystemError_(f"mounting {source} on {target} failed: {proc.stderr.strip()}")
-
-
 class VolumeManager:
     def __init__(self, engine: "Engine") -> None:
         self.engine = engine
         self.root = engine.data_root / "volumes"
         self._volumes: dict[str, Volume] = {}
         self._lock = asyncio.Lock()
-        self._guard = threading.RLock()
+        self._guard = threading.Lock()
         self._mounted: dict[str, set[str]] = {}  # volume needing a mount → containers using it
         self._active: dict[str, list[str]] = {}  # container → volumes mounted for its run
         self._copying: dict[str, threading.Lock] = {}  # one copy-up at a time per volume
-        self._archive: dict[str, tuple[int, list[str]]] = {}  # container → (users, targets)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
 
@@ -548,63 +505,6 @@ class VolumeManager:
                 vol = self._volumes.get(name)
                 self._emit("unmount", name, {"container": c.id,
                                              "driver": vol.driver if vol else LOCAL_DRIVER})
-
-    def mount_into(self, c: Container, rootfs: Path) -> None:
-        """Blocking, for `docker cp`: the container's volumes and binds mounted at their
-        paths in its rootfs, in stowd's own mount namespace (a container's own mounts are in
-        its namespace), as dockerd's mountVolumes does. Counted: concurrent copies share
-        them; `unmount_from` undoes."""
-        with self._guard:
-            users, targets = self._archive.get(c.id, (0, []))
-            if users:
-                self._archive[c.id] = (users + 1, targets)
-                return
-            holder = f"archive:{c.id}"
-            try:
-                for m in sorted(mountspec.mounts_of(c.mounts),
-                                key=lambda m: m.destination.count("/")):
-                    if m.type == TMPFS:
-                        continue
-                    source = m.source
-                    if m.type == VOLUME:
-                        vol = self._volumes.get(m.name)
-                        if vol is None:
-                            continue
-                        self._mount_volume(vol, holder)
-                        targets.append(f"volume:{m.name}")
-                        source = str(self.mountpoint(m.name) / m.subpath)
-                    target = _mount_target(rootfs, m.destination, source)
-                    if target is None:
-                        continue
-                    _bind(source, str(target), readonly=not m.rw)
-                    targets.append(str(target))
-            except BaseException:
-                self._archive[c.id] = (1, targets)
-                self.unmount_from(c)
-                raise
-            self._archive[c.id] = (1, targets)
-
-    def unmount_from(self, c: Container) -> None:
-        """Blocking: the end of a `docker cp` (see mount_into)."""
-        with self._guard:
-            users, targets = self._archive.pop(c.id, (0, []))
-            if users > 1:
-                self._archive[c.id] = (users - 1, targets)
-                return
-            holder = f"archive:{c.id}"
-            for target in reversed(targets):
-                if target.startswith("volume:"):
-                    name = target.removeprefix("volume:")
-                    held = self._mounted.get(name)
-                    if held is not None and holder in held:
-                        held.discard(holder)
-                        if not held:
-                            del self._mounted[name]
-                            with contextlib.suppress(OSError):
-                                mounts.unmount(str(self.mountpoint(name)))
-                    continue
-                with contextlib.suppress(OSError):
-                    mounts.unmount(target)
 
     def spec_mounts(self, c: Container) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(binds, tmpfs) for the OCI spec: volumes and binds as bind mounts, tmpfs mounts
