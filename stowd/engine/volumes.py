@@ -391,9 +391,11 @@ class VolumeManager:
         if missing:
             raise InvalidParameter('invalid mount config for type "bind": bind source path '
                                    f"does not exist: {missing[0]}")
+        default_driver = host_config.get("VolumeDriver") or LOCAL_DRIVER  # --volume-driver
         for m in plan:
             if m.type == VOLUME and m.name not in self._volumes:
-                mountspec.check_driver(m.name, m.driver)
+                given = m.driver if m.driver != LOCAL_DRIVER else default_driver
+                mountspec.check_driver(m.name, given)
                 mountspec.validate_volume_options(m.name, m.volume_options)
         for m in plan:
             if m.type != VOLUME:

@@ -270,6 +270,7 @@ def test_inspect_mounts_match_dockerd(client: docker.DockerClient, api: docker.A
     ({"Mounts": [{"Type": "volume", "Source": "vt-x", "Target": "/x",
                   "VolumeOptions": {"DriverConfig": {"Name": "nope"}}}]},
      'plugin "nope" not found'),
+    ({"Binds": ["vt-vd:/x"], "VolumeDriver": "nope"}, 'plugin "nope" not found'),
 ])
 def test_bad_mount_requests(api: docker.APIClient, host_config: dict[str, object],
                             message: str) -> None:
