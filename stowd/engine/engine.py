@@ -1144,8 +1144,10 @@ class Engine:
         if c.state.status not in (RUNNING, PAUSED) or c.state.pid <= 0:
             return None
         self.stats_collector.prune(self._containers)
+        # A host-network container has no interfaces of its own (dockerd shows none).
+        net_pid = 0 if c.host_config.get("NetworkMode") == "host" else c.state.pid
         return await asyncio.to_thread(self.stats_collector.sample, c.id, self.cgroup_path(c),
-                                       c.state.pid)
+                                       net_pid)
 
     async def stats_pair(self, c: Container) -> tuple[Sample | None, Sample | None]:
         """(sample, an earlier sample) for precpu: the kept one when fit, else a fresh one

@@ -332,8 +332,9 @@ class StatsCollector:
     def __init__(self) -> None:
         self._last: dict[str, Sample] = {}
 
-    def sample(self, cid: str, cgroup_rel: str, pid: int) -> Sample:
-        s = read_sample(cgroup_rel, pid)
+    def sample(self, cid: str, cgroup_rel: str, net_pid: int) -> Sample:
+        """net_pid: a process in the container's network namespace (0: no networks)."""
+        s = read_sample(cgroup_rel, net_pid)
         self._last[cid] = s
         return s
 

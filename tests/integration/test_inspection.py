@@ -481,3 +481,17 @@ def test_cp_reaches_volumes_and_binds(client: docker.DockerClient, cli: Cli, sta
         c.remove(force=True)
     finally:
         vol.remove(force=True)
+
+
+def test_stats_networks_per_mode(client: docker.DockerClient, api: docker.APIClient) -> None:
+    bridged = client.containers.run("busybox", ["sleep", "1000"], detach=True)
+    host = client.containers.run("busybox", ["sleep", "1000"], detach=True, network_mode="host")
+    none = client.containers.run("busybox", ["sleep", "1000"], detach=True, network_mode="none")
+    nets = api.stats(bridged.id, stream=False, one_shot=True).get("networks") or {}
+    assert "lo" not in nets
+    if bridged.attrs["NetworkSettings"].get("IPAddress"):
+        assert set(nets) == {"eth0"} and set(nets["eth0"]) == {
+            "rx_bytes", "rx_packets", "rx_errors", "rx_dropped", "tx_bytes", "tx_packets",
+            "tx_errors", "tx_dropped"}
+    for c in (host, none):  # no interfaces of its own: dockerd leaves the key out
+        assert "networks" not in api.stats(c.id, stream=False, one_shot=True)
