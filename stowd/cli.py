@@ -173,6 +173,7 @@ async def serve(settings: Settings, sites: "Sites", seed_busybox: bool = False) 
 
     loop = asyncio.get_running_loop()
     _watch_for_blocking_calls()
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -218,6 +219,16 @@ def lock_data_root(data_root: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log every task's stack, to see what a stuck request waits for."""
+    import io
+
+    for task in asyncio.all_tasks():
+        out = io.StringIO()
+        task.print_stack(file=out)
+        log.warning("task %s:\n%s", task.get_name(), out.getvalue())
 
 
 def _watch_for_blocking_calls() -> None:

@@ -40,6 +40,7 @@ class Daemon:
         self.hosts = hosts
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.root / "stowd.log"
+        self.blocking_calls: list[str] = []
 
     @property
     def url(self) -> str:
@@ -58,7 +59,9 @@ class Daemon:
 
     def start(self, wait: bool = True) -> "Daemon":
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # STOWD_BLOCKBUSTER: any blocking call stowd makes on its event loop raises, and the
+        # test that caused it fails (ARCHITECTURE.md: blocking work never runs on the loop).
+        env = dict(os.environ, PYTHONPATH=str(REPO), STOWD_BLOCKBUSTER="1")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      env=env, cwd=str(REPO))
         log.close()
@@ -134,7 +137,25 @@ class Daemon:
                 subprocess.run(["umount", "-l", target], check=False)
         remove_cgroups(self.cgroup_parent)
         remove_network_leftovers(self)
+        self.blocking_calls = blocking_calls(self.log_path)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def blocking_calls(log_path: Path) -> list[str]:
+    """The BlockingErrors a daemon logged (blocking calls on its event loop), with the
+    stowd frame that made each."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    last_stowd_frame = ""
+    for line in lines:
+        if 'File "' in line and "/stowd/" in line:
+            last_stowd_frame = line.strip()
+        if "BlockingError:" in line:
+            found.append(f"{line.strip()} at {last_stowd_frame}")
+    return found
 
 
 def leftover_conmons(data_root: Path) -> list[int]:

@@ -17,9 +17,10 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from stowd.config import Settings
 from stowd.engine import archive_path, cpview, diskusage, names, rootfs
@@ -66,6 +67,7 @@ from stowd.engine.store import NameTaken, Store, name_conflict
 from stowd.engine.volumes import Volume, VolumeManager
 
 log = logging.getLogger("stowd.engine")
+T = TypeVar("T")
 
 KILL_WAIT = 10.0
 LOG_ROTATE_INTERVAL = 0.2
@@ -94,6 +96,7 @@ class Engine:
         self._attachers: dict[str, set[AttachSession]] = {}
         self._parked: dict[str, set[AttachSession]] = {}
         self._execs: dict[str, execs.ExecInstance] = {}
+        self._db_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stowd-db")
         self._tasks: set[asyncio.Task[Any]] = set()
         self.restarts = RestartManager(self)
         self.network = NetworkManager(self)
@@ -159,7 +162,9 @@ class Engine:
             task.cancel()
         if hasattr(self, "store"):
             await self.network.close()
-            self.store.close()
+            # After every queued write has committed.
+            await self.db(self.store.close)
+        self._db_thread.shutdown(wait=False)  # idle by now: the close above was its last job
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -182,7 +187,7 @@ class Engine:
             await self._handle_exit(c.id, c.state.conmon_pid)
         elif status == RESTARTING:
             c.state.status = EXITED
-            self._persist(c)
+            await self._persist(c)
             self.restarts.after_exit(c, daemon_start=True)
         elif status == REMOVING:
             await self._finish_remove(c)
@@ -212,8 +217,18 @@ class Engine:
     def _lock(self, cid: str) -> asyncio.Lock:
         return self._locks.setdefault(cid, asyncio.Lock())
 
-    def _persist(self, c: Container) -> None:
-        self.store.update_container(c.id, c.to_record())
+    def db(self, fn: Callable[..., T], *args: Any) -> "asyncio.Future[T]":
+        """Run a store call on the database thread.
+
+        One thread, so writes commit in the order they were asked for (a container's
+        state never goes back), and SQLite never blocks the event loop."""
+        return asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    def _persist(self, c: Container) -> "asyncio.Future[None]":
+        """Commit the container's record as it is now; await it before answering."""
+        future = self.db(self.store.update_container, c.id, c.to_record())
+        future.add_done_callback(_log_db_failure)
+        return future
 
     def container_dir(self, c: Container | str) -> Path:
         cid = c if isinstance(c, str) else c.id
@@ -267,7 +282,7 @@ class Engine:
         )
         await asyncio.to_thread(self._prepare_dirs, c, image)
         try:
-            self._reserve(c, explicit_name=bool(name))
+            await self._reserve(c, explicit_name=bool(name))
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, self.container_dir(c), True)
             await self.volumes.container_removed(c, remove_anonymous=True)
@@ -276,12 +291,13 @@ class Engine:
         self._event(c, "create")
         return cid, []
 
-    def _reserve(self, c: Container, explicit_name: bool) -> None:
+    async def _reserve(self, c: Container, explicit_name: bool) -> None:
         for attempt in range(7):
             if not explicit_name:
                 c.name = names.random_name(attempt) if attempt < 6 else c.short_id
             try:
-                self.store.insert_container(c.id, c.name, time.time(), c.to_record())
+                await self.db(self.store.insert_container, c.id, c.name, time.time(),
+                              c.to_record())
                 return
             except NameTaken as taken:
                 if explicit_name:
@@ -350,7 +366,7 @@ class Engine:
         st.has_been_started = True
         if not restarting:
             st.manually_stopped = False
-        self._persist(c)
+        await self._persist(c)
         self._event(c, "start")
 
     async def _connect_attachers(self, c: Container) -> None:
@@ -455,7 +471,7 @@ class Engine:
         c.state.conmon_pid = 0
         if c.state.status not in (CREATED, EXITED):
             c.state.status = EXITED
-        self._persist(c)
+        await self._persist(c)
         if c.host_config.get("AutoRemove"):
             # As Docker: a --rm container whose start failed is removed (`docker run --rm`
             # waits for that), once this start has let go of the container's lock.
@@ -520,7 +536,7 @@ class Engine:
             st.oom_killed = oom
             # Decided now, with the exit, so nobody sees it "exited" before it restarts.
             st.status = RESTARTING if should_restart(c) else EXITED
-            self._persist(c)
+            await self._persist(c)
             duration = max(0.0, time.time() - parse_time(started))
             self._event(c, "die", exitCode=str(st.exit_code),
                         execDuration=str(int(duration)))
@@ -724,7 +740,7 @@ class Engine:
                     self.restarts.cancel(c.id)
                     c.state.manually_stopped = True
                     c.state.status = EXITED
-                    self._persist(c)
+                    await self._persist(c)
                     self._event(c, "stop")
                     return
         if c.state.status not in (RUNNING, PAUSED):
@@ -735,7 +751,7 @@ class Engine:
             if timeout is None:
                 timeout = self.settings.stop_timeout
         c.state.manually_stopped = True
-        self._persist(c)
+        await self._persist(c)
         await self._stop_with(c, signum, timeout)
         self._event(c, "stop")
 
@@ -773,7 +789,7 @@ class Engine:
             raise Conflict(f"cannot kill container: {c.name}: container {c.id} is not running")
         c.state.manually_stopped = True
         self.restarts.cancel(c.id)
-        self._persist(c)
+        await self._persist(c)
         exited = self._exit_future(c.id)
         try:
             await self._signal(c, signum)
@@ -794,7 +810,7 @@ class Engine:
                     timeout = self.settings.stop_timeout
             # A manual restart is not a crash: the policy must not start it a second time.
             c.state.manually_stopped = True
-            self._persist(c)
+            await self._persist(c)
             await self._stop_with(c, signum, timeout)
             self._event(c, "stop")
         elif c.state.status == RESTARTING:
@@ -815,7 +831,7 @@ class Engine:
                 raise Conflict(f"Container {c.id} is not running")
             await asyncio.to_thread(self.runtime.pause, c.id)
             c.state.status = PAUSED
-            self._persist(c)
+            await self._persist(c)
             self._event(c, "pause")
 
     async def unpause(self, ref: str) -> None:
@@ -825,7 +841,7 @@ class Engine:
                 raise Conflict(f"Container {c.id} is not paused")
             await asyncio.to_thread(self.runtime.resume, c.id)
             c.state.status = RUNNING
-            self._persist(c)
+            await self._persist(c)
             self._event(c, "unpause")
 
     # remove, rename ---------------------------------------------------------------------
@@ -855,7 +871,7 @@ class Engine:
             if c.id not in self._containers:
                 return
             c.state.status = REMOVING
-            self._persist(c)
+            await self._persist(c)
             await self._finish_remove(c, volumes)
 
     async def _finish_remove(self, c: Container, volumes: bool = False) -> None:
@@ -865,7 +881,7 @@ class Engine:
         self._close_parked(c.id)
         self._forget_execs(c.id)
         await asyncio.to_thread(self._remove_files, c)
-        self.store.delete_container(c.id)
+        await self.db(self.store.delete_container, c.id)
         self._containers.pop(c.id, None)
         self._locks.pop(c.id, None)
         self._event(c, "destroy")
@@ -897,7 +913,7 @@ class Engine:
         old = c.name
         c.name = new_name
         try:
-            self.store.rename_container(c.id, new_name, c.to_record())
+            await self.db(self.store.rename_container, c.id, new_name, c.to_record())
         except NameTaken as taken:
             c.name = old
             raise name_conflict(taken.name, taken.holder) from None
@@ -935,7 +951,7 @@ class Engine:
                         raise SystemError_(f"Cannot update container {c.id}: "
                                            f"{exc.message}") from exc
             c.host_config = new_hc
-            self._persist(c)
+            await self._persist(c)
         self._event(c, "update")
         return []
 
@@ -1407,6 +1423,11 @@ def _rotate_due(due: list[tuple[Path, Path, int, int]]) -> None:
             _write_ctl(ctl, "2 0 0\n")
         except (OSError, Conflict) as exc:
             log.warning("log rotation of %s failed: %s", log_file, exc)
+
+
+def _log_db_failure(future: "asyncio.Future[None]") -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("database write failed", exc_info=future.exception())
 
 
 def _write_ctl(fifo: Path, line: str) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import secrets
 import signal
@@ -25,6 +26,7 @@ from stowd.engine.attach import STDERR, STDOUT
 from stowd.engine.runtime.oci import runtime_message
 
 _READ = 65536
+log = logging.getLogger("stowd.exec")
 
 
 @dataclass(eq=False)
@@ -192,6 +194,21 @@ def _set_size(fd: int, height: int, width: int) -> None:
 
 
 async def _relay(inst: ExecInstance, pid_file: Path, detach: bool) -> None:
+    """Relay the process's output until it exits; whatever happens, readers learn the end."""
+    try:
+        await _relay_output(inst, pid_file, detach)
+    except BaseException:
+        log.exception("exec %s: relaying its output failed", inst.id[:12])
+        inst.running = False
+        if inst.exit_code is None:
+            inst.exit_code = 126
+        with contextlib.suppress(asyncio.QueueFull):
+            inst.output.put_nowait(None)
+        inst.done.set()
+        raise
+
+
+async def _relay_output(inst: ExecInstance, pid_file: Path, detach: bool) -> None:
     proc = inst._proc
     assert proc is not None
     loop = asyncio.get_running_loop()
@@ -233,8 +250,7 @@ async def _relay(inst: ExecInstance, pid_file: Path, detach: bool) -> None:
         returncode = 126
     inst.exit_code = exit_status(returncode)
     inst.running = False
-    with contextlib.suppress(OSError):
-        pid_file.unlink()
+    await asyncio.to_thread(pid_file.unlink, True)
     await inst.output.put(None)
     inst.done.set()
 

@@ -63,6 +63,7 @@ class RestartManager:
         delay = min(max(delay, INITIAL_DELAY), MAX_DELAY)
         self._delays[c.id] = delay
         c.state.status = RESTARTING
+        # Queued on the database thread behind any earlier write of this container.
         self.engine._persist(c)
         loop = asyncio.get_running_loop()
         self._pending[c.id] = loop.call_later(
@@ -79,7 +80,7 @@ class RestartManager:
                 await self.engine._start_locked(c, restarting=True)
             except Exception as exc:
                 log.warning("restart of %s failed: %s", c.short_id, exc)
-                self.engine._persist(c)
+                await self.engine._persist(c)
                 if should_restart(c):
                     self._schedule(c)
                 return

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from typing import BinaryIO
 
 from stowd.engine.engine import Engine
 
@@ -55,18 +56,26 @@ def busybox_rootfs_tar(binary: str, out: io.BufferedIOBase) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
+def _rootfs_tar_file(binary: str) -> BinaryIO:
+    tmp = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
+    busybox_rootfs_tar(binary, tmp)  # type: ignore[arg-type]
+    tmp.seek(0)
+    return tmp
+
+
 async def seed_busybox_image(engine: Engine) -> None:
     if await asyncio.to_thread(engine.images.find, "busybox:latest") is not None:
         return
-    binary = busybox_binary()
+    binary = await asyncio.to_thread(busybox_binary)
     if binary is None:
         log.warning("no busybox image and no busybox binary: apt-get install busybox-static")
         return
-    with tempfile.TemporaryFile() as tmp:
-        await asyncio.to_thread(busybox_rootfs_tar, binary, tmp)  # type: ignore[arg-type]
-        tmp.seek(0)
+    tmp = await asyncio.to_thread(_rootfs_tar_file, binary)
+    try:
         image = await engine.import_image(
             tmp, "busybox", "latest",
             [f'LABEL {SOURCE_LABEL}="{SOURCE_VALUE}"', 'CMD ["sh"]'],
             f"busybox from the host's {binary}")
+    finally:
+        await asyncio.to_thread(tmp.close)
     log.info("imported busybox:latest (%s) from %s", image.id[:19], binary)

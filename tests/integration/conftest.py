@@ -17,9 +17,12 @@ def daemon() -> Iterator[Daemon]:
         pytest.skip("integration tests need root (containers, mounts, cgroups)")
     d = Daemon().start()
     d.import_busybox()
+    assert "blocking calls on the event loop will raise" in d.log()
     yield d
     d.cleanup()
     assert not leftover_conmons(d.data_root), "conmon processes were left behind"
+    assert not d.blocking_calls, "blocking calls on the event loop:\n" + "\n".join(
+        d.blocking_calls)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from stowd.api.hijack import finished, hijack, relay
 from stowd.api.params import api_version, bool_param, int_param, json_body
 from stowd.engine import listing
 from stowd.engine.containers import Container
+from stowd.engine.engine import Engine
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.logs import STDOUT, LogMessage, LogReader, frame, read_all
 
@@ -32,13 +33,13 @@ async def list_containers(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
     size = bool_param(request, "size")
 
-    def ancestors(name: str) -> set[str]:
-        image = engine.images.find(name)
-        return {image.id} if image else set()
-
+    # Image lookups read the store: resolve the ancestor filter's names in a worker thread.
+    ancestor_ids = await asyncio.to_thread(
+        lambda: {name: _image_ids(engine, name) for name in filters.get("ancestor", [])})
     selected = listing.select(
         engine.containers(), filters, all_=bool_param(request, "all"),
-        limit=int_param(request, "limit"), resolve=engine.get, ancestors=ancestors,
+        limit=int_param(request, "limit"), resolve=engine.get,
+        ancestors=lambda name: ancestor_ids.get(name, set()),
     )
     version = api_version(request)
     rows = []
@@ -47,6 +48,11 @@ async def list_containers(request: web.Request) -> web.Response:
         rows.append(shapes.container_summary(c, c.config.get("Image") or c.image_id, sizes,
                                              version))
     return json_ok(rows)
+
+
+def _image_ids(engine: Engine, name: str) -> set[str]:
+    image = engine.images.find(name)
+    return {image.id} if image else set()
 
 
 async def create(request: web.Request) -> web.Response:
@@ -170,10 +176,13 @@ async def wait(request: web.Request) -> web.StreamResponse:
     body: dict[str, object] = {"StatusCode": status.code}
     if status.error:
         body["Error"] = {"Message": status.error}
-    if not response.prepared:
-        await response.prepare(request)
-    await response.write(json.dumps(body).encode() + b"\n")
-    await response.write_eof()
+    try:
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(json.dumps(body).encode() + b"\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client stopped waiting; the container is not affected
     return response
 
 

@@ -232,7 +232,8 @@ async def history(request: web.Request) -> web.Response:
     engine = engine_of(request)
     image = await asyncio.to_thread(engine.images.resolve, request.match_info["name"])
     entries = list(image.config.get("history") or [])
-    sizes = [engine.images.layer_size(chain) for chain in image.layers]
+    sizes = await asyncio.to_thread(lambda: [engine.images.layer_size(chain)
+                                             for chain in image.layers])
     rows = []
     layer = 0
     for entry in entries:

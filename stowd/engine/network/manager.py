@@ -206,11 +206,7 @@ class NetworkManager:
     async def close(self) -> None:
         """Stop serving DNS and holding ports. With no container running, take stowd's
         bridges and iptables chains away too (they come back at the next start)."""
-        with self._lock:
-            servers = list(self._dns.values())
-            self._dns.clear()
-            bindings = [b for bs in self._bindings.values() for b in bs]
-            self._bindings.clear()
+        servers, bindings = await asyncio.to_thread(self._take_servers_and_ports)
         for server in servers:
             server.close()
         ports.close_all(bindings)
@@ -219,6 +215,14 @@ class NetworkManager:
                 await asyncio.to_thread(self._remove_infrastructure)
             except Exception:
                 log.exception("removing stowd's bridges and iptables chains failed")
+
+    def _take_servers_and_ports(self) -> tuple[list[Any], list[Any]]:
+        with self._lock:  # also taken by worker threads setting containers up
+            servers = list(self._dns.values())
+            self._dns.clear()
+            bindings = [b for bs in self._bindings.values() for b in bs]
+            self._bindings.clear()
+        return servers, bindings
 
     def _remove_infrastructure(self) -> None:
         for net in self._networks.values():
@@ -403,7 +407,7 @@ class NetworkManager:
             raise Forbidden(f"error while removing network: network {net.name} id {net.id} "
                             "has active endpoints")
         await asyncio.to_thread(self._remove_network_blocking, net)
-        await asyncio.to_thread(self.engine.store.delete_network, net.id)
+        await self.engine.db(self.engine.store.delete_network, net.id)
         self._networks.pop(net.id, None)
         self._pools.pop(net.id, None)
         self.engine.events.publish("network", "destroy", net.id,
@@ -915,9 +919,8 @@ class NetworkManager:
         self._event(net, "disconnect", c.id)
 
     async def _save(self, c: Container) -> None:
-        """Persist the container's record (off the event loop)."""
-        record = c.to_record()
-        await asyncio.to_thread(self.engine.store.update_container, c.id, record)
+        """Persist the container's record, in order with the engine's own writes."""
+        await self.engine._persist(c)
 
     def _event(self, net: Network, action: str, cid: str) -> None:
         self.engine.events.publish("network", action, net.id,
