@@ -126,6 +126,15 @@ async def relay(conn: HijackedConnection, session: StdioSession, tty: bool) -> N
 
 
 
+def stream_content_type(request: web.Request, framed: bool) -> str:
+    """Docker names a framed (stdcopy) stream `multiplexed-stream` from API 1.42 on; raw
+    TTY output, and everything for older clients, is `raw-stream`."""
+    version: tuple[int, int] = request["api_version"]
+    if framed and version >= (1, 42):
+        return "application/vnd.docker.multiplexed-stream"
+    return "application/vnd.docker.raw-stream"
+
+
 def hijack(request: web.Request, content_type: str) -> HijackedConnection:
     """Answer 101 (or 200 without an Upgrade header) and own the connection from here on."""
     transport = request.transport

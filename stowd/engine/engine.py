@@ -745,6 +745,11 @@ class Engine:
                     return
         if c.state.status not in (RUNNING, PAUSED):
             raise NotModified("container is already stopped")
+        await self._user_stop(c, timeout, sig)
+
+    async def _user_stop(self, c: Container, timeout: int | None, sig: str | None) -> None:
+        """A stop the user asked for (stop, restart): the StopSignal, then SIGKILL after the
+        timeout. Marked manual first, so the restart policy leaves the exit alone."""
         signum = parse_signal(sig or c.config.get("StopSignal") or "SIGTERM")
         if timeout is None:
             timeout = c.config.get("StopTimeout")
@@ -803,16 +808,7 @@ class Engine:
         c = self.get(ref)
         self.restarts.cancel(c.id)
         if c.state.status in (RUNNING, PAUSED):
-            signum = parse_signal(sig or c.config.get("StopSignal") or "SIGTERM")
-            if timeout is None:
-                timeout = c.config.get("StopTimeout")
-                if timeout is None:
-                    timeout = self.settings.stop_timeout
-            # A manual restart is not a crash: the policy must not start it a second time.
-            c.state.manually_stopped = True
-            await self._persist(c)
-            await self._stop_with(c, signum, timeout)
-            self._event(c, "stop")
+            await self._user_stop(c, timeout, sig)
         elif c.state.status == RESTARTING:
             c.state.status = EXITED
         async with self._lock(c.id):

@@ -9,9 +9,10 @@ from aiohttp import web
 from stowd.api import shapes
 from stowd.api.app import Router, engine_of, json_ok
 from stowd.api.filters import parse_filters
-from stowd.api.hijack import finished, hijack, relay
+from stowd.api.hijack import finished, hijack, relay, stream_content_type
 from stowd.api.params import api_version, bool_param, int_param, json_body
 from stowd.engine import listing
+from stowd.engine.attach import AttachSession
 from stowd.engine.containers import Container
 from stowd.engine.engine import Engine
 from stowd.engine.errors import InvalidParameter
@@ -212,9 +213,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     since, until = _log_time(request, "since"), _log_time(request, "until")
     timestamps = bool_param(request, "timestamps")
     tty = bool(c.config.get("Tty"))
-    multiplexed = not tty and api_version(request) >= (1, 42)
-    ctype = ("application/vnd.docker.multiplexed-stream" if multiplexed
-             else "application/vnd.docker.raw-stream")
+    ctype = stream_content_type(request, framed=not tty)
     reader = LogReader(str(engine.log_path(c)), stdout=stdout, stderr=stderr, since=since,
                        until=until, tail=tail)
     response = web.StreamResponse(headers={"Content-Type": ctype})
@@ -251,23 +250,29 @@ async def logs(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def attach(request: web.Request) -> web.StreamResponse:
+async def _attach(request: web.Request) -> tuple[Container, AttachSession, list[LogMessage]]:
+    """The attachment the query asks for, and (with logs=1) the log so far to replay."""
     engine = engine_of(request)
     c, session = await engine.attach(
         request.match_info["id"], stdin=bool_param(request, "stdin"),
         stdout=bool_param(request, "stdout"), stderr=bool_param(request, "stderr"),
         detach_keys=request.query.get("detachKeys"))
+    past: list[LogMessage] = []
+    if bool_param(request, "logs"):
+        reader = LogReader(str(engine.log_path(c)), stdout=session.stdout,
+                           stderr=session.stderr)
+        past = await asyncio.to_thread(_read_whole_log, reader)
+    return c, session, past
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    engine = engine_of(request)
+    c, session, past = await _attach(request)
     tty = bool(c.config.get("Tty"))
-    multiplexed = not tty and api_version(request) >= (1, 42)
-    conn = hijack(request, "application/vnd.docker.multiplexed-stream" if multiplexed
-                  else "application/vnd.docker.raw-stream")
+    conn = hijack(request, stream_content_type(request, framed=not tty))
     try:
-        if bool_param(request, "logs"):
-            reader = LogReader(str(engine.log_path(c)), stdout=session.stdout,
-                               stderr=session.stderr)
-            messages = await asyncio.to_thread(_read_whole_log, reader)
-            for message in messages:
-                await conn.write(message.data if tty else frame(message.stream, message.data))
+        for message in past:
+            await conn.write(message.data if tty else frame(message.stream, message.data))
         if bool_param(request, "stream"):
             await relay(conn, session, tty)
     finally:
@@ -279,18 +284,12 @@ async def attach(request: web.Request) -> web.StreamResponse:
 async def attach_ws(request: web.Request) -> web.StreamResponse:
     """The websocket variant of attach: raw output out, stdin in, no stream framing."""
     engine = engine_of(request)
-    c, session = await engine.attach(
-        request.match_info["id"], stdin=bool_param(request, "stdin"),
-        stdout=bool_param(request, "stdout"), stderr=bool_param(request, "stderr"),
-        detach_keys=request.query.get("detachKeys"))
+    _, session, past = await _attach(request)
     ws = web.WebSocketResponse()
     try:
         await ws.prepare(request)
-        if bool_param(request, "logs"):
-            reader = LogReader(str(engine.log_path(c)), stdout=session.stdout,
-                               stderr=session.stderr)
-            for message in await asyncio.to_thread(_read_whole_log, reader):
-                await ws.send_bytes(message.data)
+        for message in past:
+            await ws.send_bytes(message.data)
 
         async def output() -> None:
             while (item := await session.output.get()) is not None:

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from stowd.api.app import Router, engine_of, json_ok
-from stowd.api.hijack import finished, hijack, relay
+from stowd.api.hijack import finished, hijack, relay, stream_content_type
 from stowd.api.params import api_version, int_param, json_body
 from stowd.engine.errors import InvalidParameter
 
@@ -30,9 +30,7 @@ async def start(request: web.Request) -> web.StreamResponse:
                                    bool(tty) if tty is not None else None, size)
     if detach:
         return web.Response(status=200)
-    multiplexed = inst.framed and api_version(request) >= (1, 42)
-    conn = hijack(request, "application/vnd.docker.multiplexed-stream" if multiplexed
-                  else "application/vnd.docker.raw-stream")
+    conn = hijack(request, stream_content_type(request, framed=inst.framed))
     try:
         await relay(conn, inst, not inst.framed)
         if not conn.lost.is_set():
