@@ -449,6 +449,14 @@ class EngineRun:
         env["DOCKER_HOST"] = self.host
         cmd = [a.docker, "-H", self.host, "run", "--rm", "--label", f"{HARNESS_LABEL}=1",
                "--label", f"{RUN_LABEL}={self.run_id}", a.image, "true"]
+        if not self.time_cli("cli.run_rm_true", cmd, env, " ".join(cmd[3:])):
+            left = self.cleanup()
+            if left:
+                log(f"  {self.name}: removed {left} container(s) the failed CLI runs left")
+        self.cli_exec(env)
+
+    def time_cli(self, metric: str, cmd: list[str], env: dict[str, str], note: str) -> bool:
+        """Warm up, then time cmd N times into metric; an unsupported row if it fails."""
 
         def once() -> float:
             t0 = time.perf_counter()
@@ -461,21 +469,17 @@ class EngineRun:
             return dt
 
         try:
-            for _ in range(max(1, a.warmup)):
+            for _ in range(max(1, self.a.warmup)):
                 once()
-            self.add("cli.run_rm_true", summarize([once() for _ in range(a.n_cli)], "ms",
-                                                  f"{' '.join(cmd[3:])}"))
+            self.add(metric, summarize([once() for _ in range(self.a.n_cli)], "ms", note))
+            return True
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-            self.add("cli.run_rm_true", {"unit": "ms", "n": 0, "unsupported": True,
-                                         "error": f"unsupported: {exc}"})
-            left = self.cleanup()
-            if left:
-                log(f"  {self.name}: removed {left} container(s) the failed CLI runs left")
-        self.cli_exec(env)
+            self.add(metric, {"unit": "ms", "n": 0, "unsupported": True,
+                              "error": f"unsupported: {exc}"})
+            return False
 
     def cli_exec(self, env: dict[str, str]) -> None:
         """`docker exec <c> true` against one running container."""
-        a = self.a
         try:
             cid = self.create(["sleep", "3600"])
             self.api.call("POST", f"/containers/{cid}/start")
@@ -483,26 +487,8 @@ class EngineRun:
             self.add("cli.exec_true", {"unit": "ms", "n": 0, "unsupported": True,
                                        "error": f"unsupported: {exc}"})
             return
-        cmd = [a.docker, "-H", self.host, "exec", cid, "true"]
-
-        def once() -> float:
-            t0 = time.perf_counter()
-            p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, env=env, timeout=60, check=False)
-            dt = (time.perf_counter() - t0) * 1000
-            if p.returncode != 0:
-                raise RuntimeError(f"rc={p.returncode}: "
-                                   f"{p.stderr.decode(errors='replace').strip()[-300:]}")
-            return dt
-
-        try:
-            for _ in range(max(1, a.warmup)):
-                once()
-            self.add("cli.exec_true", summarize([once() for _ in range(a.n_cli)], "ms",
-                                                "docker exec <c> true"))
-        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-            self.add("cli.exec_true", {"unit": "ms", "n": 0, "unsupported": True,
-                                       "error": f"unsupported: {exc}"})
+        self.time_cli("cli.exec_true", [self.a.docker, "-H", self.host, "exec", cid, "true"],
+                      env, "docker exec <c> true")
         self.cleanup()
 
     def run(self, sections: list[str]) -> None:
@@ -707,6 +693,8 @@ def own_stowd(a: argparse.Namespace) -> Iterator[tuple[str, int, Path | None]]:
     from tests.daemon import Daemon
 
     class BenchDaemon(Daemon):
+        watch_blocking = False  # measure stowd as users run it
+
         def __init__(self, trace: bool) -> None:
             super().__init__(extra_args=["--log-level", a.daemon_log_level])
             # a prefix of its own, apart from the test suites' /tmp/stowd-t-* daemons

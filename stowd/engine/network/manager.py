@@ -720,8 +720,11 @@ class NetworkManager:
                 self.firewall.remove_ports(c.id, record.get("port_rules"))
             except SystemError_ as exc:
                 log.warning("removing the DNAT rules of %s: %s", c.id[:12], exc)
+        # Destroying the namespace destroys its end of each veth pair, and with it the
+        # host's end: no `ip link del` (a process per endpoint) when the namespace goes.
+        namespace_goes = bool(record.get("sandbox")) and os.path.exists(record["sandbox"])
         for ep in (record.get("endpoints") or {}).values():
-            if ep.get("veth"):
+            if ep.get("veth") and not namespace_goes:
                 links.delete_link(ep["veth"])
             net = self._networks.get(ep.get("NetworkID", ""))
             pool = self._pools.get(ep.get("NetworkID", ""))
