@@ -53,6 +53,7 @@ from stowd.engine.errors import (
 )
 from stowd.engine.events import EventBus
 from stowd.engine.images import archive, commit, delete, load, reference, save
+from stowd.engine.images import listing as images_listing
 from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.logs import parse_log_options, rotate
@@ -1108,6 +1109,30 @@ class Engine:
     async def tag_image(self, source: str, repo: str, tag: str) -> None:
         image, ref = await asyncio.to_thread(self.images.tag, source, repo, tag)
         self.events.publish("image", "tag", image.id, {"name": ref.familiar()})
+
+    async def prune_images(self, filters: dict[str, list[str]]) -> tuple[list[dict[str, str]],
+                                                                        int]:
+        """`docker image prune`: dangling images (all unused ones with dangling=false) that
+        no container uses, narrowed by until and label."""
+        only_dangling = [v.lower() for v in filters.get("dangling", ["true"])] != ["false"]
+        select_filters = {k: v for k, v in filters.items() if k in ("until", "label")}
+        if only_dangling:
+            select_filters["dangling"] = ["true"]
+        listed = await asyncio.to_thread(
+            lambda: images_listing.select(self.images.all(), select_filters,
+                                          self.images.resolve))
+        report: list[dict[str, str]] = []
+        reclaimed = 0
+        for item in listed:
+            if self.image_users(item.image.id):
+                continue
+            try:
+                report += await self.remove_image(item.image.id, force=True)
+            except (Conflict, NotFound):
+                continue
+            reclaimed += item.image.size
+        self.events.publish("image", "prune", "", {"reclaimed": str(reclaimed)})
+        return report, reclaimed
 
     async def remove_image(self, name: str, force: bool = False,
                            prune: bool = True) -> list[dict[str, str]]:

@@ -27,6 +27,7 @@ def test_commit_keeps_changes_and_applies_config(client: docker.DockerClient,
         assert image.attrs["Config"]["Cmd"] == ["cat", "/newfile"]
         assert "KEEP=me" in image.attrs["Config"]["Env"]
         assert len(image.attrs["RootFS"]["Layers"]) == 2
+        assert image.attrs["Parent"] == client.images.get("busybox").id
         assert client.containers.run("committed:v1", remove=True) == b"data\n"
         out = cli("run", "--rm", "committed:v1", "sh", "-c",
                   "ls /bin/vi 2>&1; cat /etc/x/z").stdout
@@ -86,3 +87,29 @@ def test_prune_removes_only_stopped(client: docker.DockerClient, api: docker.API
     assert labelled.id not in result["ContainersDeleted"]
     assert result["SpaceReclaimed"] > 0
     assert {c["Id"] for c in api.containers(all=True)} == {running.id, labelled.id}
+
+
+def test_image_prune(client: docker.DockerClient, api: docker.APIClient) -> None:
+    base = client.images.get("busybox")
+    ctr = client.containers.create("busybox", ["true"])
+    dangling = ctr.commit()  # no tag: dangling
+    tagged = ctr.commit(repository="prune-me", tag="v1", changes=["LABEL prune=yes"])
+    ctr.remove()
+    result = api.prune_images()
+    assert {"Deleted": dangling.id} in result["ImagesDeleted"]
+    assert client.images.get("prune-me:v1").id == tagged.id  # tagged: kept
+    # dangling=false prunes unused tagged images too; the label keeps busybox out of it.
+    result = api.prune_images(filters={"dangling": False, "label": "prune=yes"})
+    assert {"Untagged": "prune-me:v1"} in result["ImagesDeleted"]
+    assert result["SpaceReclaimed"] >= 0
+    assert client.images.get("busybox").id == base.id
+    assert (api._post(api._url("/build/prune")).json() ==
+            {"CachesDeleted": None, "SpaceReclaimed": 0})
+
+
+def test_swarm_answers_as_a_plain_engine(api: docker.APIClient) -> None:
+    res = api._get(api._url("/swarm"))
+    assert res.status_code == 503 and "not a swarm manager" in res.json()["message"]
+    res = api._post(api._url("/swarm/leave"), params={"force": 1})
+    assert res.status_code == 503 and res.json()["message"] == "This node is not part of a swarm"
+    assert api._get(api._url("/plugins")).json() == []

@@ -256,8 +256,15 @@ async def history(request: web.Request) -> web.Response:
     return json_ok(rows)
 
 
+async def prune(request: web.Request) -> web.Response:
+    filters = parse_filters(request.query.get("filters"), {"dangling", "until", "label"})
+    deleted, reclaimed = await engine_of(request).prune_images(filters)
+    return json_ok({"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
+
+
 def register(router: Router) -> None:
     router.add("POST", "/commit", commit)
+    router.add("POST", "/images/prune", prune)
     router.add("GET", "/images/{name:.+}/history", history)
     router.add("POST", "/images/create", create)
     router.add("POST", "/images/load", load_images)

@@ -11,12 +11,12 @@ from aiohttp import web
 
 from stowd import __version__
 from stowd.api import versions
-from stowd.api.app import Router, engine_of
+from stowd.api.app import Router, engine_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version
 from stowd.engine import hostinfo
 from stowd.engine.containers import PAUSED, RUNNING
-from stowd.engine.errors import InvalidParameter
+from stowd.engine.errors import InvalidParameter, NotImplementedByEngine, Unavailable
 from stowd.engine.events import Event
 
 PING_HEADERS = {
@@ -257,7 +257,40 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
+NOT_A_SWARM_MANAGER = ('This node is not a swarm manager. Use "docker swarm init" or '
+                       '"docker swarm join" to connect this node to swarm and try again.')
+
+
+async def swarm_manager_only(request: web.Request) -> web.Response:
+    """Swarm objects (nodes, services, tasks, secrets, configs): stowd is a single engine,
+    never a swarm node, and answers as an engine outside any swarm does."""
+    raise Unavailable(NOT_A_SWARM_MANAGER)
+
+
+async def swarm_leave(request: web.Request) -> web.Response:
+    raise Unavailable("This node is not part of a swarm")
+
+
+async def swarm_join(request: web.Request) -> web.Response:
+    raise NotImplementedByEngine("stowd does not run swarm mode: it is a single engine")
+
+
+async def plugins(request: web.Request) -> web.Response:
+    return json_ok([])
+
+
+async def build_prune(request: web.Request) -> web.Response:
+    return json_ok({"CachesDeleted": None, "SpaceReclaimed": 0})
+
+
 def register(router: Router) -> None:
+    router.add("POST", "/swarm/leave", swarm_leave)
+    for path in ("/swarm/init", "/swarm/join"):
+        router.add("POST", path, swarm_join)
+    for path in ("/swarm", "/nodes", "/services", "/tasks", "/secrets", "/configs"):
+        router.add("GET", path, swarm_manager_only)
+    router.add("GET", "/plugins", plugins)
+    router.add("POST", "/build/prune", build_prune)
     router.add("GET", "/_ping", ping)
     router.add("HEAD", "/_ping", ping)
     router.add("GET", "/version", version)

@@ -81,5 +81,7 @@ def commit_layer(images: ImageStore, upper: Path, image: Image, container_id: st
         "history": history,
     }
     config_bytes = json.dumps(doc, separators=(",", ":")).encode()
-    new, replaced = images.add_image(config_bytes, [*image.layers, chain], tags)
+    # A committed image's Parent is the image its container ran (docker history's chain).
+    new, replaced = images.add_image(config_bytes, [*image.layers, chain], tags,
+                                     parent=image.id)
     return new, replaced

@@ -204,7 +204,7 @@ class ImageStore:
         return row[2] if row else 0
 
     def add_image(self, config_bytes: bytes, chains: list[str], tags: list[reference.Reference],
-                  repo_digests: list[str] | None = None
+                  repo_digests: list[str] | None = None, parent: str = ""
                   ) -> tuple[Image, list[tuple[reference.Reference, str]]]:
         """Record an image whose layers are stored.
 
@@ -224,7 +224,7 @@ class ImageStore:
         created = config.get("created") or now_rfc3339()
         existing = {r["id"]: r for r in self.db.all_images()}.get(image_id)
         record = existing or {"id": image_id, "layers": chains, "size": size, "created": created,
-                              "parent": "", "repo_digests": [], "last_tag_time": ""}
+                              "parent": parent, "repo_digests": [], "last_tag_time": ""}
         if tags:
             record["last_tag_time"] = now_rfc3339()
         for digest_ref in repo_digests or []:
