@@ -490,3 +490,13 @@ def test_run_rm_of_missing_command_fails_and_removes(cli: Cli, api: docker.APICl
     while api.containers(all=True) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert api.containers(all=True) == []
+
+
+def test_run_of_a_missing_image_reports_it_missing(client: docker.DockerClient,
+                                                   cli: Cli) -> None:
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.containers.run("no-such-image-anywhere", ["true"])
+    res = cli("run", "--rm", "no-such-image-anywhere", check=False)
+    assert res.returncode == 125
+    assert "Unable to find image 'no-such-image-anywhere:latest' locally" in res.stderr
+    assert "repository does not exist" in res.stderr

@@ -69,9 +69,12 @@ async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse
                                   tag if tag.startswith("sha256:") else None)
     image = await asyncio.to_thread(engine.images.find, ref.full())
     if image is None:
+        # Docker's wording (clients key on "repository does not exist" to report a missing
+        # image), then what to do instead.
         raise NotFound(
-            f"pull access denied for {ref.familiar_repository}: stowd cannot pull from "
-            "registries yet; load the image with `docker load` or `docker import` it")
+            f"pull access denied for {ref.familiar_repository}, repository does not exist or "
+            "may require 'docker login': stowd cannot pull from registries yet; load the "
+            "image with `docker load` or `docker import` it")
     response = await _json_stream(request)
     await response.write(json_line({"status": f"Pulling from {ref.path}",
                                     "id": ref.tag or ref.digest}))
