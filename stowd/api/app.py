@@ -3,6 +3,8 @@
 import asyncio
 import json
 import logging
+import re
+import warnings
 from collections.abc import Awaitable, Callable
 
 import pydantic
@@ -145,15 +147,53 @@ async def _add_common_headers(request: web.Request, response: web.StreamResponse
     headers["Server"] = SERVER  # aiohttp has set its own by now
 
 
+_VERSION_PREFIX = re.compile(r"/v([0-9.]+)(?=/)")
+
+
+class _StrippedPath:
+    """What a resource looks at when matching: the method and the path, here without the
+    version prefix."""
+
+    __slots__ = ("method", "rel_url")
+
+    def __init__(self, request: web.Request, path: str) -> None:
+        self.method = request.method
+        self.rel_url = _PathOnly(path)
+
+
+class _PathOnly:
+    __slots__ = ("path_safe",)
+
+    def __init__(self, path: str) -> None:
+        self.path_safe = path
+
+
+class VersionedDispatcher(web.UrlDispatcher):
+    """Every route answers bare and under /vX.Y, as dockerd's do.
+
+    Registering each route twice would put all the versioned ones under aiohttp's "/"
+    index bucket and make every versioned request try them one regex at a time; instead
+    the prefix is taken off before matching and handed on as match_info["version"]."""
+
+    async def resolve(self, request: web.Request) -> web.UrlMappingMatchInfo:
+        path = request.rel_url.path_safe
+        if path.startswith("/v") and (m := _VERSION_PREFIX.match(path)):
+            info = await super().resolve(_StrippedPath(request, path[m.end():]))  # type: ignore[arg-type]
+            if isinstance(info, web.UrlMappingMatchInfo) and not isinstance(
+                    info.http_exception, web.HTTPException):
+                info["version"] = m.group(1)
+            return info
+        return await super().resolve(request)
+
+
 class Router:
-    """Registers each route bare and under /v{version}, as dockerd does."""
+    """Where route modules register their handlers (bare paths; see VersionedDispatcher)."""
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         self.app.router.add_route(method, path, handler)
-        self.app.router.add_route(method, r"/v{version:[0-9.]+}" + path, handler)
 
 
 def json_ok(data: object, status: int = 200) -> web.Response:
@@ -165,8 +205,13 @@ def json_ok(data: object, status: int = 200) -> web.Response:
 def make_app(engine: Engine) -> web.Application:
     from stowd.api.routes import containers, execs, images, inspection, networks, system, volumes
 
-    app = web.Application(middlewares=[docker_middleware], client_max_size=1024**4,
-                          handler_args={"max_field_size": 65536})
+    with warnings.catch_warnings():
+        # aiohttp 3 marks a custom router deprecated; it is still the supported hook for
+        # resolution (pinned below aiohttp 4 in pyproject).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        app = web.Application(router=VersionedDispatcher(), middlewares=[docker_middleware],
+                              client_max_size=1024**4,
+                              handler_args={"max_field_size": 65536})
     app[ENGINE_KEY] = engine
     app.on_response_prepare.append(_add_common_headers)
     router = Router(app)

@@ -1,5 +1,6 @@
 """API versions: the accepted range, dockerd's comparison and messages, and the /vX.Y routes."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -68,16 +69,29 @@ def test_strict_parse() -> None:
 
 
 def test_every_route_is_registered_bare_and_versioned(tmp_path: Path) -> None:
+    """Each registered route resolves bare and under any /vX.Y prefix, to the same handler,
+    with the version handed on in match_info."""
+    import asyncio
+
+    from aiohttp.test_utils import make_mocked_request
+
     app = make_app(Engine(Settings(data_root=tmp_path, exec_root=tmp_path)))
-    routes: dict[str, set[str]] = {}
-    for route in app.router.routes():
-        info = route.resource.get_info() if route.resource else {}
-        path = info.get("path") or info.get("formatter", "")
-        routes.setdefault(route.method, set()).add(path)
-    assert "/_ping" in routes["GET"] and "/_ping" in routes["HEAD"]
-    for method, paths in routes.items():
-        for path in paths:
-            if path.startswith("/v{version}"):
-                assert path[len("/v{version}"):] in paths, (method, path)
-            else:
-                assert "/v{version}" + path in paths, (method, path)
+    routes = [(r.method, r.resource.get_info()) for r in app.router.routes() if r.resource]
+    assert routes
+
+    def sample(info: dict[str, str]) -> str:
+        if "path" in info:
+            return info["path"]
+        return re.sub(r"\{[^}]+\}", "x", info["formatter"])
+
+    async def check() -> None:
+        for method, info in routes:
+            path = sample(info)
+            bare = await app.router.resolve(make_mocked_request(method, path))
+            versioned = await app.router.resolve(make_mocked_request(method, "/v1.41" + path))
+            assert bare.http_exception is None, (method, path)
+            assert versioned.http_exception is None, (method, path)
+            assert bare.handler is versioned.handler, (method, path)
+            assert versioned["version"] == "1.41" and "version" not in bare
+
+    asyncio.run(check())
