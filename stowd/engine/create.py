@@ -3,6 +3,7 @@
 Pure functions (no I/O), so that every rule here is unit-tested on plain dicts.
 """
 
+import re
 from typing import Any
 
 from stowd.engine import mountspec
@@ -167,6 +168,9 @@ def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
             raise InvalidParameter(f"{field} must be a boolean")
     if config.get("StopTimeout") is not None and not isinstance(config["StopTimeout"], int):
         raise InvalidParameter("StopTimeout must be an integer")
+    mac = config.get("MacAddress")
+    if mac and not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac):
+        raise InvalidParameter(f"invalid MAC address: {mac}")
     wd = config.get("WorkingDir")
     if wd and not wd.startswith("/"):
         raise InvalidParameter(
@@ -206,7 +210,7 @@ def normalize_host_config(host_config: dict[str, Any] | None, runtime: str) -> d
         hc["ShmSize"] = HOST_CONFIG_DEFAULTS["ShmSize"]
     log_config = dict(hc.get("LogConfig") or {})
     driver = log_config.get("Type") or "json-file"
-    if driver not in ("json-file", "k8s-file", "local"):
+    if driver not in ("json-file", "k8s-file", "local", "none"):
         raise InvalidParameter(f"logger: no log driver named '{driver}' is registered")
     parse_log_options(log_config)
     hc["LogConfig"] = {"Type": driver, "Config": log_config.get("Config") or {}}

@@ -48,6 +48,7 @@ from stowd.engine.errors import (
     Forbidden,
     InvalidParameter,
     NotFound,
+    NotImplementedByEngine,
     NotModified,
     SystemError_,
 )
@@ -238,6 +239,17 @@ class Engine:
     def log_path(self, c: Container) -> Path:
         return self.container_dir(c) / "ctr.log"
 
+    def readable_log_path(self, c: Container) -> Path:
+        """The log to read for `logs` and attach replays; the "none" driver keeps none."""
+        if (c.host_config.get("LogConfig") or {}).get("Type") == "none":
+            raise NotImplementedByEngine("configured logging driver does not support reading")
+        return self.log_path(c)
+
+    def _conmon_log_path(self, c: Container) -> Path:
+        if (c.host_config.get("LogConfig") or {}).get("Type") == "none":
+            return Path("/dev/null")
+        return self.log_path(c)
+
     def _event(self, c: Container, action: str, **extra: str) -> None:
         attrs = dict(c.config.get("Labels") or {})
         attrs["image"] = c.config.get("Image") or c.image_id
@@ -398,7 +410,7 @@ class Engine:
                 self.runtime.delete(c.id, force=True)
             max_size, max_files = parse_log_options(c.host_config.get("LogConfig"))
             return self.runtime.create(
-                c.id, c.name, bundle, self.log_path(c),
+                c.id, c.name, bundle, self._conmon_log_path(c),
                 tty=bool(c.config.get("Tty")), open_stdin=bool(c.config.get("OpenStdin")),
                 stdin_once=bool(c.config.get("StdinOnce")),
                 # One file: conmon truncates at the limit itself. Several: stowd rotates.

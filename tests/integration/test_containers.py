@@ -470,3 +470,27 @@ def test_cli_run_detached_logs_stop(cli: Cli) -> None:
     assert res.returncode != 0 and "No such container" in res.stderr
     res = cli("kill", "cli-two", check=False)
     assert res.returncode != 0 and "is not running" in res.stderr
+
+
+def test_mac_address_and_log_driver_none(client: docker.DockerClient,
+                                         api: docker.APIClient) -> None:
+    ctr = client.containers.run("busybox", ["sh", "-c", "cat /sys/class/net/eth0/address; "
+                                            "sleep 30"],
+                                detach=True, mac_address="02:42:ac:11:00:0a")
+    time.sleep(0.5)
+    info = api.inspect_container(ctr.id)
+    assert info["NetworkSettings"]["MacAddress"] == "02:42:ac:11:00:0a"
+    assert ctr.logs().strip() == b"02:42:ac:11:00:0a"
+    with pytest.raises(APIError) as err:
+        client.containers.create("busybox", ["true"], mac_address="nonsense")
+    assert err.value.status_code == 400
+    # The "none" log driver keeps no log: run returns nothing, logs says it cannot read.
+    assert client.containers.run("busybox", ["echo", "hello"],
+                                 log_config={"Type": "none"}) is None
+    quiet = client.containers.run("busybox", ["echo", "hello"], detach=True,
+                                  log_config={"Type": "none"})
+    quiet.wait(timeout=10)
+    with pytest.raises(APIError) as err:
+        quiet.logs()
+    assert err.value.status_code == 501
+    assert "does not support reading" in err.value.explanation

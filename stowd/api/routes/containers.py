@@ -214,7 +214,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     timestamps = bool_param(request, "timestamps")
     tty = bool(c.config.get("Tty"))
     ctype = stream_content_type(request, framed=not tty)
-    reader = LogReader(str(engine.log_path(c)), stdout=stdout, stderr=stderr, since=since,
+    reader = LogReader(str(engine.readable_log_path(c)), stdout=stdout, stderr=stderr, since=since,
                        until=until, tail=tail)
     response = web.StreamResponse(headers={"Content-Type": ctype})
     await response.prepare(request)
@@ -259,7 +259,7 @@ async def _attach(request: web.Request) -> tuple[Container, AttachSession, list[
         detach_keys=request.query.get("detachKeys"))
     past: list[LogMessage] = []
     if bool_param(request, "logs"):
-        reader = LogReader(str(engine.log_path(c)), stdout=session.stdout,
+        reader = LogReader(str(engine.readable_log_path(c)), stdout=session.stdout,
                            stderr=session.stderr)
         past = await asyncio.to_thread(_read_whole_log, reader)
     return c, session, past

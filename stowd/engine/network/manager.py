@@ -656,7 +656,11 @@ class NetworkManager:
             "Gateway": "" if net.internal else net.gateway,
             "IPAddress": str(ip),
             "IPPrefixLen": net.prefixlen,
-            "MacAddress": ipam.mac_for(ip),
+            # A MAC the user chose (per endpoint since 1.44, else Config.MacAddress for the
+            # container's own network), else one derived from the address, as Docker does.
+            "MacAddress": (ep_cfg.get("MacAddress") or (
+                c.config.get("MacAddress") if net.name == _primary_network(c) else "")
+                or ipam.mac_for(ip)),
             "veth": _veth_name(c.id, net.id),
             "ifname": ifname,
             "bridge": net.bridge,
@@ -1067,3 +1071,9 @@ def _labels_match(net: Network, filters: list[str]) -> bool:
         if has == negate:
             return False
     return True
+
+
+def _primary_network(c: Container) -> str:
+    """The network the container's NetworkMode names (the default bridge for "default")."""
+    mode = c.host_config.get("NetworkMode") or "default"
+    return "bridge" if mode == "default" else mode
