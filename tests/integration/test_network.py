@@ -571,3 +571,15 @@ def test_failed_start_gives_back_every_address(client: docker.DockerClient,
             c.remove(force=True)
         a.remove()
         b.remove()
+
+
+def test_network_names_as_dockerd_takes_them(client: docker.DockerClient,
+                                             api: docker.APIClient) -> None:
+    net = client.networks.create("test 01")
+    try:
+        assert client.networks.get("test 01").id == net.id
+        assert [n["Name"] for n in api.networks(names=["test 01"])] == ["test 01"]
+    finally:
+        net.remove()
+    res = api._post_json(api._url("/networks/create"), data={"Name": "a/b"})
+    assert res.status_code == 400

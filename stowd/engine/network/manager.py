@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("stowd.network")
 
 PREDEFINED = ("bridge", "host", "none")
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# dockerd takes nearly any network name (spaces included); "/" could not be routed.
+NAME_RE = re.compile(r"^[^/\x00-\x1f\x7f]+$")
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
 
@@ -331,8 +332,8 @@ class NetworkManager:
         if not isinstance(name, str) or not name:
             raise InvalidParameter("network name must be specified")
         if not NAME_RE.match(name):
-            raise InvalidParameter(f'invalid network name "{name}": only [a-zA-Z0-9][a-zA-Z0-9_.-]'
-                                   " are allowed")
+            raise InvalidParameter(f'invalid network name "{name}": a name is printable '
+                                   "characters other than '/' (dockerd allows spaces)")
         driver = body.get("Driver") or "bridge"
         if name in PREDEFINED:
             raise Forbidden(f"{name} is a pre-defined network and cannot be created")
