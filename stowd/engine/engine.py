@@ -57,6 +57,7 @@ from stowd.engine.images import archive, commit, delete, load, reference, save
 from stowd.engine.images import listing as images_listing
 from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
+from stowd.engine.labels import labels_match
 from stowd.engine.logs import parse_log_options, rotate
 from stowd.engine.network.manager import NetworkManager
 from stowd.engine.restart import RestartManager, should_restart
@@ -976,7 +977,7 @@ class Engine:
                 continue
             if until is not None and parse_time(c.created) >= until:
                 continue
-            if not _labels_match(c.config.get("Labels") or {}, filters.get("label", []),
+            if not labels_match(c.config.get("Labels") or {}, filters.get("label", []),
                                  filters.get("label!", [])):
                 continue
             size, _ = await self.container_sizes(c)
@@ -1437,14 +1438,6 @@ def _parse_until(text: str) -> float:
         return parse_time(text)
     except ValueError as exc:
         raise InvalidParameter(f"invalid until filter: {text}") from exc
-
-
-def _labels_match(labels: dict[str, str], wanted: list[str], unwanted: list[str]) -> bool:
-    def has(spec: str) -> bool:
-        key, sep, value = spec.partition("=")
-        return key in labels and (not sep or labels[key] == value)
-
-    return all(has(w) for w in wanted) and not any(has(u) for u in unwanted)
 
 
 def _rotate_due(due: list[tuple[Path, Path, int, int]]) -> None:

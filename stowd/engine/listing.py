@@ -5,18 +5,10 @@ from collections.abc import Callable
 
 from stowd.engine.containers import STATUSES, Container
 from stowd.engine.errors import InvalidParameter, NotFound
+from stowd.engine.labels import labels_match
 
 ACCEPTED = {"id", "name", "label", "status", "exited", "ancestor", "before", "since", "volume",
             "network", "publish", "expose", "health", "isolation", "is-task"}
-
-
-def _label_match(c: Container, values: list[str]) -> bool:
-    labels = c.config.get("Labels") or {}
-    for v in values:
-        key, sep, want = v.partition("=")
-        if key not in labels or (sep and labels[key] != want):
-            return False
-    return True
 
 
 def _name_match(c: Container, values: list[str]) -> bool:
@@ -94,7 +86,7 @@ def select(
             continue
         if "name" in filters and not _name_match(c, filters["name"]):
             continue
-        if "label" in filters and not _label_match(c, filters["label"]):
+        if "label" in filters and not labels_match(c.config.get("Labels"), filters["label"]):
             continue
         if "status" in filters and c.state.status not in filters["status"]:
             continue

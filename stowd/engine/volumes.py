@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from stowd.engine import mountspec
 from stowd.engine.containers import PAUSED, RUNNING, Container
 from stowd.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, SystemError_
+from stowd.engine.labels import labels_match
 from stowd.engine.mountspec import ANONYMOUS_LABEL, BIND, LOCAL_DRIVER, TMPFS, VOLUME
 from stowd.engine.runtime import mounts
 
@@ -85,14 +86,6 @@ def _truthy(value: str, key: str) -> bool:
     raise InvalidParameter(f"invalid filter '{key}={value}'")
 
 
-def _labels_match(labels: dict[str, str], wanted: list[str], unwanted: list[str]) -> bool:
-    def has(spec: str) -> bool:
-        key, sep, value = spec.partition("=")
-        return key in labels and (not sep or labels[key] == value)
-
-    return all(has(w) for w in wanted) and not any(has(u) for u in unwanted)
-
-
 def _name_match(pattern: str, name: str) -> bool:
     """Docker's filter Match: equal, or a regular expression found in the name."""
     if pattern == name:
@@ -115,7 +108,7 @@ def select(volumes: list[Volume], filters: dict[str, list[str]],
             continue
         if "name" in filters and not any(_name_match(p, v.name) for p in filters["name"]):
             continue
-        if not _labels_match(v.labels or {}, filters.get("label", []),
+        if not labels_match(v.labels or {}, filters.get("label", []),
                              filters.get("label!", [])):
             continue
         if dangling is not None and (v.name not in in_use) != dangling:
@@ -353,7 +346,7 @@ class VolumeManager:
         for vol in self.all():
             if (vol.name in in_use or vol.driver != LOCAL_DRIVER or vol.options
                     or not (every or vol.anonymous)
-                    or not _labels_match(vol.labels or {}, filters.get("label", []),
+                    or not labels_match(vol.labels or {}, filters.get("label", []),
                                          filters.get("label!", []))):
                 continue
             size = await asyncio.to_thread(dir_size, self.mountpoint(vol.name))

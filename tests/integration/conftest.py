@@ -26,6 +26,18 @@ def daemon() -> Iterator[Daemon]:
 
 
 @pytest.fixture
+def own_daemon() -> Iterator[Daemon]:
+    """A daemon of the test's own, for tests that kill or restart it."""
+    d = Daemon().start()
+    d.import_busybox()
+    yield d
+    d.cleanup()
+    assert not leftover_conmons(d.data_root)
+    assert not d.blocking_calls, "blocking calls on the event loop:\n" + "\n".join(
+        d.blocking_calls)
+
+
+@pytest.fixture
 def client(daemon: Daemon) -> Iterator[docker.DockerClient]:
     c = daemon.client()
     yield c

@@ -1,21 +1,11 @@
 """Containers outlive stowd: kill -9 the daemon, start it again, and find them as they are."""
 
 import time
-from collections.abc import Iterator
 
 import docker
 import pytest
 
-from tests.daemon import Daemon, leftover_conmons
-
-
-@pytest.fixture
-def own_daemon() -> Iterator[Daemon]:
-    d = Daemon().start()
-    d.import_busybox()
-    yield d
-    d.cleanup()
-    assert not leftover_conmons(d.data_root)
+from tests.daemon import Daemon
 
 
 def test_sigkill_of_stowd_leaves_containers_running(own_daemon: Daemon) -> None:

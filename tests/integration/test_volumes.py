@@ -16,7 +16,7 @@ import pytest
 from docker.errors import APIError, NotFound
 
 from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
-from tests.daemon import Daemon, leftover_conmons
+from tests.daemon import Daemon
 from tests.integration.conftest import Cli
 
 ANON = "com.docker.volume.anonymous"
@@ -477,15 +477,6 @@ def test_volume_events(client: docker.DockerClient, api: docker.APIClient,
 
 
 # --- surviving the daemon -------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_daemon() -> Iterator[Daemon]:
-    d = Daemon().start()
-    d.import_busybox()
-    yield d
-    d.cleanup()
-    assert not leftover_conmons(d.data_root)
 
 
 def test_volumes_survive_removal_and_restart(own_daemon: Daemon) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images.archive import parse_duration
 from stowd.engine.images.store import Image
+from stowd.engine.labels import labels_match
 
 ACCEPTED = {"dangling", "label", "before", "since", "reference", "until"}
 
@@ -120,7 +121,7 @@ def select(images: list[Image], filters: dict[str, list[str]],
             continue
         if dangling is not None and dangling != (not image.repo_tags):
             continue
-        if not _labels_match(image, filters.get("label", [])):
+        if not labels_match(image.container_config.get("Labels"), filters.get("label", [])):
             continue
         tags = image.repo_tags
         if patterns:
@@ -139,12 +140,3 @@ def shared_sizes(images: list[Image], layer_size: Callable[[str], int]) -> dict[
             users[chain] = users.get(chain, 0) + 1
     return {image.id: sum(layer_size(c) for c in set(image.layers) if users[c] > 1)
             for image in images}
-
-
-def _labels_match(image: Image, wanted: list[str]) -> bool:
-    labels = image.container_config.get("Labels") or {}
-    for item in wanted:
-        key, sep, value = item.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from stowd.engine import rootfs
 from stowd.engine.containers import PAUSED, RUNNING, Container, rfc3339_nano
 from stowd.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
+from stowd.engine.labels import labels_match
 from stowd.engine.network import dns, ipam, links, netns, ports
 from stowd.engine.network.iptables import Firewall
 
@@ -1064,14 +1065,9 @@ def _created(net: Network) -> float:
 
 
 def _labels_match(net: Network, filters: list[str]) -> bool:
-    labels = net.record.get("Labels") or {}
-    for f in filters:
-        negate = f.startswith("!")
-        key, sep, value = f.lstrip("!").partition("=")
-        has = key in labels and (not sep or labels[key] == value)
-        if has == negate:
-            return False
-    return True
+    """Network filters write `label!` as a `!`-prefixed label value."""
+    return labels_match(net.record.get("Labels"), [f for f in filters if not f.startswith("!")],
+                        [f[1:] for f in filters if f.startswith("!")])
 
 
 def _primary_network(c: Container) -> str:
