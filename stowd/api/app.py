@@ -59,7 +59,7 @@ def error_response(status: int, message: str, plain_text: bool = False) -> web.R
                                      "X-Content-Type-Options": "nosniff"})
     return web.Response(
         status=status,
-        body=json.dumps({"message": message}, separators=(",", ":")).encode() + b"\n",
+        body=json_bytes({"message": message}),
         content_type="application/json",
     )
 
@@ -196,10 +196,13 @@ class Router:
         self.app.router.add_route(method, path, handler)
 
 
+def json_bytes(data: object) -> bytes:
+    """JSON as dockerd writes it: compact, one line, newline-terminated."""
+    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+
+
 def json_ok(data: object, status: int = 200) -> web.Response:
-    """A JSON answer as dockerd writes it: compact, one line, newline-terminated."""
-    return web.Response(body=json.dumps(data, separators=(",", ":")).encode() + b"\n",
-                        status=status, content_type="application/json")
+    return web.Response(body=json_bytes(data), status=status, content_type="application/json")
 
 
 def make_app(engine: Engine) -> web.Application:

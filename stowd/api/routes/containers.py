@@ -1,13 +1,12 @@
 """Container routes: parse the request, call one engine method, shape the answer."""
 
 import asyncio
-import json
 import logging
 
 from aiohttp import web
 
 from stowd.api import shapes
-from stowd.api.app import Router, engine_of, json_ok
+from stowd.api.app import Router, engine_of, json_bytes, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.hijack import finished, hijack, relay, stream_content_type
 from stowd.api.params import api_version, bool_param, int_param, json_body
@@ -180,7 +179,7 @@ async def wait(request: web.Request) -> web.StreamResponse:
     try:
         if not response.prepared:
             await response.prepare(request)
-        await response.write(json.dumps(body).encode() + b"\n")
+        await response.write(json_bytes(body))
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client stopped waiting; the container is not affected

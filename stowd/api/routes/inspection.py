@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from stowd.api import shapes
-from stowd.api.app import Router, engine_of
+from stowd.api.app import Router, engine_of, json_bytes, json_ok
 from stowd.api.params import api_version, bool_param
 from stowd.api.routes.volumes import volume_shape
 from stowd.api.streams import BodyReader
@@ -87,10 +87,6 @@ def stats_json(c: Container, sample: Sample | None, pre: Sample | None) -> dict[
     return out
 
 
-def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
 def _client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
@@ -111,7 +107,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
         else:
             sample, pre = await engine.stats_pair(c)
             body = stats_json(c, sample, pre)
-        return web.Response(body=_line(body), content_type="application/json")
+        return web.Response(body=json_bytes(body), content_type="application/json")
 
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)  # headers now: clients wait for them
@@ -120,7 +116,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
         while not _client_gone(request):
             started = time.monotonic()
             sample = await engine.stats_sample(c)
-            await response.write(_line(stats_json(c, sample, pre)))
+            await response.write(json_bytes(stats_json(c, sample, pre)))
             pre = sample
             await asyncio.sleep(max(0.0, STATS_INTERVAL - (time.monotonic() - started)))
     except ConnectionResetError:
@@ -134,8 +130,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
 async def changes(request: web.Request) -> web.Response:
     found = await engine_of(request).changes(request.match_info["id"])
     body = [{"Path": ch.path, "Kind": ch.kind} for ch in found] if found else None
-    return web.Response(body=json.dumps(body).encode() + b"\n",
-                        content_type="application/json")
+    return json_ok(body)
 
 
 async def export(request: web.Request) -> web.StreamResponse:

@@ -1,7 +1,6 @@
 """/_ping, /version, /info and /events."""
 
 import asyncio
-import json
 import os
 import platform
 import time
@@ -11,7 +10,7 @@ from aiohttp import web
 
 from stowd import __version__
 from stowd.api import versions
-from stowd.api.app import Router, engine_of, json_ok
+from stowd.api.app import Router, engine_of, json_bytes, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version
 from stowd.engine import hostinfo
@@ -71,7 +70,7 @@ def _version_body(runtime_name: str, runtime_path: str) -> bytes:
         "KernelVersion": info.kernel,
         "BuildTime": "",
     }
-    return json.dumps(body).encode() + b"\n"
+    return json_bytes(body)
 
 
 async def version(request: web.Request) -> web.Response:
@@ -223,7 +222,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
 
     def line(event: Event) -> bytes:
-        return json.dumps(event.to_docker(legacy)).encode() + b"\n"
+        return json_bytes(event.to_docker(legacy))
 
     try:
         await response.prepare(request)  # headers go out now: the CLI waits for them
