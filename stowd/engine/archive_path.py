@@ -26,7 +26,6 @@ Everything here blocks: call it from a worker thread.
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import posixpath
@@ -39,9 +38,8 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from stowd.engine.errors import InvalidParameter, NotFound, SystemError_
+from stowd.engine.runtime.libc import libc
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 SYS_OPENAT2 = 437  # the same number on every architecture (new syscall table)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
@@ -59,7 +57,7 @@ def open_in_root(root_fd: int, path: str, flags: int) -> int:
     rel = path.lstrip("/") or "."
     how = _OpenHow(flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     for _ in range(64):
-        fd = _libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(root_fd),
+        fd = libc.syscall(ctypes.c_long(SYS_OPENAT2), ctypes.c_int(root_fd),
                            ctypes.c_char_p(os.fsencode(rel)), ctypes.byref(how),
                            ctypes.c_size_t(ctypes.sizeof(how)))
         if fd >= 0:

@@ -16,8 +16,6 @@ and it is the same filesystem: what an extraction writes there, the container se
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import stat
 import threading
@@ -27,12 +25,7 @@ from typing import TypeVar
 
 from stowd.engine.archive_path import ensure_dir, open_in_root
 from stowd.engine.errors import Conflict
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.unshare.argtypes = [ctypes.c_int]
+from stowd.engine.runtime.libc import MNT_DETACH, check, is_mounted, libc
 
 CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1
@@ -40,7 +33,6 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
-MNT_DETACH = 2
 _MAX_MOUNT_DATA = 4000
 
 T = TypeVar("T")
@@ -66,22 +58,6 @@ class ViewSpec:
     may_mount: bool = True  # False: the container runs, its rootfs must be there
 
 
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mounted_here(target: str) -> bool:
-    target = os.path.realpath(target)
-    with open("/proc/thread-self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
-                return True
-    return False
-
-
 def _mount_overlay(spec: ViewSpec) -> None:
     if spec.writable:
         lowers = spec.layers
@@ -96,7 +72,7 @@ def _mount_overlay(spec: ViewSpec) -> None:
         base = os.path.commonpath(lowers)
         os.chdir(base)
         data = "lowerdir=" + ":".join(os.path.relpath(d, base) for d in lowers) + tail
-    _check(_libc.mount(b"overlay", spec.rootfs.encode(), b"overlay",
+    check(libc.mount(b"overlay", spec.rootfs.encode(), b"overlay",
                        0 if spec.writable else MS_RDONLY, data.encode()),
            f"mount overlay on {spec.rootfs}")
 
@@ -135,14 +111,14 @@ def _bind(root: int, bind: Bind, create: bool) -> None:
     try:
         if stat.S_ISDIR(src.st_mode) != stat.S_ISDIR(os.fstat(fd).st_mode):
             return
-        _check(_libc.mount(bind.source.encode(), f"/proc/self/fd/{fd}".encode(), None,
+        check(libc.mount(bind.source.encode(), f"/proc/self/fd/{fd}".encode(), None,
                            MS_BIND | MS_REC, None), f"bind {bind.source} on {bind.destination}")
     finally:
         os.close(fd)
     if bind.readonly:
         fd = open_in_root(root, bind.destination, os.O_PATH)  # now the mount's root
         try:
-            _check(_libc.mount(None, f"/proc/self/fd/{fd}".encode(), None,
+            check(libc.mount(None, f"/proc/self/fd/{fd}".encode(), None,
                                MS_BIND | MS_REMOUNT | MS_RDONLY, None),
                    f"read-only {bind.destination}")
         finally:
@@ -153,10 +129,10 @@ def _bind(root: int, bind: Bind, create: bool) -> None:
 def enter(spec: ViewSpec) -> Iterator[int]:
     """Build the view and yield a descriptor of its root. Irreversible for the calling
     thread: call it only in a thread of its own (run_in_own_thread)."""
-    _check(_libc.unshare(CLONE_NEWNS), "unshare mount namespace")
-    _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
+    check(libc.unshare(CLONE_NEWNS), "unshare mount namespace")
+    check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make mounts private")
     mounted = False
-    if not _mounted_here(spec.rootfs):
+    if not is_mounted(spec.rootfs, "/proc/thread-self/mountinfo"):
         if not spec.may_mount:
             raise Conflict("the container stopped meanwhile: try again")
         _mount_overlay(spec)
@@ -170,7 +146,7 @@ def enter(spec: ViewSpec) -> Iterator[int]:
         os.close(root)
         if mounted:
             # Free upper/work at once (the namespace would drop it with the thread too).
-            _libc.umount2(spec.rootfs.encode(), MNT_DETACH)
+            libc.umount2(spec.rootfs.encode(), MNT_DETACH)
 
 
 def run_in_own_thread(fn: Callable[[], T]) -> "asyncio.Future[T]":

@@ -7,31 +7,18 @@ neither touches stowd's other threads, and a dedicated thread that ends in the w
 namespace harms nothing. Everything here blocks: call it from a worker thread.
 """
 
-import ctypes
-import ctypes.util
 import os
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from stowd.engine.runtime import mounts
+from stowd.engine.runtime.libc import check, libc
 
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 4096
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def in_thread(fn: Callable[[], T]) -> T:
@@ -66,9 +53,9 @@ def create(path: str) -> None:
     os.close(fd)
 
     def make() -> None:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
         source = f"/proc/self/task/{threading.get_native_id()}/ns/net"
-        _check(_libc.mount(source.encode(), path.encode(), None, MS_BIND, None),
+        check(libc.mount(source.encode(), path.encode(), None, MS_BIND, None),
                f"bind-mount network namespace at {path}")
 
     in_thread(make)
@@ -88,7 +75,7 @@ def run_in(path: str, fn: Callable[[], T]) -> T:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def work() -> T:
-        _check(_libc.setns(fd, CLONE_NEWNET), f"setns({path})")
+        check(libc.setns(fd, CLONE_NEWNET), f"setns({path})")
         return fn()
 
     try:
