@@ -63,7 +63,13 @@ from stowd.engine.network.manager import NetworkManager
 from stowd.engine.restart import RestartManager, should_restart
 from stowd.engine.runtime import mounts
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
-from stowd.engine.runtime.spec import DEFAULT_PATH, SpecInput, build_spec, host_capabilities
+from stowd.engine.runtime.spec import (
+    DEFAULT_PATH,
+    SpecInput,
+    build_spec,
+    host_capabilities,
+    resources_from_host_config,
+)
 from stowd.engine.signals import parse_signal
 from stowd.engine.stats import Sample, StatsCollector
 from stowd.engine.store import NameTaken, Store, name_conflict
@@ -458,10 +464,7 @@ class Engine:
             cap_add=hc.get("CapAdd") or [],
             cap_drop=hc.get("CapDrop") or [],
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-            memory_limit=hc.get("Memory") or 0,
-            nano_cpus=hc.get("NanoCpus") or 0,
-            cpu_shares=hc.get("CpuShares") or 0,
-            pids_limit=hc.get("PidsLimit") or 0,
+            resources=resources_from_host_config(hc),
             binds=binds,
             tmpfs=tmpfs,
             shm_size=hc.get("ShmSize") or 64 * 1024 * 1024,
@@ -953,7 +956,7 @@ class Engine:
                 new_hc[key] = value
         async with self._lock(c.id):
             if c.state.status in (RUNNING, PAUSED):
-                resources = _update_resources(new_hc)
+                resources = resources_from_host_config(new_hc)
                 if resources:
                     try:
                         await asyncio.to_thread(self.runtime.update, c.id, resources)
@@ -1388,41 +1391,6 @@ class Engine:
 UPDATABLE = ("CpuShares", "Memory", "MemoryReservation", "MemorySwap", "NanoCpus",
              "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems", "PidsLimit", "BlkioWeight",
              "KernelMemory", "RestartPolicy")
-
-
-def _update_resources(hc: dict[str, Any]) -> dict[str, Any]:
-    """HostConfig resources → the OCI `linux.resources` document `runtime update` takes."""
-    out: dict[str, Any] = {}
-    memory: dict[str, Any] = {}
-    if hc.get("Memory"):
-        memory["limit"] = hc["Memory"]
-    if hc.get("MemoryReservation"):
-        memory["reservation"] = hc["MemoryReservation"]
-    if hc.get("MemorySwap"):
-        memory["swap"] = hc["MemorySwap"]
-    if memory:
-        out["memory"] = memory
-    cpu: dict[str, Any] = {}
-    if hc.get("CpuShares"):
-        cpu["shares"] = hc["CpuShares"]
-    if hc.get("NanoCpus"):
-        cpu["period"] = 100000
-        cpu["quota"] = hc["NanoCpus"] * 100000 // 1_000_000_000
-    if hc.get("CpuPeriod"):
-        cpu["period"] = hc["CpuPeriod"]
-    if hc.get("CpuQuota"):
-        cpu["quota"] = hc["CpuQuota"]
-    if hc.get("CpusetCpus"):
-        cpu["cpus"] = hc["CpusetCpus"]
-    if hc.get("CpusetMems"):
-        cpu["mems"] = hc["CpusetMems"]
-    if cpu:
-        out["cpu"] = cpu
-    if hc.get("PidsLimit"):
-        out["pids"] = {"limit": hc["PidsLimit"]}
-    if hc.get("BlkioWeight"):
-        out["blockIO"] = {"weight": hc["BlkioWeight"]}
-    return out
 
 
 def _parse_until(text: str) -> float:

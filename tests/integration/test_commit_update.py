@@ -113,3 +113,27 @@ def test_swarm_answers_as_a_plain_engine(api: docker.APIClient) -> None:
     res = api._post(api._url("/swarm/leave"), params={"force": 1})
     assert res.status_code == 503 and res.json()["message"] == "This node is not part of a swarm"
     assert api._get(api._url("/plugins")).json() == []
+
+
+def test_limits_given_at_create_reach_the_cgroup(client: docker.DockerClient,
+                                                 daemon: Daemon) -> None:
+    from pathlib import Path
+
+    ctr = client.containers.run("busybox", ["sleep", "30"], detach=True, cpuset_cpus="0",
+                                cpu_period=50000, cpu_quota=25000, pids_limit=50,
+                                mem_reservation="32m")
+    base = Path("/sys/fs/cgroup")
+    v1 = (base / "cpuset" / daemon.cgroup_parent / ctr.id)
+    if v1.exists():
+        assert (v1 / "cpuset.cpus").read_text().strip() == "0"
+        cpu = base / "cpu" / daemon.cgroup_parent / ctr.id
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "25000"
+        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "50000"
+        pids = base / "pids" / daemon.cgroup_parent / ctr.id
+        assert (pids / "pids.max").read_text().strip() == "50"
+        mem = base / "memory" / daemon.cgroup_parent / ctr.id
+        assert int((mem / "memory.soft_limit_in_bytes").read_text()) == 32 * 1024 * 1024
+    else:
+        v2 = base / daemon.cgroup_parent / ctr.id
+        assert (v2 / "cpuset.cpus").read_text().strip() == "0"
+        assert (v2 / "cpu.max").read_text().split() == ["25000", "50000"]

@@ -116,10 +116,7 @@ class SpecInput:
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     readonly_rootfs: bool = False
-    memory_limit: int = 0
-    nano_cpus: int = 0
-    cpu_shares: int = 0
-    pids_limit: int = 0
+    resources: dict[str, Any] = field(default_factory=dict)  # OCI linux.resources limits
     # {"source", "destination", "readonly", "propagation" (default rprivate)}
     binds: list[dict[str, Any]] = field(default_factory=list)
     # {"destination", "options"}: tmpfs mounts (HostConfig.Mounts and Tmpfs)
@@ -243,15 +240,7 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
             {"allow": False, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
         ]
     }
-    if inp.memory_limit:
-        resources["memory"] = {"limit": inp.memory_limit}
-    if inp.nano_cpus:
-        period = 100000
-        resources["cpu"] = {"quota": inp.nano_cpus * period // 1_000_000_000, "period": period}
-    if inp.cpu_shares:
-        resources.setdefault("cpu", {})["shares"] = inp.cpu_shares
-    if inp.pids_limit:
-        resources["pids"] = {"limit": inp.pids_limit}
+    resources.update(inp.resources)
 
     linux: dict[str, Any] = {
         "namespaces": namespaces,
@@ -278,3 +267,39 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
         "linux": linux,
         "annotations": {k: str(v) for k, v in inp.labels.items()},
     }
+
+
+def resources_from_host_config(hc: dict[str, Any]) -> dict[str, Any]:
+    """HostConfig limits → OCI `linux.resources` (for the spec at start, and for
+    `runtime update`)."""
+    out: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    if hc.get("Memory"):
+        memory["limit"] = hc["Memory"]
+    if hc.get("MemoryReservation"):
+        memory["reservation"] = hc["MemoryReservation"]
+    if hc.get("MemorySwap"):
+        memory["swap"] = hc["MemorySwap"]
+    if memory:
+        out["memory"] = memory
+    cpu: dict[str, Any] = {}
+    if hc.get("CpuShares"):
+        cpu["shares"] = hc["CpuShares"]
+    if hc.get("NanoCpus"):
+        cpu["period"] = 100000
+        cpu["quota"] = hc["NanoCpus"] * 100000 // 1_000_000_000
+    if hc.get("CpuPeriod"):
+        cpu["period"] = hc["CpuPeriod"]
+    if hc.get("CpuQuota"):
+        cpu["quota"] = hc["CpuQuota"]
+    if hc.get("CpusetCpus"):
+        cpu["cpus"] = hc["CpusetCpus"]
+    if hc.get("CpusetMems"):
+        cpu["mems"] = hc["CpusetMems"]
+    if cpu:
+        out["cpu"] = cpu
+    if hc.get("PidsLimit"):
+        out["pids"] = {"limit": hc["PidsLimit"]}
+    if hc.get("BlkioWeight"):
+        out["blockIO"] = {"weight": hc["BlkioWeight"]}
+    return out
