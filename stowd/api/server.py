@@ -224,7 +224,21 @@ def plan_listeners(settings: Settings) -> ListenPlan:
     return listeners, ctx
 
 
-BACKLOG = 128
+# dockerd's listeners take Go's default backlog, which is the kernel's somaxconn (4096 since
+# Linux 5.4): a burst of clients waits in the queue instead of being refused. The kernel caps
+# whatever we ask at somaxconn, so asking for the larger of the two costs nothing.
+MIN_BACKLOG = 4096
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+
+
+def listen_backlog() -> int:
+    """dockerd's backlog: somaxconn, and never less than 4096 (blocking: reads /proc)."""
+    try:
+        somaxconn = int(Path(SOMAXCONN).read_text())
+    except (OSError, ValueError):
+        somaxconn = 0
+    # listen(2) takes an int; the kernel stores it in 32 bits since 4.1, 16 bits before.
+    return max(MIN_BACKLOG, min(somaxconn, 65535))
 
 
 def _unix_socket(path: str, group: str) -> socket.socket:
@@ -319,6 +333,7 @@ class Sites:
 
     def __init__(self, tls: ssl.SSLContext | None) -> None:
         self.tls = tls
+        self.backlog = MIN_BACKLOG
         self.bound: list[tuple[Listener, socket.socket]] = []
         self.sites: list[web.BaseSite] = []
         self._sockets: list[tuple[str, int, int]] = []
@@ -353,6 +368,7 @@ def bind_listeners(plan: ListenPlan, settings: Settings) -> Sites:
     """
     listeners, ctx = plan
     sites = Sites(ctx)
+    sites.backlog = listen_backlog()
     try:
         for lst in listeners:
             if lst.kind == "unix":
@@ -363,7 +379,7 @@ def bind_listeners(plan: ListenPlan, settings: Settings) -> Sites:
                 socks = _tcp_sockets(lst, loopback_only=ctx is None and not settings.insecure_tcp)
             for sock in socks:
                 sites.bound.append((lst, sock))
-                sock.listen(BACKLOG)
+                sock.listen(sites.backlog)
                 sock.setblocking(False)
     except BaseException:
         sites.close()
@@ -375,7 +391,7 @@ async def start_sites(runner: web.AppRunner, sites: Sites) -> Sites:
     """Serve the app on every bound socket."""
     for lst, sock in sites.bound:
         tls = sites.tls if lst.kind == "tcp" else None
-        site = web.SockSite(runner, sock, ssl_context=tls, backlog=BACKLOG)
+        site = web.SockSite(runner, sock, ssl_context=tls, backlog=sites.backlog)
         await site.start()
         sites.sites.append(site)
     for lst in dict.fromkeys(lst for lst, _ in sites.bound):
