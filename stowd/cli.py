@@ -100,6 +100,9 @@ def _serve_parser(sub: "argparse._SubParsersAction[Parser]") -> Parser:
                         help="OCI runtime (default runc; crun needs a cgroup v2 host)")
     engine.add_argument("--cgroup-parent", default="stowd", metavar="NAME",
                         help="cgroup under which containers are placed (default stowd)")
+    engine.add_argument("--max-json-body", type=_size, default=64 << 20, metavar="BYTES",
+                        help="largest JSON request body accepted, e.g. 64m (default 64m); "
+                             "a larger one is answered 413 without being read")
     engine.add_argument("--seed-busybox", action="store_true",
                         help="when the store has no busybox image, import one made from the "
                              "host's busybox-static binary")
@@ -121,6 +124,20 @@ def _serve_parser(sub: "argparse._SubParsersAction[Parser]") -> Parser:
                       help="debug, info, warn, error or fatal (default info)")
     logs.add_argument("-D", "--debug", action="store_true", help="same as --log-level debug")
     return p
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A byte count as dockerd's flags take it: 1048576, 512k, 64m, 1g."""
+    value = text.strip().lower()
+    number, unit = value.rstrip("bkmg"), value[len(value.rstrip("bkmg")):]
+    if unit.endswith("b") and len(unit) == 2:
+        unit = unit[0]
+    if not number.isdigit() or unit not in _SIZE_UNITS or int(number) == 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or 512k, 64m, 1g")
+    return int(number) * _SIZE_UNITS[unit]
 
 
 def build_parser() -> Parser:
@@ -159,6 +176,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         bridge_subnet=args.bridge_subnet,
         chain_prefix=args.chain_prefix,
         default_address_pool=args.default_address_pool,
+        max_json_body=args.max_json_body,
     )
 
 

@@ -29,3 +29,6 @@ class Settings:
     bridge_subnet: str = ""
     chain_prefix: str = "STOWD"
     default_address_pool: str = "base=10.89.0.0/16,size=24"
+    # The largest JSON request body read (413 beyond): far above any real request (a create
+    # with a few thousand environment variables is well under 1 MiB), far below memory.
+    max_json_body: int = 64 << 20

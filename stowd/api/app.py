@@ -12,6 +12,7 @@ from aiohttp import web
 
 from stowd import __version__
 from stowd.api import versions
+from stowd.api.params import JSON_LIMIT_KEY
 from stowd.api.server import host_header_is_loopback, is_loopback_ip
 from stowd.engine.engine import Engine
 from stowd.engine.errors import (
@@ -22,6 +23,7 @@ from stowd.engine.errors import (
     NotFound,
     NotImplementedByEngine,
     NotModified,
+    TooLarge,
     Unavailable,
 )
 
@@ -39,6 +41,7 @@ _STATUS: list[tuple[type[EngineError], int]] = [
     (Forbidden, 403),
     (Unavailable, 503),
     (NotImplementedByEngine, 501),
+    (TooLarge, 413),
 ]
 
 COMMON_HEADERS = {
@@ -216,6 +219,7 @@ def make_app(engine: Engine) -> web.Application:
                               client_max_size=1024**4,
                               handler_args={"max_field_size": 65536})
     app[ENGINE_KEY] = engine
+    app[JSON_LIMIT_KEY] = engine.settings.max_json_body
     app.on_response_prepare.append(_add_common_headers)
     router = Router(app)
     system.register(router)

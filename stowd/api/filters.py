@@ -11,7 +11,7 @@ def parse_filters(raw: str | None, accepted: set[str]) -> dict[str, list[str]]:
         return {}
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: `[[[[…` thousands deep
         raise InvalidParameter("invalid filter") from exc
     if not isinstance(doc, dict):
         raise InvalidParameter("invalid filter")

@@ -3,12 +3,14 @@
 Pure functions (no I/O), so that every rule here is unit-tested on plain dicts.
 """
 
+import os
 import re
 from typing import Any
 
 from stowd.engine import mountspec
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.logs import parse_log_options
+from stowd.engine.resources import check_resources
 
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 
@@ -200,12 +202,7 @@ def normalize_host_config(host_config: dict[str, Any] | None, runtime: str) -> d
             or not all(isinstance(v, int) and v >= 0 for v in size)):
         raise InvalidParameter("ConsoleSize must be [height, width]")
     hc["ConsoleSize"] = size
-    for key in ("Memory", "NanoCpus", "CpuShares", "ShmSize"):
-        value = hc.get(key) or 0
-        if not isinstance(value, int) or value < 0:
-            raise InvalidParameter(f"invalid {key}: {value}")
-    if hc.get("Memory") and hc["Memory"] < 6 * 1024 * 1024:
-        raise InvalidParameter("Minimum memory limit allowed is 6MB")
+    check_resources(hc, os.cpu_count() or 1)
     if not hc.get("ShmSize"):
         hc["ShmSize"] = HOST_CONFIG_DEFAULTS["ShmSize"]
     log_config = dict(hc.get("LogConfig") or {})

@@ -60,6 +60,7 @@ from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.labels import labels_match
 from stowd.engine.logs import parse_log_options, rotate
 from stowd.engine.network.manager import NetworkManager
+from stowd.engine.resources import check_resources
 from stowd.engine.restart import RestartManager, should_restart
 from stowd.engine.runtime import mounts
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
@@ -944,9 +945,8 @@ class Engine:
             if key != "RestartPolicy" and key not in ("CpusetCpus", "CpusetMems") and (
                     not isinstance(value, int) or isinstance(value, bool) or value < -1):
                 raise InvalidParameter(f"invalid value for {key}: {value!r}")
-        if changes.get("Memory") and changes["Memory"] < 6 * 1024 * 1024:
-            raise InvalidParameter("Minimum memory limit allowed is 6MB")
         new_hc = dict(c.host_config)
+        check_resources({**new_hc, **changes}, os.cpu_count() or 1, update=True)
         if "RestartPolicy" in changes:
             policy = create_rules.validate_restart_policy(changes["RestartPolicy"],
                                                           bool(c.host_config.get("AutoRemove")))

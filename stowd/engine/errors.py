@@ -37,6 +37,10 @@ class Unavailable(EngineError):
     pass
 
 
+class TooLarge(EngineError):
+    """A request larger than the daemon accepts (413)."""
+
+
 class NotImplementedByEngine(EngineError):
     pass
 

@@ -5,8 +5,14 @@ hostile or unlucky client does costs no more than its honest equivalent.
 """
 
 import errno
+import json
 import socket
 import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
 
 from tests.daemon import Daemon
 
@@ -48,3 +54,92 @@ def test_burst_of_300_connects_is_accepted(daemon: Daemon) -> None:
     print(f"burst of 300 connects: {refused} refused, {answered} answered")
     assert refused == 0
     assert answered == 300
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _post_raw(daemon: Daemon, path: str, body: bytes | Iterator[bytes],
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    api = docker.APIClient(base_url=daemon.url, version="1.44", timeout=120)
+    try:
+        r = api.post(api.base_url + path, data=body,
+                     headers={"Content-Type": "application/json", **(headers or {})})
+    finally:
+        api.close()
+    return r.status_code, (r.json() if r.content else {})
+
+
+def test_huge_json_body_is_413_without_reading_it(daemon: Daemon) -> None:
+    """Finding 6: a 400 MB JSON body to create cost 1.95 GB; now 413 with bounded memory."""
+    assert daemon.proc is not None
+    before = _vm_hwm_kib(daemon.proc.pid)
+    filler = "x" * (1 << 20)
+
+    def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to refuse up front
+        yield b'{"Image":"busybox","Env":["A=' + filler.encode()
+        for _ in range(399):
+            yield filler.encode()
+        yield b'"]}'
+
+    status, body = _post_raw(daemon, "/containers/create", chunks())
+    grown = (_vm_hwm_kib(daemon.proc.pid) - before) // 1024
+    print(f"400 MB chunked JSON body: {status}, peak memory grew {grown} MiB")
+    assert status == 413, body
+    assert "larger than" in body["message"]
+    assert grown < 200
+    # A Content-Length above the limit is refused before a byte of the body is read.
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(daemon.socket))
+        s.sendall(b"POST /containers/create HTTP/1.1\r\nHost: docker\r\n"
+                  b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n{"
+                  % (400 << 20))
+        assert s.recv(64).startswith(b"HTTP/1.1 413")
+
+
+def test_deeply_nested_json_is_400(daemon: Daemon) -> None:
+    """Finding 6: JSON nested 1,000 deep answered 500 RecursionError."""
+    for depth in (1000, 100000):
+        status, body = _post_raw(daemon, "/containers/create",
+                                 b'{"Image":"busybox","Labels":' + b"[" * depth + b"]" * depth
+                                 + b"}")
+        print(f"JSON nested {depth} deep: {status} {body.get('message')}")
+        assert status == 400, body
+        assert "nested too deep" in body["message"]
+
+
+@pytest.mark.parametrize(("host_config", "words"), [
+    ({"Memory": 99999999999999999999999999}, "out of range"),
+    ({"Memory": 1e400}, "out of range"),
+    ({"Memory": 2**63}, "out of range"),
+    ({"CpuShares": -5}, "CpuShares"),
+    ({"MemorySwappiness": 101}, "swappiness"),
+    ({"OomScoreAdj": 5000}, "oom score adj"),
+    ({"BlkioWeight": 5}, "blkio weight"),
+    ({"CpuPeriod": 10}, "cfs period"),
+    ({"CpuQuota": 10}, "cfs quota"),
+    ({"NanoCpus": 10**15}, "Range of CPUs"),
+    ({"Memory": 64 << 20, "MemorySwap": 32 << 20}, "memoryswap"),
+    ({"Memory": 64 << 20, "MemoryReservation": 128 << 20}, "reservation"),
+    ({"PidsLimit": 2**63}, "out of range"),
+    ({"ShmSize": -1}, "ShmSize"),
+])
+def test_out_of_range_values_are_refused_at_create(daemon: Daemon, client: docker.DockerClient,
+                                                   host_config: dict[str, Any],
+                                                   words: str) -> None:
+    """Finding 6: `Memory: 99999999999999999999999999` was accepted (201), then start failed
+    and the CLI could not decode the container. Every out-of-range value is a 400 now."""
+    raw = json.dumps({"Image": "busybox", "Cmd": ["true"], "HostConfig": host_config})
+    raw = raw.replace("Infinity", "1e400")
+    status, body = _post_raw(daemon, "/containers/create", raw.encode())
+    print(f"HostConfig {raw[:80]}: {status} {body.get('message')}")
+    assert status == 400, body
+    assert words.lower() in body["message"].lower()
+    assert client.containers.list(all=True) == []

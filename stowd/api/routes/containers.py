@@ -9,7 +9,7 @@ from stowd.api import shapes
 from stowd.api.app import Router, engine_of, json_bytes, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.hijack import finished, hijack, relay, stream_content_type
-from stowd.api.params import api_version, bool_param, int_param, json_body
+from stowd.api.params import api_version, bool_param, int_param, json_body, read_limited
 from stowd.engine import listing
 from stowd.engine.attach import AttachSession
 from stowd.engine.containers import Container
@@ -82,7 +82,7 @@ async def inspect(request: web.Request) -> web.Response:
 async def _no_body(request: web.Request) -> None:
     if (request.content_length and request.content_length > 7) or (
             request.headers.get("Transfer-Encoding", "").lower() == "chunked"):
-        raw = await request.read()
+        raw = await read_limited(request, 1 << 10)  # anything longer is refused below
         if len(raw.strip()) > 7 or raw.strip() not in (b"", b"{}", b"null"):
             raise InvalidParameter(
                 "starting container with non-empty request body was deprecated since API v1.22 "
