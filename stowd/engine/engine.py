@@ -159,6 +159,8 @@ class Engine:
         for record in self.store.all_containers():
             container = Container.from_record(record)
             self._containers[container.id] = container
+        if stale := self.runtime.remove_stale(set(self._containers)):
+            log.info("removed the exec-root files of %d unknown containers", len(stale))
 
     async def close(self) -> None:
         """Stop watching; containers keep running (conmon is their parent, not stowd)."""

@@ -143,3 +143,50 @@ def test_out_of_range_values_are_refused_at_create(daemon: Daemon, client: docke
     assert status == 400, body
     assert words.lower() in body["message"].lower()
     assert client.containers.list(all=True) == []
+
+
+def _exec_entries(daemon: Daemon) -> dict[str, list[str]]:
+    """What the exec-root keeps per container, by directory."""
+    out: dict[str, list[str]] = {}
+    for sub in ("sockets", "exits", "conmon", "runtime"):
+        d = daemon.exec_root / sub
+        out[sub] = sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+    return out
+
+
+def test_exec_root_keeps_nothing_of_removed_containers(daemon: Daemon,
+                                                       client: docker.DockerClient) -> None:
+    """Finding 7: one `sockets/<id>` stayed under the exec-root per container, without end."""
+    before = _exec_entries(daemon)
+    for kwargs in ({}, {"tty": True}, {"stdin_open": True}):
+        ctr = client.containers.run("busybox", ["true"], detach=True, **kwargs)
+        ctr.wait(timeout=30)
+        ctr.remove()
+    ctr = client.containers.run("busybox", ["sleep", "60"], detach=True)
+    ctr.remove(force=True)
+    ctr = client.containers.create("busybox", ["true"])
+    ctr.remove()
+    after = _exec_entries(daemon)
+    print(f"exec-root before {before}, after 5 containers {after}")
+    assert after == before
+
+
+def test_stale_exec_root_entries_go_at_start(own_daemon: Daemon) -> None:
+    """Finding 7: entries of containers the database does not know go at daemon start."""
+    ghost = "f" * 64
+    (own_daemon.exec_root / "sockets" / ghost).symlink_to(own_daemon.root / "nowhere")
+    (own_daemon.exec_root / "exits" / ghost).write_text("0")
+    (own_daemon.exec_root / "conmon" / f"{ghost}.conmon.pid").write_text("1")
+    (own_daemon.exec_root / "conmon" / ghost).mkdir()
+    client = own_daemon.client()
+    ctr = client.containers.run("busybox", ["sleep", "60"], detach=True)
+    own_daemon.stop()
+    own_daemon.start()
+    assert own_daemon.client().ping()  # the engine has opened (the socket listens earlier)
+    entries = _exec_entries(own_daemon)
+    print(f"exec-root after a restart: {entries}")
+    assert ghost not in str(entries)
+    assert ctr.id in entries["sockets"]  # the running container keeps its attach socket
+    assert own_daemon.client().containers.get(ctr.id).attrs["State"]["Running"]
+    ctr.remove(force=True)
+    assert _exec_entries(own_daemon)["sockets"] == []

@@ -242,7 +242,30 @@ class OciRuntime:
         for path in (self.exit_file(cid), self.conmon_pidfile(cid), self.container_pidfile(cid)):
             path.unlink(missing_ok=True)
         shutil.rmtree(self.conmon_dir / cid, ignore_errors=True)
-        shutil.rmtree(self.socket_dir / cid, ignore_errors=True)
+        # conmon makes sockets/<id> a symlink to the bundle (the attach socket's path would
+        # not fit in sun_path otherwise); rmtree refuses links, so unlink it.
+        _remove_entry(self.socket_dir / cid)
+
+    def remove_stale(self, known: set[str]) -> list[str]:
+        """Remove conmon's files and socket links of containers the database does not know
+        (left by a crash between create and remove); the runtime's own state is not touched.
+        Returns the IDs cleaned."""
+        stale: set[str] = set()
+        for d in (self.socket_dir, self.exit_dir, self.conmon_dir):
+            for entry in d.iterdir():
+                cid = entry.name.split(".", 1)[0]
+                if cid not in known:
+                    stale.add(cid)
+                    _remove_entry(entry)
+        return sorted(stale)
+
+
+def _remove_entry(path: Path) -> None:
+    """Remove a file, symlink or directory tree at path, whichever it is."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _same_process(pid: int, start_time: int) -> bool:
