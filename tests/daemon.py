@@ -44,6 +44,8 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.root / "stowd.log"
         self.blocking_calls: list[str] = []
+        # The daemon's working directory (under systemd it is /): nothing may land there.
+        self.cwd = REPO
 
     @property
     def url(self) -> str:
@@ -67,7 +69,7 @@ class Daemon:
         env = dict(os.environ, PYTHONPATH=str(REPO),
                    STOWD_BLOCKBUSTER="1" if self.watch_blocking else "0")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=str(REPO))
+                                     env=env, cwd=str(self.cwd))
         log.close()
         if wait:
             self.wait_ready()

@@ -136,8 +136,14 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(400, _validation_message(exc))
     except json.JSONDecodeError as exc:
         return error_response(400, f"invalid JSON: {exc}")
-    except (ConnectionResetError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         raise  # the client went away: nothing to answer
+    except ConnectionError as exc:
+        # The client went away mid-request (an aborted upload): nobody is left to answer,
+        # and it is not the daemon's fault, so one line, not aiohttp's traceback at ERROR.
+        log.info("%s %s: the client went away (%s)", request.method, request.path,
+                 exc or type(exc).__name__)
+        return error_response(400, "the client closed the connection")
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, f"{type(exc).__name__}: {exc}")

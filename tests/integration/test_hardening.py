@@ -8,7 +8,9 @@ import errno
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -190,3 +192,56 @@ def test_stale_exec_root_entries_go_at_start(own_daemon: Daemon) -> None:
     assert own_daemon.client().containers.get(ctr.id).attrs["State"]["Running"]
     ctr.remove(force=True)
     assert _exec_entries(own_daemon)["sockets"] == []
+
+
+def test_oom_marker_stays_in_conmon_persist_dir(tmp_path: Path) -> None:
+    """Finding 8: on an OOM kill conmon wrote a file `oom` into stowd's working directory."""
+    d = Daemon()
+    d.cwd = tmp_path
+    try:
+        d.start()
+        d.import_busybox()
+        client = d.client()
+        # dd's 64 MiB buffer cannot fit in 8 MiB without swap: the kernel kills it.
+        ctr = client.containers.run("busybox", ["dd", "if=/dev/zero", "of=/dev/null",
+                                                "bs=64M", "count=1"], detach=True,
+                                    mem_limit="8m", memswap_limit="8m")
+        result = ctr.wait(timeout=60)
+        state = client.api.inspect_container(ctr.id)["State"]
+        left = sorted(p.name for p in tmp_path.iterdir())
+        print(f"OOM kill: exit {result['StatusCode']}, OOMKilled {state['OOMKilled']}, "
+              f"daemon's cwd holds {left}")
+        assert state["OOMKilled"] is True
+        assert left == []
+        ctr.remove()
+    finally:
+        d.cleanup()
+
+
+def test_aborted_uploads_log_one_line(own_daemon: Daemon) -> None:
+    """Finding 8: an aborted upload logged a whole traceback at ERROR."""
+    client = own_daemon.client()
+    ctr = client.containers.create("busybox", ["true"])
+    paths = [("POST", "/images/load"), ("POST", "/images/create?fromSrc=-&repo=aborted"),
+             ("PUT", f"/containers/{ctr.id}/archive?path=/tmp")]
+    for method, path in paths:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(own_daemon.socket))
+            s.sendall(f"{method} {path} HTTP/1.1\r\nHost: docker\r\nContent-Type: "
+                      "application/x-tar\r\nContent-Length: 1000000\r\n\r\n".encode()
+                      + b"\0" * 5000)
+    # Each abort is logged once the daemon's reader sees the connection closed.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        lines = [x for x in own_daemon.log_path.read_text().splitlines() if "went away" in x]
+        if all(any(path.split("?")[0] in x for x in lines) for _, path in paths):
+            break
+        time.sleep(0.1)
+    assert client.ping()
+    log = own_daemon.log_path.read_text()
+    went_away = [line for line in log.splitlines() if "went away" in line]
+    print(f"aborted uploads: {len(went_away)} lines {went_away}, "
+          f"{log.count('Traceback')} tracebacks")
+    assert "Traceback" not in log
+    assert " ERROR " not in log
+    ctr.remove()

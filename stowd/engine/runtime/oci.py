@@ -123,8 +123,10 @@ class OciRuntime:
         try:
             env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                    "_OCI_SYNCPIPE": str(sync_w)}
+            # conmon writes its OOM marker both in --persist-dir and as `oom` in its working
+            # directory (CRI-O's bundle): run it in the persist dir, not in stowd's cwd.
             proc = subprocess.Popen(
-                args, pass_fds=(sync_w,), env=env, start_new_session=True,
+                args, pass_fds=(sync_w,), env=env, start_new_session=True, cwd=persist,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
             os.close(sync_w)
