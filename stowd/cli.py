@@ -103,6 +103,13 @@ def _serve_parser(sub: "argparse._SubParsersAction[Parser]") -> Parser:
     engine.add_argument("--max-json-body", type=_size, default=64 << 20, metavar="BYTES",
                         help="largest JSON request body accepted, e.g. 64m (default 64m); "
                              "a larger one is answered 413 without being read")
+    engine.add_argument("--init-path", default="/usr/bin/tini-static", metavar="PATH",
+                        help="the init run as PID 1 by `docker run --init`: a static binary, "
+                             "bind-mounted at /sbin/docker-init (default: Debian's tini-static)")
+    engine.add_argument("--default-ulimit", action="append", default=[], type=_ulimit,
+                        metavar="NAME=SOFT[:HARD]", dest="default_ulimits",
+                        help="a ulimit for every container (repeatable); a container's own "
+                             "--ulimit of the same name wins")
     engine.add_argument("--seed-busybox", action="store_true",
                         help="when the store has no busybox image, import one made from the "
                              "host's busybox-static binary")
@@ -177,7 +184,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
         chain_prefix=args.chain_prefix,
         default_address_pool=args.default_address_pool,
         max_json_body=args.max_json_body,
+        init_path=args.init_path,
+        default_ulimits=args.default_ulimits,
     )
+
+
+def _ulimit(text: str) -> dict[str, Any]:
+    from stowd.engine.options import parse_ulimit_flag
+
+    try:
+        return parse_ulimit_flag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def serve(settings: Settings, sites: "Sites", seed_busybox: bool = False) -> int:

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOST = "unix:///run/stowd.sock"
 DEFAULT_DATA_ROOT = Path("/var/lib/stowd")
@@ -23,6 +24,10 @@ class Settings:
     cgroup_parent: str = "stowd"
     socket_group: str = "docker"
     stop_timeout: int = 10
+    # `--init`: the init run as PID 1 (dockerd's docker-init is tini; Debian's static one)
+    init_path: str = "/usr/bin/tini-static"
+    # `--default-ulimit`: [{Name, Soft, Hard}], each overridden by a container's own
+    default_ulimits: list[dict[str, Any]] = field(default_factory=list)
     # networking: the default bridge's device and subnet ("" = pick a free one at first
     # start), the prefix of stowd's iptables chains, and the pool user networks come from
     bridge: str = "stowd0"

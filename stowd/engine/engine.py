@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import stat
 import threading
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from stowd.config import Settings
-from stowd.engine import archive_path, cpview, diskusage, names, rootfs
+from stowd.engine import archive_path, cpview, diskusage, hostinfo, names, options, rootfs
 from stowd.engine import create as create_rules
 from stowd.engine import exec as execs
 from stowd.engine import export as exporting
@@ -62,7 +63,8 @@ from stowd.engine.logs import parse_log_options, rotate
 from stowd.engine.network.manager import NetworkManager
 from stowd.engine.resources import check_resources
 from stowd.engine.restart import RestartManager, should_restart
-from stowd.engine.runtime import mounts
+from stowd.engine.runtime import devices as rt_devices
+from stowd.engine.runtime import mounts, seccomp
 from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
 from stowd.engine.runtime.spec import (
     DEFAULT_PATH,
@@ -114,6 +116,7 @@ class Engine:
         self.store: Store
         self.images: ImageStore
         self.runtime: OciRuntime
+        self.host_security: hostinfo.SecurityFacts
 
     # start-up and shut-down -------------------------------------------------------------
 
@@ -154,6 +157,7 @@ class Engine:
         self.store = Store(self.data_root / "stowd.db")
         self.images = ImageStore(self.store, self.data_root)
         self.runtime = OciRuntime(self.settings.runtime, self.exec_root)
+        self.host_security = hostinfo.security_facts(self.settings.init_path)
         for trash in (self.data_root / "containers").glob(".trash-*"):
             shutil.rmtree(trash, ignore_errors=True)
         for record in self.store.all_containers():
@@ -277,6 +281,9 @@ class Engine:
         config = create_rules.normalize_config(body)
         host_config = create_rules.normalize_host_config(body.get("HostConfig"),
                                                          self.runtime.name)
+        warnings = options.check_run_options(host_config, config, (self.runtime.name,),
+                                             self.host_security.cgroup_v2)
+        self._check_run_options_here(host_config)
         image_name = config.get("Image") or ""
         if not image_name:
             raise InvalidParameter("No image was specified")
@@ -284,10 +291,14 @@ class Engine:
             name = names.validate_name(name)
         image = await asyncio.to_thread(self.images.resolve, image_name)
         merged = create_rules.merge_image_defaults(config, image.container_config)
+        if merged.get("NetworkDisabled"):
+            host_config["NetworkMode"] = "none"  # as dockerd: no network at all but lo
         networking = self.network.prepare(merged, host_config, body.get("NetworkingConfig"))
         path, args = create_rules.entrypoint_and_args(merged)
         volume_mounts = await self.volumes.prepare(merged, host_config)  # volumes: resolved
         cid = names.new_id()
+        if host_config.get("UTSMode") == "host":
+            merged["Hostname"] = socket.gethostname()  # the name it will see (uname)
         if not merged.get("Hostname"):
             merged["Hostname"] = cid[:12]
         merged["Image"] = image_name
@@ -312,7 +323,26 @@ class Engine:
             raise
         self._containers[cid] = c
         self._event(c, "create")
-        return cid, []
+        return cid, warnings
+
+    def _check_run_options_here(self, hc: dict[str, Any]) -> None:
+        """The create rules that depend on this host and daemon, not on the request alone."""
+        for key in ("PidMode", "IpcMode"):
+            ref = options.joined_container(hc.get(key) or "")
+            if ref:
+                self.get(ref)  # No such container: X
+        sec = options.parse_security_opt(hc.get("SecurityOpt"))
+        if sec.apparmor and sec.apparmor != "unconfined" and not self.host_security.apparmor:
+            raise InvalidParameter(f"AppArmor is not enabled on this host: cannot apply the "
+                                   f"profile {sec.apparmor!r}")
+        if [x for x in sec.labels if x != "disable"] and not self.host_security.selinux:
+            raise InvalidParameter("SELinux is not enabled on this host: label options other "
+                                   "than 'disable' cannot be applied")
+        if sec.seccomp not in ("", "unconfined", "builtin"):
+            seccomp.to_oci(seccomp.parse_profile(sec.seccomp), host_capabilities())
+        if hc.get("Init") and not self.host_security.init_present:
+            raise InvalidParameter(f"the init binary {self.settings.init_path} does not exist: "
+                                   "install tini (apt-get install tini) or set --init-path")
 
     async def _reserve(self, c: Container, explicit_name: bool) -> None:
         for attempt in range(7):
@@ -339,7 +369,7 @@ class Engine:
         hostname = c.config.get("Hostname") or c.short_id
         (base / "hostname").write_text(hostname + "\n")
         (base / "hosts").write_text(rootfs.hosts_file(hostname, None,
-                                                      c.host_config.get("ExtraHosts")))
+                                                      self.network.extra_hosts(c)))
         (base / "resolv.conf").write_text(rootfs.resolv_conf(
             c.host_config.get("Dns"), c.host_config.get("DnsSearch"),
             c.host_config.get("DnsOptions")))
@@ -447,6 +477,17 @@ class Engine:
         binds, tmpfs = self.volumes.spec_mounts(c)
         size = hc.get("ConsoleSize") or [0, 0]
         cgroup_parent = hc.get("CgroupParent") or self.settings.cgroup_parent
+        sec = options.parse_security_opt(hc.get("SecurityOpt"))
+        namespaces, shm = self._namespace_modes(c)
+        devices, device_rules = rt_devices.user_devices(options.check_devices(hc.get("Devices")))
+        device_rules += [options.parse_device_rule(r) for r in hc.get("DeviceCgroupRules") or []]
+        if hc.get("Privileged"):
+            devices = rt_devices.host_devices()
+            device_rules = [rt_devices.ALLOW_ALL]
+        resources = resources_from_host_config(hc)
+        blkio = rt_devices.blkio_devices(hc)
+        if blkio:
+            resources["blockIO"] = {**resources.get("blockIO", {}), **blkio}
         return SpecInput(
             rootfs=str(root),
             args=[c.path, *c.args],
@@ -467,12 +508,66 @@ class Engine:
             cap_add=hc.get("CapAdd") or [],
             cap_drop=hc.get("CapDrop") or [],
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-            resources=resources_from_host_config(hc),
+            resources=resources,
             binds=binds,
             tmpfs=tmpfs,
             shm_size=hc.get("ShmSize") or 64 * 1024 * 1024,
             labels=cfg.get("Labels") or {},
+            annotations=hc.get("Annotations") or {},
+            namespaces=namespaces,
+            shm=shm,
+            no_new_privileges=sec.no_new_privileges,
+            seccomp=sec.seccomp,
+            apparmor="" if sec.apparmor == "unconfined" else sec.apparmor,
+            systempaths_unconfined=sec.systempaths_unconfined,
+            masked_paths=hc.get("MaskedPaths"),
+            readonly_paths=hc.get("ReadonlyPaths"),
+            rlimits=options.rlimits(hc.get("Ulimits") or [], self.settings.default_ulimits),
+            oom_score_adj=hc.get("OomScoreAdj") or 0,
+            init_path=self.settings.init_path if hc.get("Init") else "",
+            devices=devices,
+            device_rules=device_rules,
+            sysctls=hc.get("Sysctls") or {},
         )
+
+    def _namespace_modes(self, c: Container) -> tuple[dict[str, str], str]:
+        """PidMode, IpcMode, UTSMode and CgroupnsMode → SpecInput.namespaces and its /dev/shm.
+
+        Blocking (a shareable container's /dev/shm is mounted on the host)."""
+        hc = c.host_config
+        modes: dict[str, str] = {}
+        pid_mode = hc.get("PidMode") or ""
+        if pid_mode == "host":
+            modes["pid"] = "host"
+        elif ref := options.joined_container(pid_mode):
+            modes["pid"] = f"/proc/{self._running_donor(ref, 'PID').state.pid}/ns/pid"
+        ipc_mode = hc.get("IpcMode") or "private"
+        shm = "none" if ipc_mode == "none" else "private"
+        if ipc_mode == "shareable":
+            shm = str(self.container_dir(c) / "shm")
+            mounts.mount_shm(shm, hc.get("ShmSize") or 64 * 1024 * 1024)
+        elif ipc_mode == "host":
+            modes["ipc"], shm = "host", "/dev/shm"
+        elif ref := options.joined_container(ipc_mode):
+            donor = self._running_donor(ref, "IPC")
+            if donor.host_config.get("IpcMode") not in ("shareable", "host"):
+                raise InvalidParameter(f"can't join IPC of container {donor.id}: non-shareable "
+                                       "IPC (hint: use IpcMode:shareable for the donor "
+                                       "container)")
+            modes["ipc"] = f"/proc/{donor.state.pid}/ns/ipc"
+            shm = ("/dev/shm" if donor.host_config.get("IpcMode") == "host"
+                   else str(self.container_dir(donor) / "shm"))
+        if hc.get("UTSMode") == "host":
+            modes["uts"] = "host"
+        if hc.get("CgroupnsMode") == "host":
+            modes["cgroup"] = "host"
+        return modes, shm
+
+    def _running_donor(self, ref: str, what: str) -> Container:
+        donor = self.get(ref)
+        if donor.state.status not in (RUNNING, PAUSED) or not donor.state.pid:
+            raise Conflict(f"cannot join {what} of a non running container: {ref}")
+        return donor
 
     async def _start_failed(self, c: Container, exc: Exception) -> None:
         """Undo a half-made start; the container stays as it was, with the error recorded."""
@@ -509,6 +604,7 @@ class Engine:
                 self.runtime.delete(c.id, force=True)
         self.runtime.cleanup_files(c.id)
         mounts.unmount(str(self.container_dir(c) / "rootfs"))
+        mounts.unmount(str(self.container_dir(c) / "shm"))  # a shareable IPC's /dev/shm
         self.network.release(c)  # networking: idempotent
         self.volumes.unmount_for(c)  # volumes: idempotent
 

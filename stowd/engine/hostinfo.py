@@ -117,3 +117,43 @@ def host_facts(runtime_path: str, data_root: Path | str = "/") -> HostFacts:
         bridge_nf_ip6tables=_read("/proc/sys/net/bridge/bridge-nf-call-ip6tables") == "1",
         open_fds=fds,
     )
+
+
+@dataclass(frozen=True)
+class SecurityFacts:
+    """What the host offers for confining containers (read once, at daemon start)."""
+
+    cgroup_v2: bool
+    apparmor: bool
+    selinux: bool
+    seccomp: bool
+    init_present: bool
+
+    def security_options(self, default_cgroupns_private: bool = True) -> list[str]:
+        """`docker info`'s SecurityOptions: the confinement in force, in dockerd's words."""
+        out = []
+        if self.apparmor:
+            out.append("name=apparmor")
+        if self.seccomp:
+            out.append("name=seccomp,profile=builtin")
+        if self.selinux:
+            out.append("name=selinux")
+        if default_cgroupns_private:
+            out.append("name=cgroupns")
+        return out
+
+
+def security_facts(init_path: str) -> SecurityFacts:
+    seccomp = False
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            seccomp = any(line.startswith("Seccomp:") for line in f)
+    except OSError:
+        pass
+    return SecurityFacts(
+        cgroup_v2=cgroup_version() == "2",
+        apparmor=_read("/sys/module/apparmor/parameters/enabled") == "Y",
+        selinux=os.path.exists("/sys/fs/selinux/enforce"),
+        seccomp=seccomp,
+        init_present=os.path.exists(init_path),
+    )

@@ -148,6 +148,7 @@ def resolve_user(rootfs: Path, user: str, group_add: list[str] | None = None) ->
         else:
             g = next((g for g in groups if g[0] == extra and len(g) > 2), None)
             if g is None:
-                raise InvalidParameter(f"Unable to find group {extra}")
+                raise InvalidParameter(f"Unable to find group {extra}: no matching entries in "
+                                       "group file")
             additional.append(int(g[2]))
     return ProcessUser(uid, gid, additional)

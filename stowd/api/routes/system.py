@@ -149,11 +149,11 @@ async def info(request: web.Request) -> web.Response:
                   "ControlAvailable": False, "Error": "", "RemoteManagers": None},
         "LiveRestoreEnabled": True,
         "Isolation": "",
-        "InitBinary": "",
+        "InitBinary": engine.settings.init_path,
         "ContainerdCommit": {"ID": "", "Expected": ""},
         "RuncCommit": {"ID": facts.runtime_version, "Expected": facts.runtime_version},
         "InitCommit": {"ID": "", "Expected": ""},
-        "SecurityOptions": ["name=seccomp,profile=default"],
+        "SecurityOptions": engine.host_security.security_options(),
         "Warnings": None,
     }
     return web.json_response(body)

@@ -38,6 +38,8 @@ from stowd.engine.network.iptables import Firewall
 if TYPE_CHECKING:
     from stowd.engine.engine import Engine
 
+from stowd.engine.options import HOST_GATEWAY
+
 log = logging.getLogger("stowd.network")
 
 PREDEFINED = ("bridge", "host", "none")
@@ -951,6 +953,17 @@ class NetworkManager:
 
     # /etc/hosts, /etc/resolv.conf, /etc/hostname --------------------------------------
 
+    def extra_hosts(self, c: Container) -> list[str]:
+        """ExtraHosts with `host-gateway` as the address of the default bridge's gateway
+        (the host, as containers on it reach it), as dockerd resolves it."""
+        out = []
+        for entry in c.host_config.get("ExtraHosts") or []:
+            host, _, addr = entry.partition(":")
+            if addr == HOST_GATEWAY:
+                addr = self.by_name("bridge").gateway
+            out.append(f"{host}:{addr}")
+        return out
+
     def _hostname(self, c: Container) -> str:
         return str(c.config.get("Hostname") or c.short_id)
 
@@ -962,7 +975,7 @@ class NetworkManager:
             hosts = Path("/etc/hosts").read_text()
         except OSError:
             hosts = rootfs.hosts_file(self._hostname(c))
-        for entry in c.host_config.get("ExtraHosts") or []:
+        for entry in self.extra_hosts(c):
             host, _, addr = entry.partition(":")
             hosts = hosts.rstrip("\n") + f"\n{addr}\t{host}\n"
         (base / "hosts").write_text(hosts)
@@ -974,7 +987,7 @@ class NetworkManager:
 
     def _write_hosts(self, c: Container) -> None:
         base = self.engine.container_dir(c)
-        text = rootfs.hosts_file(self._hostname(c), None, c.host_config.get("ExtraHosts"))
+        text = rootfs.hosts_file(self._hostname(c), None, self.extra_hosts(c))
         for ep in (c.network.get("endpoints") or {}).values():
             if ep.get("IPAddress"):
                 text += f"{ep['IPAddress']}\t{self._hostname(c)}\n"

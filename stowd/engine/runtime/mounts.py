@@ -6,7 +6,9 @@ import subprocess
 
 from stowd.engine.runtime.libc import MNT_DETACH, check, is_mounted, libc
 
-__all__ = ["is_mounted", "mount_overlay", "unmount"]
+__all__ = ["is_mounted", "mount_overlay", "mount_shm", "unmount"]
+
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
 # The kernel takes mount data up to one page; longer layer lists go through relative paths.
 _MAX_MOUNT_DATA = 4000
@@ -36,3 +38,13 @@ def unmount(target: str) -> None:
         err = ctypes.get_errno()
         if err not in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
             raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def mount_shm(target: str, size: int) -> None:
+    """A tmpfs for a shareable IPC namespace's /dev/shm, on the host so that containers
+    joining it (`--ipc container:X`) can bind the same one. Idempotent."""
+    os.makedirs(target, exist_ok=True)
+    if is_mounted(target):
+        return
+    check(libc.mount(b"shm", target.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                     f"mode=1777,size={size}".encode()), f"mount shm on {target}")

@@ -9,7 +9,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from stowd.engine.runtime.seccomp import default_seccomp_profile
+from stowd.engine.runtime.seccomp import DOCKER_DEFAULT_PROFILE, parse_profile, to_oci
 
 DEFAULT_CAPABILITIES = [
     "CAP_CHOWN",
@@ -84,6 +84,8 @@ READONLY_PATHS = [
     "/proc/sysrq-trigger",
 ]
 
+INIT_DESTINATION = "/sbin/docker-init"
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -124,6 +126,25 @@ class SpecInput:
     netns_path: str | None = None
     shm_size: int = 64 * 1024 * 1024
     labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)  # HostConfig.Annotations
+    # Namespaces other than the network's: "private" (a new one), "host" (none: the
+    # host's), or the path of another container's (/proc/<pid>/ns/<type>).
+    namespaces: dict[str, str] = field(default_factory=dict)
+    # /dev/shm: "private" (its own tmpfs), "none" (not mounted), or a path to bind there
+    # (the host's /dev/shm, or the IPC donor's).
+    shm: str = "private"
+    no_new_privileges: bool = False
+    seccomp: str = ""  # "" the default profile, "unconfined", or a profile's JSON
+    apparmor: str = ""  # a profile name (only where the host has AppArmor)
+    systempaths_unconfined: bool = False
+    masked_paths: list[str] | None = None  # None: Docker's defaults
+    readonly_paths: list[str] | None = None
+    rlimits: list[dict[str, Any]] = field(default_factory=list)  # OCI process.rlimits
+    oom_score_adj: int | None = None
+    init_path: str = ""  # the init binary to run as PID 1 (bind-mounted at /sbin/docker-init)
+    devices: list[dict[str, Any]] = field(default_factory=list)  # OCI linux.devices
+    device_rules: list[dict[str, Any]] = field(default_factory=list)  # cgroup allow rules
+    sysctls: dict[str, str] = field(default_factory=dict)
 
 
 def _normalize_cap(cap: str) -> str:
@@ -184,8 +205,17 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
             "effective": caps,
             "permitted": caps,
         },
-        "noNewPrivileges": False,
+        "noNewPrivileges": inp.no_new_privileges,
     }
+    if inp.rlimits:
+        process["rlimits"] = inp.rlimits
+    if inp.oom_score_adj is not None:
+        process["oomScoreAdj"] = inp.oom_score_adj
+    if inp.apparmor:
+        process["apparmorProfile"] = inp.apparmor
+    if inp.init_path:
+        # As dockerd: its docker-init (tini) is PID 1 and runs the command as its child.
+        process["args"] = [INIT_DESTINATION, "--", *inp.args]
     if inp.tty and inp.console_size and all(inp.console_size):
         process["consoleSize"] = {"height": inp.console_size[0], "width": inp.console_size[1]}
 
@@ -196,15 +226,24 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        # Writable for privileged containers, as dockerd mounts them.
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
+         "options": ["nosuid", "noexec", "nodev", "rw" if inp.privileged else "ro"]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["ro", "nosuid", "noexec", "nodev"]},
+         "options": ["rw" if inp.privileged else "ro", "nosuid", "noexec", "nodev"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={inp.shm_size}"]},
     ]
+    if inp.shm == "private":
+        mounts.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                       "options": ["nosuid", "noexec", "nodev", "mode=1777",
+                                   f"size={inp.shm_size}"]})
+    elif inp.shm != "none":
+        mounts.append({"destination": "/dev/shm", "type": "bind", "source": inp.shm,
+                       "options": ["rbind", "rprivate"]})
+    if inp.init_path:
+        mounts.append({"destination": INIT_DESTINATION, "type": "bind",
+                       "source": inp.init_path, "options": ["bind", "ro"]})
     user_mounts = user_mount_entries(inp)
     taken = {m["destination"] for m in user_mounts}
     mounts = [m for m in mounts if m["destination"] not in taken]  # the user's /dev/shm wins
@@ -216,13 +255,13 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
     # Parents before children (a volume on /etc, then /etc/hosts over it), as dockerd sorts.
     mounts += sorted(files + user_mounts, key=lambda m: _depth(m["destination"]))
 
-    namespaces: list[dict[str, str]] = [
-        {"type": "pid"},
-        {"type": "ipc"},
-        {"type": "uts"},
-        {"type": "mount"},
-        {"type": "cgroup"},
-    ]
+    namespaces: list[dict[str, str]] = []
+    for kind in ("pid", "ipc", "uts", "mount", "cgroup"):
+        mode = inp.namespaces.get(kind, "private")
+        if mode == "private":
+            namespaces.append({"type": kind})
+        elif mode != "host":
+            namespaces.append({"type": kind, "path": mode})
     if inp.netns_path:
         namespaces.append({"type": "network", "path": inp.netns_path})
     else:
@@ -238,6 +277,7 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
             {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},
             {"allow": True, "type": "c", "major": 5, "minor": 1, "access": "rwm"},
             {"allow": False, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+            *inp.device_rules,
         ]
     }
     resources.update(inp.resources)
@@ -252,21 +292,41 @@ def build_spec(inp: SpecInput) -> dict[str, Any]:
         linux["rootfsPropagation"] = "shared"
     elif propagations & {"slave", "rslave"}:
         linux["rootfsPropagation"] = "rslave"
-    if not inp.privileged:
-        linux["maskedPaths"] = MASKED_PATHS
-        linux["readonlyPaths"] = READONLY_PATHS
-        linux["seccomp"] = default_seccomp_profile(caps)
+    if inp.devices:
+        linux["devices"] = inp.devices
+    if inp.sysctls:
+        linux["sysctl"] = dict(inp.sysctls)
+    if not inp.privileged and not inp.systempaths_unconfined:
+        linux["maskedPaths"] = (MASKED_PATHS if inp.masked_paths is None
+                                else list(inp.masked_paths))
+        linux["readonlyPaths"] = (READONLY_PATHS if inp.readonly_paths is None
+                                  else list(inp.readonly_paths))
+    seccomp = seccomp_section(inp.seccomp, caps, inp.privileged)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
 
+    uts_shared = inp.namespaces.get("uts", "private") != "private"
     return {
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": inp.rootfs, "readonly": inp.readonly_rootfs},
-        "hostname": inp.hostname,
-        **({"domainname": inp.domainname} if inp.domainname else {}),
+        # A shared UTS namespace keeps its own name: setting one would rename the host.
+        **({} if uts_shared else {"hostname": inp.hostname}),
+        **({"domainname": inp.domainname} if inp.domainname and not uts_shared else {}),
         "mounts": mounts,
         "linux": linux,
-        "annotations": {k: str(v) for k, v in inp.labels.items()},
+        "annotations": {**{k: str(v) for k, v in inp.labels.items()}, **inp.annotations},
     }
+
+
+def seccomp_section(profile: str, caps: list[str], privileged: bool) -> dict[str, Any] | None:
+    """linux.seccomp as dockerd chooses it: none if unconfined or privileged, the given
+    profile, or Docker's default for these capabilities."""
+    if profile == "unconfined" or privileged:
+        return None
+    if profile and profile != "builtin":
+        return to_oci(parse_profile(profile), caps)
+    return to_oci(DOCKER_DEFAULT_PROFILE, caps)
 
 
 def resources_from_host_config(hc: dict[str, Any]) -> dict[str, Any]:
@@ -280,6 +340,10 @@ def resources_from_host_config(hc: dict[str, Any]) -> dict[str, Any]:
         memory["reservation"] = hc["MemoryReservation"]
     if hc.get("MemorySwap"):
         memory["swap"] = hc["MemorySwap"]
+    if hc.get("MemorySwappiness") is not None and hc["MemorySwappiness"] >= 0:
+        memory["swappiness"] = hc["MemorySwappiness"]
+    if hc.get("OomKillDisable"):
+        memory["disableOOMKiller"] = True
     if memory:
         out["memory"] = memory
     cpu: dict[str, Any] = {}
@@ -296,6 +360,10 @@ def resources_from_host_config(hc: dict[str, Any]) -> dict[str, Any]:
         cpu["cpus"] = hc["CpusetCpus"]
     if hc.get("CpusetMems"):
         cpu["mems"] = hc["CpusetMems"]
+    if hc.get("CpuRealtimePeriod"):
+        cpu["realtimePeriod"] = hc["CpuRealtimePeriod"]
+    if hc.get("CpuRealtimeRuntime"):
+        cpu["realtimeRuntime"] = hc["CpuRealtimeRuntime"]
     if cpu:
         out["cpu"] = cpu
     if hc.get("PidsLimit"):
