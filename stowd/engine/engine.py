@@ -127,6 +127,7 @@ class Engine:
         for container in list(self._containers.values()):
             await self._recover(container)
         await self.network.sweep()  # networking: undo what no running container owns
+        self.restarts.revive_at_daemon_start(list(self._containers.values()))
         self._spawn(self._rotate_logs_forever())
 
     async def _rotate_logs_forever(self) -> None:
@@ -393,6 +394,7 @@ class Engine:
             raise Conflict("container is marked for removal and cannot be started")
         if not restarting:
             self.restarts.cancel(c.id)
+            c.restart_count = 0  # a user's start begins a new count (dockerd)
         image = await asyncio.to_thread(self.images.find, c.image_id)
         if image is None:
             raise NotFound(f"No such image: {c.image_id}")

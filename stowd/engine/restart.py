@@ -2,8 +2,10 @@
 
 Docker's rules: `no` never; `always` after any exit; `unless-stopped` likewise unless the
 user stopped it; `on-failure[:N]` after a non-zero exit while fewer than N restarts were
-made. A user's stop or kill cancels a pending restart. The delay starts at 100 ms and
-doubles per restart up to a minute; a run of 10 s or more resets it.
+made (a user's start resets the count). A user's stop or kill cancels a pending restart.
+The delay starts at 100 ms and doubles per restart up to a minute; a run of 10 s or more
+resets it. When the daemon starts, stopped containers whose policy says so start again:
+`always` even after a user's stop (dockerd's restore), the others only if not user-stopped.
 """
 
 import asyncio
@@ -12,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from stowd.engine.containers import RESTARTING, Container, parse_time
+from stowd.engine.containers import EXITED, RESTARTING, Container, parse_time
 
 if TYPE_CHECKING:
     from stowd.engine.engine import Engine
@@ -85,6 +87,22 @@ class RestartManager:
                     self._schedule(c)
                 return
         self.engine._event(c, "restart")
+
+    def revive_at_daemon_start(self, containers: list[Container]) -> None:
+        """dockerd's restore: a stopped container whose policy says so starts again when the
+        daemon starts — `always` even after a user's stop, `unless-stopped` and
+        `on-failure` (non-zero exit, retries left) only if the user did not stop it. Started
+        as a user's start would (count reset, the user's stop forgotten)."""
+        for c in containers:
+            if (c.state.status == EXITED and c.state.has_been_started
+                    and should_restart(c, daemon_start=True)):
+                self.engine._spawn(self._start_at_daemon_start(c))
+
+    async def _start_at_daemon_start(self, c: Container) -> None:
+        try:
+            await self.engine.start(c.id)
+        except Exception as exc:
+            log.warning("restart of %s at daemon start failed: %s", c.short_id, exc)
 
     async def auto_remove(self, c: Container) -> None:
         with contextlib.suppress(Exception):
