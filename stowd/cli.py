@@ -125,6 +125,18 @@ def _serve_parser(sub: "argparse._SubParsersAction[Parser]") -> Parser:
                      metavar="POOL",
                      help="where user-defined networks get subnets: base=CIDR,size=N "
                           "(default base=10.89.0.0/16,size=24)")
+    reg = p.add_argument_group("registries")
+    reg.add_argument("--insecure-registry", action="append", dest="insecure_registries",
+                     default=[], metavar="HOST[:PORT]|CIDR",
+                     help="allow plain HTTP and unverified TLS for this registry, "
+                          "repeatable (127.0.0.0/8 and ::1 always are)")
+    reg.add_argument("--registry-mirror", action="append", dest="registry_mirrors",
+                     default=[], metavar="URL",
+                     help="a Docker Hub mirror tried before Docker Hub for pulls, repeatable")
+    reg.add_argument("--registry-certs-dir", type=Path, default=Path("/etc/docker/certs.d"),
+                     metavar="DIR",
+                     help="per-registry CA (*.crt) and client certificates (*.cert, *.key) "
+                          "in DIR/HOST[:PORT]/ (default /etc/docker/certs.d)")
     logs = p.add_argument_group("logging")
     logs.add_argument("-l", "--log-level", default="info", choices=list(LOG_LEVELS),
                       metavar="LEVEL",
@@ -182,6 +194,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         bridge=args.bridge,
         bridge_subnet=args.bridge_subnet,
         chain_prefix=args.chain_prefix,
+        insecure_registries=args.insecure_registries,
+        registry_mirrors=args.registry_mirrors,
+        registry_certs_dir=args.registry_certs_dir,
         default_address_pool=args.default_address_pool,
         max_json_body=args.max_json_body,
         init_path=args.init_path,

@@ -37,3 +37,8 @@ class Settings:
     # The largest JSON request body read (413 beyond): far above any real request (a create
     # with a few thousand environment variables is well under 1 MiB), far below memory.
     max_json_body: int = 64 << 20
+    # registries: plain HTTP allowed for these (beyond 127.0.0.0/8 and ::1), Docker Hub
+    # mirrors, and where per-registry CA and client certificates are looked up
+    insecure_registries: list[str] = field(default_factory=list)
+    registry_mirrors: list[str] = field(default_factory=list)
+    registry_certs_dir: Path = Path("/etc/docker/certs.d")

@@ -24,6 +24,7 @@ from stowd.engine.errors import (
     NotImplementedByEngine,
     NotModified,
     TooLarge,
+    Unauthorized,
     Unavailable,
 )
 
@@ -39,6 +40,7 @@ _STATUS: list[tuple[type[EngineError], int]] = [
     (Conflict, 409),
     (NotModified, 304),
     (Forbidden, 403),
+    (Unauthorized, 401),
     (Unavailable, 503),
     (NotImplementedByEngine, 501),
     (TooLarge, 413),

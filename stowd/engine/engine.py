@@ -43,6 +43,8 @@ from stowd.engine.containers import (
     parse_time,
     rfc3339_nano,
 )
+from stowd.engine.distribution.service import Distribution
+from stowd.engine.distribution.transport import RegistrySettings
 from stowd.engine.errors import (
     Conflict,
     EngineError,
@@ -115,6 +117,7 @@ class Engine:
         self.volumes = VolumeManager(self)
         self.store: Store
         self.images: ImageStore
+        self.distribution: Distribution
         self.runtime: OciRuntime
         self.host_security: hostinfo.SecurityFacts
 
@@ -157,6 +160,11 @@ class Engine:
         os.chmod(self.exec_root, 0o711)
         self.store = Store(self.data_root / "stowd.db")
         self.images = ImageStore(self.store, self.data_root)
+        self.distribution = Distribution(
+            self.images, RegistrySettings(self.settings.insecure_registries,
+                                          self.settings.registry_mirrors,
+                                          self.settings.registry_certs_dir),
+            self.data_root, self.events.publish)
         self.runtime = OciRuntime(self.settings.runtime, self.exec_root)
         self.host_security = hostinfo.security_facts(self.settings.init_path)
         for trash in (self.data_root / "containers").glob(".trash-*"):
@@ -177,6 +185,8 @@ class Engine:
             self._pidfds.pop(cid, None)
         for task in list(self._tasks):
             task.cancel()
+        if hasattr(self, "distribution"):
+            await self.distribution.close()
         if hasattr(self, "store"):
             await self.network.close()
             # After every queued write has committed.

@@ -33,6 +33,10 @@ class Forbidden(EngineError):
     pass
 
 
+class Unauthorized(EngineError):
+    """A registry refused the credentials (or asked for some): a 401."""
+
+
 class Unavailable(EngineError):
     pass
 

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images import tarsplit
@@ -19,6 +20,7 @@ from stowd.engine.images.layers import (
     DiffIDMismatch,
     convert_whiteouts,
     decompressed,
+    decompressed_as,
     extract_layer,
 )
 from stowd.engine.images.save import retar_layer
@@ -260,6 +262,32 @@ def test_decompression_output_stays_bounded() -> None:
     assert hashlib.sha256(b"".join(pieces)).digest() == hashlib.sha256(b"\0" * (64 << 20)).digest()
 
 
-def test_zstd_layers_are_refused_clearly() -> None:
-    with pytest.raises(InvalidParameter, match="zstd"):
-        list(decompressed(io.BytesIO(b"\x28\xb5\x2f\xfd" + b"\0" * 10)))
+def test_zstd_layers_decompress_bounded() -> None:
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * (64 << 20))
+    pieces = list(decompressed(io.BytesIO(bomb)))
+    assert sum(len(p) for p in pieces) == 64 << 20
+    assert max(len(p) for p in pieces) <= 1 << 20
+
+
+def test_bad_zstd_data_is_refused_clearly() -> None:
+    with pytest.raises(InvalidParameter, match="bad compressed data"):
+        list(decompressed(io.BytesIO(b"\x28\xb5\x2f\xfd\x04\x00" + b"\xff" * 10)))
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_decompressed_as_media_type_says(compression: str) -> None:
+    data = os.urandom(3 << 20)
+    blob = {"gzip": lambda d: gzip.compress(d) + gzip.compress(b"tail"),
+            "zstd": lambda d: zstandard.ZstdCompressor().compress(d),
+            "none": lambda d: d}[compression](data)
+    seen: list[int] = []
+    out = b"".join(decompressed_as(io.BytesIO(blob), compression, seen.append))
+    expected = data + b"tail" if compression == "gzip" else data
+    assert out == expected
+    assert seen[-1] == len(blob)
+
+
+def test_gzip_media_type_is_not_guessed() -> None:
+    # A plain tar under a gzip media type is refused, never taken as it is.
+    with pytest.raises(InvalidParameter, match="bad compressed data"):
+        list(decompressed_as(io.BytesIO(b"x" * 1024), "gzip"))

@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -11,7 +12,9 @@ from stowd.api.app import Router, engine_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version, bool_param, json_body
 from stowd.api.streams import BodyReader, error_line, json_line
-from stowd.engine.errors import EngineError, InvalidParameter, NotFound
+from stowd.engine.distribution.auth import decode_registry_auth
+from stowd.engine.distribution.pull import Aux, Progress
+from stowd.engine.errors import EngineError, InvalidParameter
 from stowd.engine.images import listing, reference
 from stowd.engine.images.load import LayerProgress, LoadMessage
 
@@ -61,27 +64,62 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 
 async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse:
+    """fromImage=&tag=&platform=: dockerd's progress stream; an empty tag pulls every tag."""
     engine = engine_of(request)
-    name = name.rstrip(":")
-    ref = reference.parse(name)
+    ref = reference.parse(name, default_tag=False)
     if tag:
-        ref = reference.Reference(ref.domain, ref.path, None if tag.startswith("sha256:") else tag,
-                                  tag if tag.startswith("sha256:") else None)
-    image = await asyncio.to_thread(engine.images.find, ref.full())
-    if image is None:
-        # Docker's wording (clients key on "repository does not exist" to report a missing
-        # image), then what to do instead.
-        raise NotFound(
-            f"pull access denied for {ref.familiar_repository}, repository does not exist or "
-            "may require 'docker login': stowd cannot pull from registries yet; load the "
-            "image with `docker load` or `docker import` it")
-    response = await _json_stream(request)
-    await response.write(json_line({"status": f"Pulling from {ref.path}",
-                                    "id": ref.tag or ref.digest}))
-    await response.write(json_line(
-        {"status": f"Status: Image is up to date for {ref.familiar()}"}))
+        # As dockerd: the tag parameter replaces the name's tag, and may be a digest.
+        bare = ref.repository
+        ref = reference.parse(f"{bare}@{tag}" if ":" in tag else f"{bare}:{tag}",
+                              default_tag=False)
+    creds = decode_registry_auth(request.headers.get("X-Registry-Auth"))
+    lines = engine.distribution.pull(ref, request.query.get("platform", ""), creds)
+    return await _progress_stream(request, lines, "pulling " + ref.familiar())
+
+
+async def _progress_stream(request: web.Request, lines: AsyncIterator[Progress | Aux],
+                           what: str) -> web.StreamResponse:
+    """Docker's JSON progress: an error before the first line is an HTTP error, after it an
+    errorDetail line. A client that goes away stops following (and cancels the work when it
+    was the last one)."""
+    response: web.StreamResponse | None = None
+    try:
+        async with contextlib.aclosing(lines):  # type: ignore[type-var]
+            async for line in lines:
+                if response is None:
+                    response = await _json_stream(request)
+                await response.write(progress_line(line))
+    except ConnectionError:
+        log.debug("the client of %s went away", request.path)
+        return response or web.Response()
+    except Exception as exc:
+        if response is None:
+            raise
+        if isinstance(exc, EngineError):
+            message = exc.message
+        else:
+            log.exception("%s failed", what)
+            message = f"{type(exc).__name__}: {exc}"
+        await response.write(error_line(message))
+    if response is None:
+        response = await _json_stream(request)
     await response.write_eof()
     return response
+
+
+def progress_line(line: Progress | Aux) -> bytes:
+    if isinstance(line, Aux):
+        return json_line({"progressDetail": {}, "aux": line.data})
+    out: dict[str, object] = {"status": line.status}
+    if line.detail:
+        if line.current is not None and line.total is not None:
+            out["progressDetail"] = {"current": line.current, "total": line.total}
+            out["progress"] = progress_bar(line.current, line.total)
+        else:
+            out["progressDetail"] = {}
+    if line.id:
+        out["id"] = line.id
+    return json_line(out)
 
 
 # load and save ------------------------------------------------------------------------------

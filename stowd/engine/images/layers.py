@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import gzip
 import hashlib
+import io
 import itertools
 import logging
 import lzma
@@ -24,7 +25,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import zstandard
 
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images.tarsplit import SplitResult, TarSplitter, check_files
@@ -66,8 +69,9 @@ def decompressed(source: BinaryIO, counted: Callable[[int], None] | None = None
     read = 0
     chunks = _chunks(source)
     head = next(chunks, b"")
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        raise InvalidParameter("zstd-compressed layers are not supported yet")
+    if head[:4] == ZSTD_MAGIC:
+        yield from _zstd_decompressed(itertools.chain([head], chunks), counted)
+        return
     gzip_stream = head[:2] == b"\x1f\x8b"
     if gzip_stream:
         inflater = zlib.decompressobj(wbits=47)
@@ -103,6 +107,100 @@ def decompressed(source: BinaryIO, counted: Callable[[int], None] | None = None
             counted(read)
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file over an iterator of chunks, counting the bytes handed out."""
+
+    def __init__(self, chunks: Iterator[bytes], counted: Callable[[int], None] | None) -> None:
+        self._chunks = chunks
+        self._counted = counted
+        self._buffer = b""
+        self._read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if not self._buffer:
+            self._buffer = next(self._chunks, b"")
+            self._read += len(self._buffer)
+            if self._counted and self._buffer:
+                self._counted(self._read)
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n
+
+
+def _zstd_decompressed(chunks: Iterator[bytes], counted: Callable[[int], None] | None
+                       ) -> Iterator[bytes]:
+    # zstandard's stream reader yields at most CHUNK bytes per read, whatever the ratio.
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        _ChunkReader(chunks, counted), read_size=CHUNK, read_across_frames=True,
+        closefd=False)
+    try:
+        while data := reader.read(CHUNK):
+            yield data
+    except zstandard.ZstdError as exc:
+        raise InvalidParameter(f"invalid layer archive: bad compressed data: {exc}") from exc
+
+
+def decompressed_as(source: BinaryIO, compression: str | None,
+                    counted: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    """The tar stream on source, decompressed as its media type says (a registry's layer).
+
+    compression is "gzip", "zstd" or "none"; None guesses from the first bytes (archives
+    from docker load and import, which carry no media type)."""
+    if compression is None:
+        return decompressed(source, counted)
+    if compression == "zstd":
+        return _zstd_decompressed(_chunks(source), counted)
+    if compression == "gzip":
+        return _gzip_decompressed(_chunks(source), counted)
+    return _counted(_chunks(source), counted)
+
+
+def _counted(chunks: Iterator[bytes], counted: Callable[[int], None] | None
+             ) -> Iterator[bytes]:
+    read = 0
+    for chunk in chunks:
+        read += len(chunk)
+        yield chunk
+        if counted:
+            counted(read)
+
+
+def _gzip_decompressed(chunks: Iterator[bytes], counted: Callable[[int], None] | None
+                       ) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(wbits=31)
+    read = 0
+    try:
+        for chunk in chunks:
+            read += len(chunk)
+            data = inflater.decompress(chunk, CHUNK)
+            while data:
+                yield data
+                data = inflater.decompress(inflater.unconsumed_tail, CHUNK) \
+                    if inflater.unconsumed_tail else b""
+            # Concatenated gzip members (pigz, some registries' clients) continue the tar.
+            while inflater.eof and inflater.unused_data:
+                rest = inflater.unused_data
+                inflater = zlib.decompressobj(wbits=31)
+                data = inflater.decompress(rest, CHUNK)
+                while data:
+                    yield data
+                    data = inflater.decompress(inflater.unconsumed_tail, CHUNK) \
+                        if inflater.unconsumed_tail else b""
+            if counted:
+                counted(read)
+    except zlib.error as exc:
+        raise InvalidParameter(f"invalid layer archive: bad compressed data: {exc}") from exc
+    if read and not inflater.eof:
+        raise InvalidParameter("invalid layer archive: unexpected end of gzip data")
+
+
 def chain_id(parent_chain: str | None, diff_id: str) -> str:
     if parent_chain is None:
         return diff_id
@@ -111,7 +209,8 @@ def chain_id(parent_chain: str | None, diff_id: str) -> str:
 
 def extract_layer(source: BinaryIO, layers_root: Path,
                   progress: Callable[[int], None] | None = None,
-                  expected_diff_id: str | None = None) -> ExtractedLayer:
+                  expected_diff_id: str | None = None,
+                  compression: str | None = None) -> ExtractedLayer:
     """Extract source into a new temporary layer directory under layers_root.
 
     With expected_diff_id, a tar whose digest differs is refused (InvalidParameter) and
@@ -137,7 +236,7 @@ def extract_layer(source: BinaryIO, layers_root: Path,
     try:
         with gzip.open(tmp / TAR_SPLIT, "wb", compresslevel=1) as split_file:
             splitter = TarSplitter(split_file)  # type: ignore[arg-type]
-            for data in decompressed(source, progress):
+            for data in decompressed_as(source, compression, progress):
                 hasher.update(data)
                 total += len(data)
                 splitter.feed(data)

@@ -7,8 +7,10 @@ goes away makes the next `write` raise BrokenPipeError.
 
 import asyncio
 import concurrent.futures
+import io
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 _DONE = object()
 
@@ -78,3 +80,65 @@ class ThreadPipe:
         self._closed.set()
         while not self._queue.empty():
             self._queue.get_nowait()
+
+
+class FeedPipe(io.RawIOBase):
+    """The other direction: chunks put on the event loop, read as a file in a worker thread.
+
+    At most `depth` chunks wait in between, so a fast network waits for a slow extraction
+    instead of filling memory. `fail(exc)` makes the reader's next read raise exc.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, depth: int = 4) -> None:
+        self._loop = loop
+        self._queue: asyncio.Queue[object] = asyncio.Queue(depth)
+        self._buffer = memoryview(b"")
+        self._eof = False
+        self._closed = False
+
+    # the writer's side (event loop) ------------------------------------------------------
+
+    async def put(self, chunk: bytes) -> None:
+        """Raises BrokenPipeError once the reader is gone (see close)."""
+        if self._closed:
+            raise BrokenPipeError("the reader went away")
+        if chunk:
+            await self._queue.put(chunk)
+
+    async def finish(self) -> None:
+        if self._closed:
+            raise BrokenPipeError("the reader went away")
+        await self._queue.put(_DONE)
+
+    def close(self) -> None:
+        """The reader is done (or failed): a writer waiting for room is let go."""
+        self._closed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def fail(self, exc: BaseException) -> None:
+        """Never blocks: what was queued is dropped, the reader sees exc next."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(exc)
+
+    # the reader's side (worker thread) ---------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if not self._buffer and not self._eof:
+            item = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop).result()
+            if item is _DONE:
+                self._eof = True
+            elif isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            else:
+                assert isinstance(item, bytes)
+                self._buffer = memoryview(item)
+        n = min(len(b), len(self._buffer))
+        b[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        return n

@@ -161,12 +161,14 @@ class ImageStore:
 
     def store_layer(self, source: BinaryIO, parent_chain: str | None,
                     progress: Callable[[int], None] | None = None,
-                    expected_diff_id: str | None = None) -> tuple[str, str, int]:
+                    expected_diff_id: str | None = None,
+                    compression: str | None = None) -> tuple[str, str, int]:
         """Extract a layer tar on top of parent_chain; returns (chain ID, diff ID, size).
 
-        With expected_diff_id, a layer with another digest is refused and not stored."""
+        With expected_diff_id, a layer with another digest is refused and not stored.
+        compression ("gzip", "zstd", "none") is the blob's, None to guess it."""
         layer: ExtractedLayer = extract_layer(source, self.layers_root, progress,
-                                              expected_diff_id)
+                                              expected_diff_id, compression)
         chain = chain_id(parent_chain, layer.diff_id)
         final = self.layer_path(chain)
         with self._lock:
