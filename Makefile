@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-APT_PACKAGES := runc conmon iptables iproute2 busybox-static procps tar containernetworking-plugins tmux tini strace
+APT_PACKAGES := runc conmon iptables iproute2 busybox-static procps tar containernetworking-plugins tmux tini strace docker-registry
 STOWD_HOST ?= unix:///run/stowd.sock
 
 .PHONY: run test deps venv lint unit integration bench clean

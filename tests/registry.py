@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import zstandard
 
 from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
 
@@ -195,17 +196,29 @@ class Layer:
         if self.compression == "gzip":
             return gzip.compress(self.tar, mtime=0)
         if self.compression == "zstd":
-            return subprocess.run(["zstd", "-q", "-c"], input=self.tar, capture_output=True,
-                                  check=True).stdout
+            return zstandard.ZstdCompressor().compress(self.tar)
         return self.tar
 
 
-def busybox_layer(compression: str = "gzip") -> Layer:
+def busybox_layer(compression: str = "gzip", marker: str = "") -> Layer:
+    """The test busybox root filesystem; a marker file makes it a layer of its own (else it
+    is the very layer the test daemons import as busybox:latest)."""
     binary = busybox_binary()
     assert binary, "busybox-static is needed"
     out = io.BytesIO()
     busybox_rootfs_tar(binary, out)
-    return Layer(out.getvalue(), compression)
+    tar = out.getvalue()
+    if marker:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as dst, \
+                tarfile.open(fileobj=io.BytesIO(tar)) as src:
+            for member in src:
+                dst.addfile(member, src.extractfile(member) if member.isreg() else None)
+            info = tarfile.TarInfo("etc/marker")
+            info.size = len(marker)
+            dst.addfile(info, io.BytesIO(marker.encode()))
+        tar = out.getvalue()
+    return Layer(tar, compression)
 
 
 def files_layer(files: dict[str, bytes | None], compression: str = "gzip") -> Layer:
@@ -235,3 +248,83 @@ def files_layer(files: dict[str, bytes | None], compression: str = "gzip") -> La
 
 def basic(user: str, password: str) -> str:
     return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class SlowProxy:
+    """A TCP proxy to a registry that sends its answers at `rate` bytes a second and counts
+    the blob downloads asked of it, so tests can watch a pull in the middle."""
+
+    def __init__(self, target_port: int, rate: int) -> None:
+        import asyncio
+        import threading
+        self.target_port = target_port
+        self.rate = rate
+        self.requests: list[str] = []
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def blob_gets(self, digest: str) -> int:
+        return sum(1 for r in self.requests if r.startswith("GET ") and digest in r)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       slow: bool) -> None:
+            try:
+                while data := await reader.read(65536 if not slow else 16384):
+                    if not slow:
+                        for line in data.split(b"\r\n"):
+                            if line.startswith((b"GET /v2/", b"HEAD /v2/")):
+                                self.requests.append(line.decode(errors="replace"))
+                    writer.write(data)
+                    await writer.drain()
+                    if slow:
+                        await asyncio.sleep(len(data) / self.rate)
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+            try:
+                sr, sw = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                cw.close()
+                return
+            await asyncio.gather(pipe(cr, sw, False), pipe(sr, cw, True))
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            server = await asyncio.start_server(handle, "127.0.0.1", self.port)
+            self._ready.set()
+            await self._stop.wait()
+            server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(main())
+        self._loop.close()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+
+def remove_registry_images(client: Any) -> None:
+    """Remove every image a test pulled from a 127.0.0.1 registry (docker-py client)."""
+    for image in client.images.list():
+        names = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
+        if any(n.startswith("127.0.0.1:") for n in names):
+            client.images.remove(image.id, force=True)

@@ -88,6 +88,25 @@ class _Verified(io.RawIOBase):
                                  f"{self._digest}")
         return 0
 
+    def drain(self) -> None:
+        """Read to the end: raises DigestMismatch when the blob is not the one announced."""
+        buf = bytearray(1 << 20)
+        while self.readinto(buf):
+            pass
+
+
+def _store(images: ImageStore, source: _Verified, parent: str | None,
+           progress: Callable[[int], None], diff_id: str, compression: str
+           ) -> tuple[str, str, int]:
+    """Extract the layer (worker thread). A blob that cannot be extracted is read to its end
+    first, so that a corrupt download is reported as one, as dockerd does."""
+    try:
+        return images.store_layer(source, parent, progress, diff_id, compression)
+    except InvalidParameter as exc:
+        if not isinstance(exc, DigestMismatch):
+            source.drain()
+        raise
+
 
 class Puller:
     def __init__(self, images: ImageStore, blobsums: BlobSums, client: RegistryClient,
@@ -209,7 +228,7 @@ class Puller:
 
             compression = mf.LAYER_COMPRESSION[desc.media_type]
             worker = asyncio.ensure_future(asyncio.to_thread(
-                self.images.store_layer, _Verified(pipe, desc.digest, desc.size), parent,
+                _store, self.images, _Verified(pipe, desc.digest, desc.size), parent,
                 progress, diff_id, compression))
             worker.add_done_callback(lambda _: pipe.close())
             try:
