@@ -57,10 +57,11 @@ class Registry:
     scheme: str = "http"
     verify: str | bool = True
     session: requests.Session = field(default_factory=requests.Session)
+    ip: str = "127.0.0.1"
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.ip}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -68,12 +69,15 @@ class Registry:
 
     @classmethod
     def start(cls, auth: dict[str, Any] | None = None, tls: tuple[Path, Path] | None = None,
-              port: int | None = None) -> "Registry":
+              port: int | None = None, host_ip: str = "127.0.0.1",
+              client_ca: Path | None = None) -> "Registry":
         root = Path(tempfile.mkdtemp(prefix="stowd-registry-"))
-        reg = cls(root, port or free_port())
+        reg = cls(root, port or free_port(), ip=host_ip)
         http: dict[str, Any] = {"addr": reg.host, "secret": "test"}
         if tls:
             http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
+            if client_ca:
+                http["tls"]["clientcas"] = [str(client_ca)]
             reg.scheme = "https"
         config: dict[str, Any] = {
             "version": 0.1, "log": {"level": "error", "accesslog": {"disabled": True}},
@@ -90,7 +94,7 @@ class Registry:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", reg.port), timeout=0.5).close()
+                socket.create_connection((reg.ip, reg.port), timeout=0.5).close()
                 return reg
             except OSError:
                 if reg.proc.poll() is not None:
@@ -323,8 +327,15 @@ class SlowProxy:
 
 
 def remove_registry_images(client: Any) -> None:
-    """Remove every image a test pulled from a 127.0.0.1 registry (docker-py client)."""
+    """Remove the names a test gave images from registries (docker-py client); images
+    left without a name go with them, others (busybox:latest) stay."""
+    import docker
     for image in client.images.list():
         names = [*image.tags, *(image.attrs.get("RepoDigests") or [])]
-        if any(n.startswith("127.0.0.1:") for n in names):
-            client.images.remove(image.id, force=True)
+        for name in names:
+            domain = name.split("/")[0]
+            if "/" in name and ":" in domain and domain.split(":")[0].count(".") == 3:
+                try:
+                    client.images.remove(name, force=True)
+                except docker.errors.NotFound:
+                    pass

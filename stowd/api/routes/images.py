@@ -12,7 +12,7 @@ from stowd.api.app import Router, engine_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version, bool_param, json_body
 from stowd.api.streams import BodyReader, error_line, json_line
-from stowd.engine.distribution.auth import decode_registry_auth
+from stowd.engine.distribution.auth import credentials_from, decode_registry_auth
 from stowd.engine.distribution.pull import Aux, Progress
 from stowd.engine.errors import EngineError, InvalidParameter
 from stowd.engine.images import listing, reference
@@ -75,6 +75,29 @@ async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse
     creds = decode_registry_auth(request.headers.get("X-Registry-Auth"))
     lines = engine.distribution.pull(ref, request.query.get("platform", ""), creds)
     return await _progress_stream(request, lines, "pulling " + ref.familiar())
+
+
+async def push(request: web.Request) -> web.StreamResponse:
+    """POST /images/{name}/push?tag=: dockerd's push stream (every tag without one)."""
+    engine = engine_of(request)
+    ref = reference.parse(request.match_info["name"], default_tag=False)
+    tag = request.query.get("tag", "")
+    if ref.digest:
+        raise InvalidParameter("cannot push a digest reference")
+    if tag:
+        ref = reference.tag_reference(ref.repository, tag)
+    creds = decode_registry_auth(request.headers.get("X-Registry-Auth"))
+    lines = engine.distribution.push(ref, creds)
+    return await _progress_stream(request, lines, "pushing " + ref.familiar())
+
+
+async def auth(request: web.Request) -> web.Response:
+    """POST /auth (`docker login`): checks the credentials with the registry; stores none."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidParameter("the request body must be a JSON object")
+    await engine_of(request).distribution.login(credentials_from(body))
+    return json_ok({"Status": "Login Succeeded", "IdentityToken": ""})
 
 
 async def _progress_stream(request: web.Request, lines: AsyncIterator[Progress | Aux],
@@ -314,4 +337,6 @@ def register(router: Router) -> None:
     router.add("GET", "/images/{name:.+}/get", save_image)
     router.add("GET", "/images/{name:.+}/json", inspect)
     router.add("POST", "/images/{name:.+}/tag", tag)
+    router.add("POST", "/images/{name:.+}/push", push)
+    router.add("POST", "/auth", auth)
     router.add("DELETE", "/images/{name:.+}", remove)

@@ -6,6 +6,7 @@ appear in an error message: `Credentials.__repr__` hides them.
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
@@ -25,6 +26,14 @@ class Credentials:
     identity_token: str = field(default="", repr=False)
     registry_token: str = field(default="", repr=False)
     server_address: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """Tells credentials apart in the token cache without keeping the secret in it:
+        tokens got with one password are never handed to a request made with another."""
+        secret = "\0".join((self.username, self.password, self.identity_token,
+                             self.registry_token))
+        return hashlib.sha256(secret.encode()).hexdigest()
 
     @property
     def empty(self) -> bool:
@@ -114,7 +123,8 @@ class _Token:
 
 
 class TokenCache:
-    """Bearer tokens per (realm, service, scope, user) until shortly before they expire."""
+    """Bearer tokens per (realm, service, scope, credentials) until shortly before they
+    expire."""
 
     def __init__(self) -> None:
         self._tokens: dict[tuple[str, str, str, str], _Token] = {}

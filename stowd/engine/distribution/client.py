@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
@@ -166,7 +166,7 @@ class RegistryClient:
         realm = c.params.get("realm", "")
         service = c.params.get("service", "")
         scope = " ".join(self.scopes)
-        key = (realm, service, scope, self.creds.username)
+        key = (realm, service, scope, self.creds.fingerprint)
         token = self.tokens.get(key)
         if token is None:
             token = self.tokens.put(key, await self._fetch_token(realm, service))
@@ -217,6 +217,25 @@ class RegistryClient:
             return False
         return self.settings.tls_context(parts.netloc,
                                          verify=not self.settings.is_insecure(parts.netloc))
+
+    async def login(self) -> None:
+        """Check the credentials against the registry (`docker login`); Unauthorized if it
+        refuses them. A registry that asks for nothing accepts any."""
+        assert self.endpoint is not None, "connect() first"
+        url = self.endpoint.url + "/v2/"
+        if self._challenge is None:
+            return
+        if self._challenge.scheme == "bearer":
+            await self._authorize()  # the token server checks the credentials
+        elif self.creds.empty:
+            raise Unauthorized(f"login attempt to {url} failed: no credentials given")
+        else:
+            await self._authorize()
+        async with await self.request("GET", url, retry_auth=False) as r:
+            if r.status == 200:
+                return
+            raise Unauthorized(f"login attempt to {url} failed with status: {r.status} "
+                               f"{r.reason}")
 
     # requests ---------------------------------------------------------------------------
 
@@ -269,6 +288,9 @@ class RegistryClient:
             return
         text = await registry_error_text(resp)
         resp.release()
+        if resp.status == 401 and self.creds.empty and self._challenge is not None \
+                and self._challenge.scheme == "basic":
+            text = "no basic auth credentials"  # dockerd's words
         raise self.error(resp.status, text, what, not_found)
 
     def error(self, status: int, text: str, what: str, not_found: str | None) -> EngineError:
@@ -405,7 +427,7 @@ class RegistryClient:
             return urljoin(url, r.headers["Location"])
 
     async def upload(self, location: str, chunks: AsyncIterator[bytes],
-                     digest_of_upload: "asyncio.Future[str]") -> None:
+                     digest_of_upload: Awaitable[str]) -> None:
         """Stream the blob in one PATCH, then PUT ?digest= (known only after the last byte)."""
         async with await self.request(
                 "PATCH", location, data=chunks,

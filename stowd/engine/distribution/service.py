@@ -19,11 +19,12 @@ from stowd.engine.distribution.auth import Credentials, TokenCache, scope_for
 from stowd.engine.distribution.client import RegistryClient
 from stowd.engine.distribution.metadata import BlobSums
 from stowd.engine.distribution.pull import Aux, Progress, Puller
+from stowd.engine.distribution.push import Pusher
 from stowd.engine.distribution.transport import RegistrySettings
-from stowd.engine.errors import InvalidParameter
+from stowd.engine.errors import InvalidParameter, NotFound
 from stowd.engine.images import reference
 from stowd.engine.images.archive import host_arch
-from stowd.engine.images.store import ImageStore
+from stowd.engine.images.store import Image, ImageStore
 
 log = logging.getLogger("stowd.distribution")
 
@@ -157,3 +158,90 @@ class Distribution:
             raise
         except Exception as exc:
             broadcast.finish(exc)
+
+    # login ------------------------------------------------------------------------------
+
+    async def login(self, creds: Credentials) -> None:
+        """`POST /auth`: are these credentials good for their server? Nothing is stored."""
+        domain = login_domain(creds.server_address)
+        client = RegistryClient(self.session(), self.settings, self.tokens, creds, domain, "",
+                                [])
+        await client.connect(pull=False)
+        await client.login()
+
+    # push -------------------------------------------------------------------------------
+
+    def push(self, ref: reference.Reference, creds: Credentials) -> AsyncIterator[Line]:
+        """The progress of pushing ref (every local tag of its repository without a tag)."""
+        broadcast = _Broadcast()
+        task = asyncio.ensure_future(self._run_push(ref, creds, broadcast))
+        return self._follow(task, broadcast)
+
+    def _push_targets(self, ref: reference.Reference) -> list[tuple[reference.Reference,
+                                                                     Image]]:
+        if ref.tag:
+            image = self.images.find(ref.full())
+            found = [(ref, image)] if image else []
+        else:
+            found = []
+            for text, image_id in sorted(self.images.db.all_tags()):
+                tagged = reference.parse(text)
+                if tagged.repository == ref.repository:
+                    image = self.images.find(image_id)
+                    if image is not None:
+                        found.append((tagged, image))
+        if not found:
+            raise NotFound(f"An image does not exist locally with the tag: "
+                           f"{ref.familiar()}")
+        return found
+
+    async def _run_push(self, ref: reference.Reference, creds: Credentials,
+                        broadcast: _Broadcast) -> None:
+        try:
+            targets = await asyncio.to_thread(self._push_targets, ref)
+            mounts = await asyncio.to_thread(self._mount_scopes, targets, ref)
+            client = self.client(ref, creds, "pull,push", mounts)
+            await client.connect(pull=False)
+            broadcast.emit(Progress(f"The push refers to repository [{ref.repository}]",
+                                    detail=False))
+            pusher = Pusher(self.images, self.blobsums, client, broadcast.emit)
+            for tagged, image in targets:
+                pushed = await pusher.push(tagged, image)
+                await asyncio.to_thread(self._add_repo_digest, image,
+                                        f"{tagged.familiar_repository}@{pushed.digest}")
+                name = tagged.familiar()
+                self.publish("image", "push", name, {"name": name})
+            broadcast.finish(None)
+        except asyncio.CancelledError as exc:
+            broadcast.finish(exc)
+            raise
+        except Exception as exc:
+            broadcast.finish(exc)
+
+    def _mount_scopes(self, targets: list[tuple[reference.Reference, Image]],
+                      ref: reference.Reference) -> list[str]:
+        """Pull scopes for the repositories of this registry the layers could be mounted
+        from (a token must allow reading them). Blocking."""
+        paths: set[str] = set()
+        for _, image in targets:
+            for diff_id in (image.config.get("rootfs") or {}).get("diff_ids") or []:
+                for source in self.blobsums.get(diff_id):
+                    if source.domain == ref.domain and source.path != ref.path:
+                        paths.add(source.path)
+        return [scope_for(p, "pull") for p in sorted(paths)]
+
+    def _add_repo_digest(self, image: Image, repo_digest: str) -> None:
+        config = (self.images.blobs / image.id.removeprefix("sha256:")).read_bytes()
+        self.images.add_image(config, image.layers, [], [repo_digest])
+
+
+def login_domain(server: str) -> str:
+    """A login's server address (`https://index.docker.io/v1/`, `host:port`, a URL) → the
+    registry's domain; empty means Docker Hub, as for the docker CLI."""
+    text = server.strip()
+    for prefix in ("https://", "http://"):
+        text = text.removeprefix(prefix)
+    text = text.split("/", 1)[0]
+    if text in ("", "index.docker.io", "registry-1.docker.io", "docker.io"):
+        return reference.DEFAULT_DOMAIN
+    return text
