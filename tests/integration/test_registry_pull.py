@@ -325,3 +325,28 @@ def test_a_client_leaving_mid_pull_cancels_it_and_leaves_nothing(
     # The next pull works.
     lines = _stream(api, name, tag="v1")
     assert lines[-1]["status"] == f"Status: Downloaded newer image for {name}:v1"
+
+
+def test_sigkill_mid_pull_then_the_next_start_and_pull_work(
+        own_daemon: Daemon, proxy: SlowProxy, big: tuple[Pushed, str]) -> None:
+    name = f"{proxy.host}/test/big"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(own_daemon.socket))
+    sock.sendall(f"POST /images/create?fromImage={name}&tag=v1 HTTP/1.1\r\nHost: x\r\n"
+                 "Content-Length: 0\r\n\r\n".encode())
+    seen = b""
+    while b"Downloading" not in seen:
+        chunk = sock.recv(65536)
+        assert chunk, seen
+        seen += chunk
+    own_daemon.kill9()
+    sock.close()
+    own_daemon.start()
+    api = docker.APIClient(base_url=own_daemon.url)
+    api.version()  # answered once the engine has opened (and swept the store)
+    layers = own_daemon.data_root / "layers"
+    assert not [p for p in os.listdir(layers) if p.startswith("tmp-")]
+    lines = _stream(api, name, tag="v1")
+    assert lines[-1]["status"] == f"Status: Downloaded newer image for {name}:v1"
+    assert api.inspect_image(f"{name}:v1")["Id"] == big[0].config_digest
+    api.close()
