@@ -302,3 +302,34 @@ def test_bearer_tokens_and_no_authorization_to_another_host() -> None:
     assert len(tokens) == 2  # one for each client; the first one's token was reused
     assert ("elsewhere", None) in seen
     assert ("manifest", "Bearer tok") in seen
+
+
+def test_a_manifest_arriving_in_pieces_is_read_whole() -> None:
+    body = json.dumps({"schemaVersion": 2, "mediaType": mf.MEDIA_DOCKER_MANIFEST,
+                       "config": _desc(mf.DOCKER_CONFIG, 1),
+                       "layers": [_desc("application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                        i % 15 + 1) for i in range(40)]}, indent=3).encode()
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def manifest(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": mf.MEDIA_DOCKER_MANIFEST})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        for i in range(0, len(body), 1000):
+            await resp.write(body[i:i + 1000])
+            await asyncio.sleep(0.01)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/", ping)
+    app.router.add_get("/v2/a/b/manifests/{ref}", manifest)
+
+    async def test(session: aiohttp.ClientSession, ep: Endpoint) -> None:
+        client = _client(session)
+        await client.connect_to([ep])
+        got, _, _ = await client.get_manifest("v1", mf.ACCEPT, "nf")
+        assert got == body
+
+    asyncio.run(_with_server(app, test))

@@ -73,10 +73,21 @@ def _unreachable(method: str, url: str, exc: BaseException) -> str:
     return f'{method.capitalize()} "{url}": {reason}'
 
 
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or its first `limit` bytes (a bigger body is the caller's error):
+    `content.read(n)` alone returns whatever has arrived so far."""
+    parts: list[bytes] = []
+    got = 0
+    while got < limit and (chunk := await resp.content.read(limit - got)):
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
 async def registry_error_text(resp: aiohttp.ClientResponse) -> str:
     """The registry's words (`manifest unknown: manifest unknown`), as Docker prints them."""
     try:
-        body = await resp.content.read(MAX_ERROR_BODY)
+        body = await read_body(resp, MAX_ERROR_BODY)
     except aiohttp.ClientError:
         body = b""
     try:
@@ -198,7 +209,7 @@ class RegistryClient:
                 if resp.status != 200:
                     raise Unavailable(f"getting a token from {realm}: "
                                       f"{await registry_error_text(resp)}")
-                body = await resp.content.read(MAX_ERROR_BODY)
+                body = await read_body(resp, MAX_ERROR_BODY)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Unavailable(_unreachable("GET", realm, exc)) from exc
         try:
@@ -315,7 +326,7 @@ class RegistryClient:
             await self.check(r, f'Get "{url}"', not_found)
             if r.content_length is not None and r.content_length > MAX_MANIFEST:
                 raise InvalidParameter(f"manifest for {ref} is too large")
-            body = await r.content.read(MAX_MANIFEST + 1)
+            body = await read_body(r, MAX_MANIFEST + 1)
             if len(body) > MAX_MANIFEST:
                 raise InvalidParameter(f"manifest for {ref} is too large")
             return body, r.headers.get("Content-Type", ""), \
@@ -325,7 +336,7 @@ class RegistryClient:
         url = self.url(f"blobs/{digest}")
         async with await self.request("GET", url) as r:
             await self.check(r, f'Get "{url}"', f"blob {digest} not found")
-            body = await r.content.read(limit + 1)
+            body = await read_body(r, limit + 1)
         if len(body) > limit:
             raise InvalidParameter(f"blob {digest} is larger than expected")
         return body
@@ -393,7 +404,7 @@ class RegistryClient:
             async with await self.request("GET", url) as r:
                 await self.check(r, f'Get "{url}"',
                                  f"repository {self.domain}/{self.path} not found")
-                doc = json.loads(await r.content.read(16 << 20) or b"{}")
+                doc = json.loads(await read_body(r, 16 << 20) or b"{}")
                 link = r.headers.get("Link", "")
             out += [t for t in (doc.get("tags") or []) if isinstance(t, str)]
             if 'rel="next"' not in link:
