@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from stowd.engine import k8sfile
 from stowd.engine.containers import parse_time
 from stowd.engine.errors import InvalidParameter
 
@@ -20,7 +21,7 @@ STDOUT = 1
 STDERR = 2
 SYSTEMERR = 3
 _STREAMS = {b"stdout": STDOUT, b"stderr": STDERR}
-_BLOCK = 64 * 1024
+READ_SIZE = 1024 * 1024  # log bytes turned into output at a time: bounds memory per reader
 
 
 @dataclass
@@ -135,6 +136,8 @@ class LogReader:
         self._pending: dict[int, tuple[bytes, bytes]] = {}  # stream -> (time, pieces so far)
         self._carry = b""
         self.done = False  # past `until`: nothing more will match
+        self._since_key = k8sfile.time_key(since) if since else b""
+        self._until_key = k8sfile.time_key(until) if until else b""
 
     def open(self) -> None:
         files = rotated_paths(self.path)
@@ -188,16 +191,31 @@ class LogReader:
             pos = f.seek(0, os.SEEK_END)
             buf = b""
             seen = 0
+            first = True
             while pos > 0:
-                step = min(_BLOCK, pos)
+                step = min(READ_SIZE, pos)
                 pos -= step
                 f.seek(pos)
                 buf = f.read(step) + buf
-                lines = buf.split(b"\n")
-                # The first piece may be cut; keep it for the next block unless at the start.
-                head = lines[0] if pos > 0 else None
-                body = lines[1:] if pos > 0 else lines
-                offset = pos + (len(head) + 1 if head is not None else 0)
+                # The first line may be cut; keep it for the next block unless at the start.
+                cut = buf.find(b"\n") if pos > 0 else -1
+                if pos > 0 and cut < 0:
+                    continue  # no line starts in this block: read further back
+                head = buf[:cut] if pos > 0 else None
+                offset = pos + cut + 1
+                # The last line here lost its newline to the block after it (the file's own
+                # last line keeps one, or is still being written).
+                block = buf[cut + 1:] + (b"" if first else b"\n")
+                first = False
+                fast = k8sfile.tail_start(block, offset, count - seen, self.streams,
+                                          self._since_key, self._until_key)
+                if fast is not None:
+                    if fast[1] < 0:
+                        return fast
+                    seen += fast[1]
+                    buf = head if head is not None else b""
+                    continue
+                body = buf[cut + 1:].split(b"\n")
                 offsets = []
                 for line in body:
                     offsets.append((offset, line))
@@ -218,36 +236,62 @@ class LogReader:
     def _out_of_window(self, seconds: float) -> bool:
         return (self.since and seconds < self.since) or bool(self.until and seconds > self.until)
 
-    def read_batch(self, max_bytes: int = 256 * 1024) -> list[LogMessage]:
-        """Messages available now, up to about max_bytes of log; [] when none are."""
-        if self._file is None:
-            if self.done:
-                return []
-            self._open_file(self.path, 0)
+    def read_encoded(self, *, framed: bool, timestamps: bool,
+                     max_bytes: int = READ_SIZE) -> bytes:
+        """Docker's logs output for the messages available now: stdcopy frames when
+        `framed` (no TTY), each message after its time when `timestamps`. b"" once nothing
+        more is available now (at the end of the log, or past `until`); pieces of a line
+        still waiting for their end are not included (see flush_partial)."""
+        while True:
+            data = self._read_lines(max_bytes)
+            if data is None:
+                return b""
+            if not self._pending:
+                fast = k8sfile.encode(data, streams=self.streams, framed=framed,
+                                      timestamps=timestamps, since=self._since_key,
+                                      until=self._until_key)
+                if fast is not None:
+                    out, self.done = fast
+                    if out or self.done:
+                        return out
+                    continue  # nothing shown in this block: go on with the next
+            out = encode_messages(self._messages(data), framed=framed, timestamps=timestamps)
+            if out or self.done:
+                return out
+
+    def _read_lines(self, max_bytes: int) -> bytes | memoryview | None:
+        """The next complete lines (ending with a newline), None when there are none now."""
+        while not self.done:
             if self._file is None:
-                return []
-        raw = self._file.read(max_bytes)
-        if not raw:
-            if self._queue:
-                # This file is done (older rotated file): go on with the next one.
-                self._file.close()
-                self._open_file(self._queue.pop(0), 0)
-                self._carry = b""
-                return self.read_batch(max_bytes)
-            self._reopen_if_rotated()
-            return []
-        data = self._carry + raw
-        cut = data.rfind(b"\n")
-        if cut < 0:
-            self._carry = data
-            return []
-        self._carry = data[cut + 1:]
-        out: list[LogMessage] = []
-        for line in data[:cut].split(b"\n"):
-            message = self._feed(line)
-            if message is not None:
-                out.append(message)
-        return out
+                self._open_file(self.path, 0)
+                if self._file is None:
+                    return None
+            raw = self._file.read(max_bytes)
+            if not raw:
+                if self._queue:
+                    # This file is done (older rotated file): go on with the next one.
+                    self._file.close()
+                    self._open_file(self._queue.pop(0), 0)
+                    self._carry = b""
+                    continue
+                self._reopen_if_rotated()
+                return None
+            data = self._carry + raw if self._carry else raw
+            cut = data.rfind(b"\n") + 1
+            self._carry = data[cut:]
+            if cut:
+                return data if cut == len(data) else memoryview(data)[:cut]
+        return None
+
+    def read_batch(self, max_bytes: int = 256 * 1024) -> list[LogMessage]:
+        """Messages available now, line by line; [] once none is."""
+        while (data := self._read_lines(max_bytes)) is not None:
+            if out := self._messages(data):
+                return out
+        return []
+
+    def _messages(self, data: bytes | memoryview) -> list[LogMessage]:
+        return [m for m in map(self._feed, bytes(data[:-1]).split(b"\n")) if m is not None]
 
     def _reopen_if_rotated(self) -> None:
         """Start over when the log was truncated or replaced under us (size limits)."""
@@ -307,6 +351,17 @@ class LogReader:
                 out.append(LogMessage(when, stream, pieces, seconds))
         self._pending.clear()
         return out
+
+
+def encode_messages(messages: list[LogMessage], *, framed: bool, timestamps: bool) -> bytes:
+    """Messages as the logs API sends them (the line-by-line path)."""
+    out = bytearray()
+    for message in messages:
+        data = message.data
+        if timestamps:
+            data = message.time.encode() + b" " + data
+        out += frame(message.stream, data) if framed else data
+    return bytes(out)
 
 
 def read_all(reader: LogReader) -> Iterator[LogMessage]:

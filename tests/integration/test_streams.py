@@ -505,3 +505,40 @@ def test_run_of_a_missing_image_reports_it_missing(client: docker.DockerClient,
     assert res.returncode == 125
     assert f"Unable to find image '{name}:latest' locally" in res.stderr
     assert "connection refused" in res.stderr
+
+
+def test_attach_with_logs_replays_the_log(daemon: Daemon, api: docker.APIClient) -> None:
+    """attach?logs=1 sends the log so far (streamed a block at a time), framed by stream
+    without a TTY, raw over the websocket; then nothing more for a stopped container."""
+    import asyncio
+
+    import aiohttp
+
+    cid = api.create_container("busybox", ["sh", "-c",
+                                           "seq 1 20000; echo oops >&2; printf tail"])["Id"]
+    api.start(cid)
+    assert api.wait(cid, timeout=30)["StatusCode"] == 0
+    expected = "".join(f"{i}\n" for i in range(1, 20001)).encode()
+    sock = api.attach_socket(cid, params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 0})
+    raw = b""
+    while chunk := sock._sock.recv(65536):  # type: ignore[attr-defined]
+        raw += chunk
+    sock.close()
+    frames, pos = [], 0
+    while pos < len(raw):
+        size = int.from_bytes(raw[pos + 4:pos + 8], "big")
+        frames.append((raw[pos], raw[pos + 8:pos + 8 + size]))
+        pos += 8 + size
+    assert b"".join(d for s, d in frames if s == 1) == expected + b"tail"
+    assert [d for s, d in frames if s == 2] == [b"oops\n"]
+
+    async def replay() -> bytes:
+        conn = aiohttp.UnixConnector(path=str(daemon.socket))
+        async with aiohttp.ClientSession(connector=conn) as session, session.ws_connect(
+                f"http://docker/v1.44/containers/{cid}/attach/ws?logs=1&stdout=1") as ws:
+            out = b""
+            async for msg in ws:
+                out += msg.data if isinstance(msg.data, bytes) else b""
+            return out
+
+    assert asyncio.run(asyncio.wait_for(replay(), 15)) == expected + b"tail"

@@ -106,3 +106,90 @@ def test_rotation_and_reading_across_files(tmp_path: Path) -> None:
     with LogReader(str(log), tail=4) as reader:
         assert [m.data for m in read_all(reader)] == [b"b2-2\n", b"b3-0\n", b"b3-1\n",
                                                       b"b3-2\n"]
+
+
+def _conmon_log(path: Path, count: int, *, partial_every: int = 0, seed: int = 7) -> None:
+    """A log as conmon writes it: fixed-width UTC times, both streams, texts of any length."""
+    import random
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        stream = "stderr" if rng.random() < 0.3 else "stdout"
+        flag = "P" if partial_every and i % partial_every == 1 else "F"
+        text = "x" * rng.randrange(0, 300) + f"-{i}"
+        lines.append(f"2026-01-01T00:{i // 6000:02d}:{i // 100 % 60:02d}.{i % 100:07d}00+00:00"
+                     f" {stream} {flag} {text}")
+    _write(path, lines)
+
+
+def _line_by_line(path: Path, framed: bool, timestamps: bool, **kw: object) -> bytes:
+    from stowd.engine.logs import encode_messages
+
+    with LogReader(str(path), **kw) as reader:  # type: ignore[arg-type]
+        return encode_messages(list(read_all(reader)), framed=framed, timestamps=timestamps)
+
+
+def _encoded(path: Path, framed: bool, timestamps: bool, max_bytes: int, **kw: object) -> bytes:
+    out = b""
+    with LogReader(str(path), **kw) as reader:  # type: ignore[arg-type]
+        while chunk := reader.read_encoded(framed=framed, timestamps=timestamps,
+                                           max_bytes=max_bytes):
+            out += chunk
+        from stowd.engine.logs import encode_messages
+        out += encode_messages(reader.flush_partial(), framed=framed, timestamps=timestamps)
+    return out
+
+
+def test_block_encoding_matches_line_by_line(tmp_path: Path) -> None:
+    """The vectorised path (k8sfile) answers byte for byte what the per-line reader does,
+    for every query shape, whatever block size cuts the lines."""
+    import itertools
+
+    from stowd.engine import k8sfile
+
+    log = tmp_path / "ctr.log"
+    _conmon_log(log, 1200)
+    block = (log.read_bytes().split(b"\n", 1)[0] + b"\n")
+    assert k8sfile.encode(block, streams={1, 2}, framed=True, timestamps=False) is not None
+    since, until = 1767225600 + 7.5, 1767225600 + 22.25
+    queries: list[dict[str, object]] = [
+        {}, {"stdout": False}, {"stderr": False}, {"since": since}, {"until": until},
+        {"since": since, "until": until, "stderr": False}, {"tail": 0}, {"tail": 1},
+        {"tail": 777}, {"tail": 2000}, {"tail": 50, "until": until},
+        {"tail": 10, "since": since, "stdout": False}]
+    for query, framed, timestamps, max_bytes in itertools.product(
+            queries, (True, False), (False, True), (4096, 1 << 20)):
+        expected = _line_by_line(log, framed, timestamps, **query)
+        got = _encoded(log, framed, timestamps, max_bytes, **query)
+        assert got == expected, (query, framed, timestamps, max_bytes)
+    assert _line_by_line(log, True, False, since=since) != _line_by_line(log, True, False)
+
+
+def test_blocks_with_partial_or_odd_lines_fall_back(tmp_path: Path) -> None:
+    from stowd.engine import k8sfile
+
+    log = tmp_path / "ctr.log"
+    _conmon_log(log, 500, partial_every=7)
+    data = log.read_bytes()
+    assert k8sfile.encode(data, streams={1, 2}, framed=True, timestamps=False) is None
+    for framed, timestamps in ((True, False), (False, True)):
+        assert _encoded(log, framed, timestamps, 2048) == _line_by_line(log, framed, timestamps)
+    assert k8sfile.scan(b"2026-01-01T00:00:01.5+00:00 stdout F short time\n") is None
+    assert k8sfile.scan(b"2026-01-01T00:00:01.000000000+01:00 stdout F other zone\n") is None
+    assert k8sfile.scan(b"2026-01-01T00:00:01.000000000+00:00 stdin  F what\n") is None
+
+
+def test_block_encoding_output_shape() -> None:
+    from stowd.engine import k8sfile
+
+    data = (b"2026-01-01T00:00:01.000000001+00:00 stdout F hello\n"
+            b"2026-01-01T00:00:02.000000000+00:00 stderr F \n")
+    assert k8sfile.encode(data, streams={1, 2}, framed=True, timestamps=False) == (
+        frame(STDOUT, b"hello\n") + frame(STDERR, b"\n"), False)
+    assert k8sfile.encode(data, streams={2}, framed=False, timestamps=True) == (
+        b"2026-01-01T00:00:02.000000000Z \n", False)
+    assert k8sfile.encode(data, streams={1, 2}, framed=False, timestamps=False,
+                          until=k8sfile.time_key(1767225601.5)) == (b"hello\n", True)
+    assert k8sfile.time_key(1767225601.000000001) == b"2026-01-01T00:00:01.000000000"
+    assert k8sfile.time_key(1767225601.25) == b"2026-01-01T00:00:01.250000000"

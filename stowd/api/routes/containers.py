@@ -1,7 +1,9 @@
 """Container routes: parse the request, call one engine method, shape the answer."""
 
 import asyncio
+import functools
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -15,11 +17,10 @@ from stowd.engine.attach import AttachSession
 from stowd.engine.containers import Container
 from stowd.engine.engine import Engine
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.logs import STDOUT, LogMessage, LogReader, frame, read_all
+from stowd.engine.logs import LogReader, encode_messages
+from stowd.engine.logwatch import LogWatch
 
 log = logging.getLogger("stowd.api")
-
-FOLLOW_POLL = 0.05  # seconds between looks at a followed log that has nothing new
 
 
 def _paths(request: web.Request, c: Container) -> dict[str, str]:
@@ -213,55 +214,75 @@ async def logs(request: web.Request) -> web.StreamResponse:
     timestamps = bool_param(request, "timestamps")
     tty = bool(c.config.get("Tty"))
     ctype = stream_content_type(request, framed=not tty)
-    reader = LogReader(str(engine.readable_log_path(c)), stdout=stdout, stderr=stderr, since=since,
-                       until=until, tail=tail)
+    path = engine.readable_log_path(c)
+    reader = LogReader(str(path), stdout=stdout, stderr=stderr, since=since, until=until,
+                       tail=tail)
     response = web.StreamResponse(headers={"Content-Type": ctype})
     await response.prepare(request)
     # Following ends when the container stops and its last output has been read.
     stopped = engine.wait(c.id, "not-running") if bool_param(request, "follow") else None
+    # The watch exists before the first read, so nothing written after it is missed.
+    watch = await asyncio.to_thread(LogWatch, path) if stopped is not None else None
     await asyncio.to_thread(reader.open)
+    read = functools.partial(reader.read_encoded, framed=not tty, timestamps=timestamps)
     try:
         while True:
-            batch = await asyncio.to_thread(reader.read_batch)
-            if not batch and stopped is not None and not stopped.done() and not reader.done:
-                await asyncio.wait([stopped], timeout=FOLLOW_POLL)
+            chunk = await asyncio.to_thread(read)
+            if chunk:
+                await response.write(chunk)
                 continue
-            if not batch:
-                batch = await asyncio.to_thread(reader.read_batch)
-            if not batch:
-                batch = await asyncio.to_thread(reader.flush_partial)
-                if not batch:
-                    break
-            out = bytearray()
-            for message in batch:
-                data = message.data
-                if timestamps:
-                    data = message.time.encode() + b" " + data
-                out += data if tty else frame(message.stream if not tty else STDOUT, data)
-            await response.write(bytes(out))
+            if stopped is not None and watch is not None and not stopped.done() \
+                    and not reader.done:
+                await watch.changed(stopped)
+                continue
+            if stopped is not None and not reader.done and (chunk := await asyncio.to_thread(read)):
+                await response.write(chunk)  # written just before the container stopped
+                continue
+            rest = await asyncio.to_thread(reader.flush_partial)
+            if rest:
+                await response.write(encode_messages(rest, framed=not tty,
+                                                     timestamps=timestamps))
+            break
     except ConnectionResetError:
         return response
     finally:
         if stopped is not None and not stopped.done():
             stopped.cancel()
+        if watch is not None:
+            watch.close()
         await asyncio.to_thread(reader.close)
     await response.write_eof()
     return response
 
 
-async def _attach(request: web.Request) -> tuple[Container, AttachSession, list[LogMessage]]:
-    """The attachment the query asks for, and (with logs=1) the log so far to replay."""
+async def _attach(request: web.Request) -> tuple[Container, AttachSession, LogReader | None]:
+    """The attachment the query asks for, and (with logs=1) a reader of the log so far."""
     engine = engine_of(request)
     c, session = await engine.attach(
         request.match_info["id"], stdin=bool_param(request, "stdin"),
         stdout=bool_param(request, "stdout"), stderr=bool_param(request, "stderr"),
         detach_keys=request.query.get("detachKeys"))
-    past: list[LogMessage] = []
+    past = None
     if bool_param(request, "logs"):
-        reader = LogReader(str(engine.readable_log_path(c)), stdout=session.stdout,
-                           stderr=session.stderr)
-        past = await asyncio.to_thread(_read_whole_log, reader)
+        past = LogReader(str(engine.readable_log_path(c)), stdout=session.stdout,
+                         stderr=session.stderr)
     return c, session, past
+
+
+async def _replay(reader: LogReader | None, framed: bool) -> AsyncIterator[bytes]:
+    """The log so far (attach with logs=1), a block at a time: never all of it in memory."""
+    if reader is None:
+        return
+    await asyncio.to_thread(reader.open)
+    try:
+        read = functools.partial(reader.read_encoded, framed=framed, timestamps=False)
+        while chunk := await asyncio.to_thread(read):
+            yield chunk
+        rest = await asyncio.to_thread(reader.flush_partial)
+        if rest:
+            yield encode_messages(rest, framed=framed, timestamps=False)
+    finally:
+        await asyncio.to_thread(reader.close)
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
@@ -270,8 +291,8 @@ async def attach(request: web.Request) -> web.StreamResponse:
     tty = bool(c.config.get("Tty"))
     conn = hijack(request, stream_content_type(request, framed=not tty))
     try:
-        for message in past:
-            await conn.write(message.data if tty else frame(message.stream, message.data))
+        async for chunk in _replay(past, framed=not tty):
+            await conn.write(chunk)
         if bool_param(request, "stream"):
             await relay(conn, session, tty)
     finally:
@@ -287,8 +308,8 @@ async def attach_ws(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse()
     try:
         await ws.prepare(request)
-        for message in past:
-            await ws.send_bytes(message.data)
+        async for chunk in _replay(past, framed=False):
+            await ws.send_bytes(chunk)
 
         async def output() -> None:
             while (item := await session.output.get()) is not None:
@@ -312,11 +333,6 @@ async def attach_ws(request: web.Request) -> web.StreamResponse:
         engine.detach(session)
         await ws.close()
     return ws
-
-
-def _read_whole_log(reader: LogReader) -> list[LogMessage]:
-    with reader:
-        return list(read_all(reader))
 
 
 async def resize(request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@
 import ctypes
 import ctypes.util
 import os
+import struct
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
@@ -32,3 +33,50 @@ def is_mounted(target: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
             if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
                 return True
     return False
+
+
+# inotify (inotify(7)): the few calls stowd needs to be told that a file changed.
+libc.inotify_init1.argtypes = [ctypes.c_int]
+libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
+IN_MODIFY = 0x2
+IN_MOVED_TO = 0x80
+IN_CREATE = 0x100
+IN_IGNORED = 0x8000
+_EVENT_HEAD = 16  # struct inotify_event: int wd, u32 mask, u32 cookie, u32 len, char name[]
+
+
+def inotify_init() -> int:
+    """A non-blocking inotify descriptor (close-on-exec)."""
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        check(-1, "inotify_init1")
+    return int(fd)
+
+
+def inotify_add_watch(fd: int, path: str, mask: int) -> int:
+    """The watch descriptor of path on fd (blocking: a path lookup)."""
+    wd = libc.inotify_add_watch(fd, os.fsencode(path), mask)
+    if wd < 0:
+        check(-1, f"inotify_add_watch {path}")
+    return int(wd)
+
+
+def inotify_rm_watch(fd: int, wd: int) -> None:
+    libc.inotify_rm_watch(fd, wd)  # fails only when the watch is gone already
+
+
+def inotify_events(fd: int) -> list[tuple[int, int, bytes]]:
+    """(watch, mask, name) of every event queued on a non-blocking fd; [] when none is."""
+    out = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return out
+        pos = 0
+        while pos + _EVENT_HEAD <= len(data):
+            wd, mask, _cookie, size = struct.unpack_from("iIII", data, pos)
+            name = data[pos + _EVENT_HEAD:pos + _EVENT_HEAD + size].rstrip(b"\0")
+            out.append((wd, mask, name))
+            pos += _EVENT_HEAD + size
