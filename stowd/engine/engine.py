@@ -62,6 +62,7 @@ from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
 from stowd.engine.labels import labels_match
 from stowd.engine.logs import parse_log_options, rotate
+from stowd.engine.logwatch import LogRotator, Rotation
 from stowd.engine.network.manager import NetworkManager
 from stowd.engine.resources import check_resources
 from stowd.engine.restart import RestartManager, should_restart
@@ -84,7 +85,6 @@ log = logging.getLogger("stowd.engine")
 T = TypeVar("T")
 
 KILL_WAIT = 10.0
-LOG_ROTATE_INTERVAL = 0.2
 WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
 
 
@@ -137,22 +137,32 @@ class Engine:
         """Rotate the logs of running containers with max-file > 1 once they reach max-size.
 
         conmon writes the log; stowd renames it and asks conmon (its ctl FIFO, message 2)
-        to reopen the path, so nothing is lost or copied."""
+        to reopen the path, so nothing is lost or copied. inotify says when a log was
+        written (logwatch.LogRotator); start and die events say which logs to watch."""
+        events = self.events.subscribe()
+        rotator = LogRotator(_rotate_due)
+        self._spawn(rotator.run())
+        for c in list(self._containers.values()):
+            if c.state.status in (RUNNING, PAUSED):
+                await self._watch_log(rotator, c)
         while True:
-            await asyncio.sleep(LOG_ROTATE_INTERVAL)
-            due = []
-            for c in self._containers.values():
-                if c.state.status not in (RUNNING, PAUSED):
-                    continue
-                max_size, max_files = parse_log_options(c.host_config.get("LogConfig"))
-                if max_files > 1:
-                    due.append((self.log_path(c), self.container_dir(c) / "bundle" / "ctl",
-                                max_size, max_files))
-            if due:
-                try:
-                    await asyncio.to_thread(_rotate_due, due)
-                except Exception:  # keep rotating the others
-                    log.exception("log rotation failed")
+            event = await events.get()
+            if event.type != "container":
+                continue
+            if event.action == "start" and (c := self._containers.get(event.actor_id)):
+                await self._watch_log(rotator, c)
+            elif event.action in ("die", "destroy"):
+                rotator.unwatch(event.actor_id)
+
+    async def _watch_log(self, rotator: LogRotator, c: Container) -> None:
+        max_size, max_files = parse_log_options(c.host_config.get("LogConfig"))
+        if max_files > 1:
+            try:
+                await rotator.watch(Rotation(c.id, self.log_path(c),
+                                             self.container_dir(c) / "bundle" / "ctl",
+                                             max_size, max_files))
+            except OSError as exc:  # removed meanwhile
+                log.warning("cannot watch the log of %s: %s", c.short_id, exc)
 
     def _open_blocking(self) -> None:
         for d in (self.data_root, self.exec_root, self.data_root / "containers"):
@@ -1518,15 +1528,15 @@ def _parse_until(text: str) -> float:
         raise InvalidParameter(f"invalid until filter: {text}") from exc
 
 
-def _rotate_due(due: list[tuple[Path, Path, int, int]]) -> None:
-    for log_file, ctl, max_size, max_files in due:
+def _rotate_due(due: list[Rotation]) -> None:
+    for r in due:
         try:
-            if log_file.stat().st_size < max_size:
+            if r.log.stat().st_size < r.max_size:
                 continue
-            rotate(str(log_file), max_files)
-            _write_ctl(ctl, "2 0 0\n")
+            rotate(str(r.log), r.max_files)
+            _write_ctl(r.ctl, "2 0 0\n")
         except (OSError, Conflict) as exc:
-            log.warning("log rotation of %s failed: %s", log_file, exc)
+            log.warning("log rotation of %s failed: %s", r.log, exc)
 
 
 def _log_db_failure(future: "asyncio.Future[None]") -> None:
