@@ -356,9 +356,11 @@ class Engine:
         if sec.apparmor and sec.apparmor != "unconfined" and not self.host_security.apparmor:
             raise InvalidParameter(f"AppArmor is not enabled on this host: cannot apply the "
                                    f"profile {sec.apparmor!r}")
-        if [x for x in sec.labels if x != "disable"] and not self.host_security.selinux:
-            raise InvalidParameter("SELinux is not enabled on this host: label options other "
-                                   "than 'disable' cannot be applied")
+        if [x for x in sec.labels if x != "disable"]:
+            # dockerd ignores them on hosts without SELinux; stowd sets no SELinux labels
+            # anywhere, so it says so rather than accept them.
+            raise InvalidParameter("SELinux label options are not supported (stowd sets no "
+                                   "SELinux labels): only label=disable is accepted")
         if sec.seccomp not in ("", "unconfined", "builtin"):
             seccomp.to_oci(seccomp.parse_profile(sec.seccomp), host_capabilities())
         if hc.get("Init") and not self.host_security.init_present:

@@ -125,19 +125,18 @@ class SecurityFacts:
 
     cgroup_v2: bool
     apparmor: bool
-    selinux: bool
     seccomp: bool
     init_present: bool
 
     def security_options(self, default_cgroupns_private: bool = True) -> list[str]:
-        """`docker info`'s SecurityOptions: the confinement in force, in dockerd's words."""
+        """`docker info`'s SecurityOptions: the confinement in force, in dockerd's words.
+
+        Only what stowd applies by default: its seccomp profile and cgroup namespaces. Not
+        `apparmor` or `selinux` even where the host has them: stowd loads no docker-default
+        AppArmor profile and sets no SELinux labels, so listing them would overstate."""
         out = []
-        if self.apparmor:
-            out.append("name=apparmor")
         if self.seccomp:
             out.append("name=seccomp,profile=builtin")
-        if self.selinux:
-            out.append("name=selinux")
         if default_cgroupns_private:
             out.append("name=cgroupns")
         return out
@@ -153,7 +152,6 @@ def security_facts(init_path: str) -> SecurityFacts:
     return SecurityFacts(
         cgroup_v2=cgroup_version() == "2",
         apparmor=_read("/sys/module/apparmor/parameters/enabled") == "Y",
-        selinux=os.path.exists("/sys/fs/selinux/enforce"),
         seccomp=seccomp,
         init_present=os.path.exists(init_path),
     )

@@ -230,7 +230,7 @@ def test_annotations_reach_the_spec(client: docker.DockerClient, daemon: Daemon)
     (["--runtime", "nosuch"], "Unknown runtime specified nosuch"),
     (["--security-opt", "foo=bar"], 'invalid --security-opt 2: "foo=bar"'),
     (["--security-opt", "apparmor=myprofile"], "AppArmor is not enabled on this host"),
-    (["--security-opt", "label=type:foo_t"], "SELinux is not enabled on this host"),
+    (["--security-opt", "label=type:foo_t"], "SELinux label options are not supported"),
     (["--oom-score-adj", "2000"], "Invalid value 2000, range for oom score adj is [-1000, 1000]"),
     (["--sysctl", "net.ipv4.ip_forward=1", "--network", "host"],
      'sysctl "net.ipv4.ip_forward" not allowed in host network namespace'),
@@ -240,8 +240,6 @@ def test_annotations_reach_the_spec(client: docker.DockerClient, daemon: Daemon)
 def test_refused_options(cli: Cli, args: list[str], message: str) -> None:
     if "apparmor" in args[-1] and Path("/sys/module/apparmor/parameters/enabled").exists():
         pytest.skip("this host has AppArmor")
-    if "label" in args[-1] and Path("/sys/fs/selinux/enforce").exists():
-        pytest.skip("this host has SELinux")
     stderr = _refused(cli, *args)
     assert message in stderr
     assert not cli("ps", "-aq").stdout.strip()  # nothing was created
@@ -268,3 +266,26 @@ def test_network_disabled_leaves_only_lo(client: docker.DockerClient) -> None:
     out = client.containers.run("busybox", ["sh", "-c", "ip -o link | wc -l"],
                                 network_disabled=True, remove=True)
     assert out.decode().strip() == "1"
+
+
+def test_daemon_default_ulimits_and_init_path(tmp_path: Path) -> None:
+    init = tmp_path / "my-init"
+    init.write_bytes(Path("/usr/bin/tini-static").read_bytes())
+    init.chmod(0o755)
+    d = Daemon(extra_args=["--default-ulimit", "nofile=321:654", "--default-ulimit",
+                           "nproc=77", "--init-path", str(init)])
+    d.start()
+    try:
+        d.import_busybox()
+        client = d.client()
+        script = "ulimit -n; ulimit -Hn; ulimit -u; tr '\\0' ' ' < /proc/1/cmdline"
+        out = client.containers.run("busybox", ["sh", "-c", script], init=True, remove=True,
+                                    ulimits=[docker.types.Ulimit(name="nproc", soft=5,
+                                                                 hard=5)])
+        lines = out.decode().splitlines()
+        assert lines[:3] == ["321", "654", "5"]  # the container's own nproc wins
+        assert lines[3].startswith("/sbin/docker-init -- sh -c")
+        assert client.info()["InitBinary"] == str(init)
+        client.close()
+    finally:
+        d.cleanup()
