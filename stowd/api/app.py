@@ -217,7 +217,16 @@ def json_ok(data: object, status: int = 200) -> web.Response:
 
 
 def make_app(engine: Engine) -> web.Application:
-    from stowd.api.routes import containers, execs, images, inspection, networks, system, volumes
+    from stowd.api.routes import (
+        build,
+        containers,
+        execs,
+        images,
+        inspection,
+        networks,
+        system,
+        volumes,
+    )
 
     with warnings.catch_warnings():
         # aiohttp 3 marks a custom router deprecated; it is still the supported hook for
@@ -237,6 +246,7 @@ def make_app(engine: Engine) -> web.Application:
     inspection.register(router)
     networks.register(router)
     volumes.register(router)
+    build.register(router)
     return app
 
 

@@ -30,6 +30,9 @@ from stowd.engine import exec as execs
 from stowd.engine import export as exporting
 from stowd.engine import top as ps_top
 from stowd.engine.attach import AttachSession, parse_detach_keys
+from stowd.engine.build.builder import BuildOptions, Emit
+from stowd.engine.build.host import EngineHost
+from stowd.engine.build.service import run_build
 from stowd.engine.changes import Change, collect_changes
 from stowd.engine.containers import (
     CREATED,
@@ -1179,6 +1182,10 @@ class Engine:
             self.events.publish("image", "tag", new.id, {"name": t.familiar()})
         self._untag_events(replaced)
         return new
+
+    async def build(self, source: BinaryIO, options: BuildOptions, emit: Emit) -> Image:
+        """`POST /build`: the classic Dockerfile builder (engine/build/)."""
+        return await run_build(EngineHost(self), source, options, emit)
 
     def _untag_events(self, replaced: list[tuple[reference.Reference, str]]) -> None:
         for _, image_id in replaced:

@@ -17,6 +17,7 @@ from stowd.engine.distribution.pull import Aux, Progress
 from stowd.engine.errors import EngineError, InvalidParameter
 from stowd.engine.images import listing, reference
 from stowd.engine.images.load import LayerProgress, LoadMessage
+from stowd.engine.images.store import Image
 
 log = logging.getLogger("stowd.api")
 
@@ -247,7 +248,8 @@ async def list_images(request: web.Request) -> web.Response:
     engine = engine_of(request)
     filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
     images = await asyncio.to_thread(engine.images.all)
-    selected = await asyncio.to_thread(listing.select, images, filters, engine.images.resolve)
+    selected = await asyncio.to_thread(listing.select, images, filters, engine.images.resolve,
+                                       show_intermediate=bool_param(request, "all"))
     shared = await asyncio.to_thread(listing.shared_sizes, images, engine.images.layer_size) \
         if bool_param(request, "shared-size") else {}
     version = api_version(request)
@@ -314,9 +316,15 @@ async def history(request: web.Request) -> web.Response:
             "Comment": entry.get("comment", ""),
         })
     rows.reverse()
-    if rows:
-        rows[0]["Id"] = image.id
-        rows[0]["Tags"] = image.repo_tags or None
+    # Each row's image along the Parent chain, as dockerd names them (built steps).
+    current: Image | None = image
+    for row in rows:
+        if current is None:
+            break
+        row["Id"] = current.id
+        row["Tags"] = current.repo_tags or None
+        current = await asyncio.to_thread(engine.images.find, current.parent) \
+            if current.parent else None
     return json_ok(rows)
 
 

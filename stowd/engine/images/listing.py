@@ -102,8 +102,13 @@ def _bool_filter(filters: dict[str, list[str]], key: str) -> bool | None:
 
 
 def select(images: list[Image], filters: dict[str, list[str]],
-           resolve: Callable[[str], Image], now: float | None = None) -> list[Listed]:
-    """The images the filters let through, newest first."""
+           resolve: Callable[[str], Image], now: float | None = None,
+           show_intermediate: bool = True) -> list[Listed]:
+    """The images the filters let through, newest first.
+
+    Without show_intermediate (`docker images` without -a), untagged images that other
+    images name as their parent (a build's steps) are left out, as dockerd does."""
+    parents = {i.parent for i in images if i.parent}
     now = time.time() if now is None else now
     dangling = _bool_filter(filters, "dangling")
     patterns = [path_match_regex(p) for p in filters.get("reference", [])]
@@ -113,6 +118,9 @@ def select(images: list[Image], filters: dict[str, list[str]],
     out = []
     for image in sorted(images, key=_created, reverse=True):
         created = _created(image)
+        if (not show_intermediate and not image.repo_tags and not image.repo_digests
+                and image.id in parents):
+            continue
         if before is not None and created >= before:
             continue
         if since is not None and created <= since:
