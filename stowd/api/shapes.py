@@ -332,6 +332,8 @@ def _image_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "StdinOnce": bool(cfg.get("StdinOnce")),
         "Env": cfg.get("Env"),
         "Cmd": cfg.get("Cmd"),
+        **({"Healthcheck": cfg["Healthcheck"]} if cfg.get("Healthcheck") else {}),
+        **({"ArgsEscaped": True} if cfg.get("ArgsEscaped") else {}),
         "Image": cfg.get("Image", ""),
         "Volumes": cfg.get("Volumes"),
         "WorkingDir": cfg.get("WorkingDir", ""),
@@ -339,4 +341,5 @@ def _image_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "OnBuild": cfg.get("OnBuild"),
         "Labels": cfg.get("Labels"),
         **({"StopSignal": cfg["StopSignal"]} if cfg.get("StopSignal") else {}),
+        **({"Shell": cfg["Shell"]} if cfg.get("Shell") else {}),
     }

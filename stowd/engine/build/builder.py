@@ -236,7 +236,7 @@ class Builder:
         if stage.platform:
             self._check_platform(process_word(stage.platform, self._meta_env(), self.escape))
         if not base:
-            raise BuildError("base name (${0}) should not be blank".format(stage.base))
+            raise BuildError(f"base name (${stage.base}) should not be blank")
         name = stage.name
         if base.lower() == "scratch":
             return StageState(name, None, _with_default_path(empty_config()))
@@ -263,7 +263,7 @@ class Builder:
         if not text:
             return
         parts = text.split("/")
-        if parts[0] != "linux" or len(parts) > 1 and parts[1] != HOST_ARCH:
+        if parts[0] != "linux" or (len(parts) > 1 and parts[1] != HOST_ARCH):
             raise BuildError(f'"{text}" is not a platform stowd can run (linux/{HOST_ARCH})')
 
     async def _base_image(self, name: str, ins: Instruction) -> Image:
@@ -318,7 +318,7 @@ class Builder:
         except ShellLexError as exc:
             raise BuildError(str(exc)) from None
 
-    async def dispatch(self, st: StageState, ins: Instruction) -> None:  # noqa: C901
+    async def dispatch(self, st: StageState, ins: Instruction) -> None:
         name = ins.name
         cfg = st.config
         if name == "RUN":
@@ -439,10 +439,7 @@ class Builder:
         if ins.args[0].upper() == "NONE":
             return {"Test": ["NONE"]}
         rest = ins.args[1:]
-        if ins.json:
-            test = ["CMD", *rest]
-        else:
-            test = ["CMD-SHELL", " ".join(rest)]
+        test = ["CMD", *rest] if ins.json else ["CMD-SHELL", " ".join(rest)]
         check: dict[str, Any] = {"Test": test}
         for flag, key in (("interval", "Interval"), ("timeout", "Timeout"),
                           ("start-period", "StartPeriod"), ("start-interval", "StartInterval")):
@@ -662,8 +659,7 @@ class Builder:
 
     async def copy(self, st: StageState, ins: Instruction) -> None:
         cmd_name = ins.name
-        words = [self.expand(st, a) for a in ins.args] if not ins.json else \
-            [self.expand(st, a) for a in ins.args]
+        words = [self.expand(st, a) for a in ins.args]
         *sources, dest = words
         chown = self.expand(st, ins.flags["chown"]) if ins.flags.get("chown") else ""
         source_image: Image | None = None
@@ -696,7 +692,7 @@ class Builder:
                     found = list(downloads)
                 return found, copying.checksum(found)
 
-            found, digest = await run_in_own_thread(find)
+            _, digest = await run_in_own_thread(find)
             flags = f"--chown={chown} " if chown else ""
             comment = f"{cmd_name} {flags}{digest} in {dest} "
             container_config = self._container_config(st, [*st.shell, "#(nop) " + comment])
@@ -752,16 +748,19 @@ class Builder:
         if not name and dest.endswith("/"):
             raise BuildError(f"cannot determine filename from url: {url}")
         target = work / "download" / (name or "download")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         try:
             async with aiohttp.ClientSession() as session, session.get(url) as resp:
                 if resp.status >= 400:
                     raise BuildError(f"failed to GET {url} with status {resp.status} "
                                      f"{resp.reason}: ")
                 modified = resp.headers.get("Last-Modified")
-                with open(target, "wb") as f:  # noqa: ASYNC230 - small writes per chunk
-                    async for chunk in resp.content.iter_chunked(1 << 16):
+                f = await asyncio.to_thread(open, target, "wb")
+                try:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
                         await asyncio.to_thread(f.write, chunk)
+                finally:
+                    await asyncio.to_thread(f.close)
         except aiohttp.ClientError as exc:
             raise BuildError(f"failed to GET {url}: {exc}") from None
         await asyncio.to_thread(os.chmod, target, 0o600)
@@ -791,7 +790,7 @@ def _port_specs(spec: str) -> list[str]:
     if ":" in port:
         port = port.rsplit(":", 1)[-1]
     low, _, high = port.partition("-")
-    if not low.isdigit() or high and not high.isdigit():
+    if not low.isdigit() or (high and not high.isdigit()):
         raise BuildError(f"Invalid containerPort: {port}")
     if not high:
         return [f"{int(low)}/{proto}"]

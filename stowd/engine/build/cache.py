@@ -61,8 +61,8 @@ def find_in_sources(images: ImageStore, sources: list[Image], parent: Image | No
 
     Returns the image, how many history entries and how many layers the cached step ends
     with."""
-    parent_history = list((parent.config.get("history") or [])) if parent else []
-    parent_diffs = list(((parent.config.get("rootfs") or {}).get("diff_ids") or [])) \
+    parent_history = list(parent.config.get("history") or []) if parent else []
+    parent_diffs = list((parent.config.get("rootfs") or {}).get("diff_ids") or []) \
         if parent else []
     for source in sources:
         history = list(source.config.get("history") or [])

@@ -38,6 +38,9 @@ def receive(source: BinaryIO, root: Path) -> None:
             for data in decompressed(source):
                 total += len(data)
                 proc.stdin.write(data)
+            # The CLI's tar for `-f` outside the context ends without padding nor the
+            # end-of-archive blocks (Go's reader takes that; GNU tar does not): add them.
+            proc.stdin.write(b"\0" * (-total % 512) + b"\0" * 1024)
         except BrokenPipeError:
             pass  # tar stopped at the end of the archive (or failed: reported below)
         except InvalidParameter as exc:

@@ -329,7 +329,7 @@ class Stager:
                 continue  # sockets, devices and pipes do not travel in a build context
             self._chown(target)
         # Directory times last: writing into them moved them.
-        for rel, full, st in _walk(src):
+        for rel, _, st in _walk(src):
             if stat.S_ISDIR(st.st_mode):
                 os.utime(os.path.join(root, rel), ns=(st.st_atime_ns, st.st_mtime_ns))
 

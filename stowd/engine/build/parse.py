@@ -111,7 +111,7 @@ def _instruction(cmd: "dockerfile.Command", sub: bool = False) -> Instruction:
     return ins
 
 
-def _check(ins: Instruction) -> None:  # noqa: C901 - one rule per instruction, as parse.go
+def _check(ins: Instruction) -> None:
     n = len(ins.args)
     name = ins.name
     if name in ("ENV", "LABEL", "EXPOSE", "VOLUME", "ARG", "ONBUILD") and n == 0:
@@ -134,7 +134,7 @@ def _check(ins: Instruction) -> None:  # noqa: C901 - one rule per instruction, 
     if name in ("COPY", "ADD") and n < 2:
         raise ins.error(f"{name} requires at least two arguments, but only one was provided. "
                         "Destination could not be determined")
-    if name == "COPY" and "chmod" in ins.flags or name == "ADD" and "chmod" in ins.flags:
+    if (name == "COPY" and "chmod" in ins.flags) or (name == "ADD" and "chmod" in ins.flags):
         raise ins.error("the --chmod option requires BuildKit. Refer to "
                         "https://docs.docker.com/go/buildkit/ to learn how to build images "
                         "with BuildKit enabled")

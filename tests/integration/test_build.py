@@ -1,0 +1,385 @@
+"""docker build through the real clients: the CLI (classic and its fallback), docker-py,
+docker-compose; the stream's words, every instruction's effect, the cache."""
+
+import http.server
+import io
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.daemon import Daemon
+from tests.integration.conftest import Cli
+
+CLASSIC = {"DOCKER_BUILDKIT": "0"}
+
+
+def build(cli: Cli, *args: str, input: str | None = None, check: bool = True,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["docker", "build", *args], capture_output=True, text=True,
+                          env={**cli.env, **(CLASSIC if env is None else env)}, input=input,
+                          timeout=120, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker build failed ({proc.returncode}):\n{proc.stdout}\n"
+                             f"{proc.stderr}")
+    return proc
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 for ADD <url>."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "remote.txt").write_text("from the web\n")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, directory=str(root), **kw)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+EVERYTHING = """\
+# syntax comment: ARG before FROM feeds FROM
+ARG BASE=busybox
+FROM ${BASE}:latest AS builder
+ARG GREETING=hello
+RUN mkdir -p /out && echo "$GREETING from builder" > /out/greeting && \\
+    chmod 640 /out/greeting
+FROM scratch AS empty
+COPY --from=builder /out/greeting /g
+FROM builder
+MAINTAINER someone@example.com
+SHELL ["/bin/sh", "-c"]
+ENV ONE=1 TWO="two words"
+ENV LEGACY legacy form value
+ARG WHO
+LABEL org.example.who="${WHO:-nobody}" plain=value
+EXPOSE 8080 9000/udp
+WORKDIR /app
+COPY --chown=1000:1000 src/ ./src/
+COPY --from=empty /g ./from-scratch-stage
+ADD bundle.tar.gz /bundle/
+ADD ${URL}/remote.txt /downloaded/
+USER 1000
+VOLUME /data
+STOPSIGNAL SIGUSR1
+HEALTHCHECK --interval=5s --timeout=3s --retries=2 CMD true
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["echo $ONE $TWO; id -u; pwd"]
+ONBUILD RUN echo triggered
+"""
+
+
+def _bundle(path: Path) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        data = b"inside the tarball\n"
+        info = tarfile.TarInfo("tarred/file.txt")
+        info.size = len(data)
+        info.mode = 0o600
+        tar.addfile(info, io.BytesIO(data))
+
+
+def test_every_instruction(cli: Cli, client: docker.DockerClient, tmp_path: Path,
+                           served: str) -> None:
+    ctx = write(tmp_path / "ctx", {"Dockerfile": EVERYTHING.replace("${URL}", served),
+                                   "src/app.sh": "echo app\n", "src/lib/util.txt": "util\n"})
+    os.chmod(ctx / "src/app.sh", 0o755)
+    _bundle(ctx / "bundle.tar.gz")
+    proc = build(cli, "-t", "built:every", "--build-arg", "WHO=tester",
+                 "--build-arg", "UNUSED=1", str(ctx))
+    out = proc.stdout
+    assert "Step 1/26 : ARG BASE=busybox" in out
+    assert "Step 2/26 : FROM ${BASE}:latest AS builder" in out
+    assert " ---> Running in " in out
+    assert "Removing intermediate container " in out
+    assert "[Warning] One or more build-args [UNUSED] were not consumed" in out
+    image_id = client.images.get("built:every").id
+    assert f"Successfully built {image_id.removeprefix('sha256:')[:12]}" in out
+    assert "Successfully tagged built:every" in out
+
+    cfg = client.api.inspect_image("built:every")["Config"]
+    assert "ONE=1" in cfg["Env"] and "TWO=two words" in cfg["Env"]
+    assert "LEGACY=legacy form value" in cfg["Env"]
+    assert any(e.startswith("PATH=") for e in cfg["Env"])
+    assert cfg["Labels"] == {"org.example.who": "tester", "plain": "value"}
+    assert cfg["ExposedPorts"] == {"8080/tcp": {}, "9000/udp": {}}
+    assert cfg["WorkingDir"] == "/app"
+    assert cfg["User"] == "1000"
+    assert cfg["Volumes"] == {"/data": {}}
+    assert cfg["StopSignal"] == "SIGUSR1"
+    assert cfg["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000,
+                                  "Timeout": 3_000_000_000, "Retries": 2}
+    assert cfg["Entrypoint"] == ["/bin/sh", "-c"]
+    assert cfg["Cmd"] == ["echo $ONE $TWO; id -u; pwd"]
+    assert cfg["OnBuild"] == ["RUN echo triggered"]
+    assert cfg["Shell"] == ["/bin/sh", "-c"]
+    assert client.api.inspect_image("built:every")["Author"] == "someone@example.com"
+
+    assert client.containers.run("built:every", remove=True).decode() == \
+        "1 two words\n1000\n/app\n"
+    listing = client.containers.run(
+        "built:every", ["stat -c '%n %u:%g %a' /out/greeting src src/app.sh src/lib/util.txt "
+                        "from-scratch-stage /bundle/tarred/file.txt "
+                        "/downloaded/remote.txt; cat /downloaded/remote.txt /g 2>&1; "
+                        "cat from-scratch-stage /bundle/tarred/file.txt"],
+        user="0", remove=True).decode().splitlines()
+    assert listing[:8] == [
+        "/out/greeting 0:0 640",
+        "src 1000:1000 755",
+        "src/app.sh 1000:1000 755",
+        "src/lib/util.txt 1000:1000 644",
+        "from-scratch-stage 0:0 640",
+        "/bundle/tarred/file.txt 0:0 600",
+        "/downloaded/remote.txt 0:0 600",
+        "from the web",
+    ]
+    assert "No such file" in listing[8]  # /g lives only in the scratch stage
+    assert listing[9:] == ["hello from builder", "inside the tarball"]
+
+    history = client.api.history("built:every")
+    assert history[0]["CreatedBy"] == "/bin/sh -c #(nop)  ONBUILD RUN echo triggered"
+    assert any(h["CreatedBy"].startswith("/bin/sh -c #(nop) COPY --chown=1000:1000 dir:")
+               for h in history)
+    assert any(h["CreatedBy"].startswith("|1 GREETING=hello /bin/sh -c mkdir -p /out")
+               for h in history)
+
+
+def test_cache_hits_and_exact_miss(cli: Cli, client: docker.DockerClient,
+                                   tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nENV A=1\nRUN echo one > /one\n"
+                           "COPY a.txt /a.txt\nRUN cat /a.txt > /copy\nCOPY b.txt /b.txt\n",
+                           "a.txt": "first\n", "b.txt": "b\n"})
+    first = build(cli, "-t", "built:cache", str(ctx)).stdout
+    assert "Using cache" not in first
+    image = client.images.get("built:cache").id
+    again = build(cli, "-t", "built:cache", str(ctx)).stdout
+    assert again.count(" ---> Using cache") == 5
+    assert client.images.get("built:cache").id == image
+    (ctx / "a.txt").write_text("changed\n")
+    changed = build(cli, "-t", "built:cache", str(ctx)).stdout
+    steps = changed.split("Step ")[1:]
+    assert ["Using cache" in s for s in steps] == [False, True, True, False, False, False]
+    assert client.images.get("built:cache").id != image
+    assert client.containers.run("built:cache", "cat /copy", remove=True) == b"changed\n"
+    # Only a touch (no content change): still cached, as dockerd's checksums ignore times.
+    os.utime(ctx / "a.txt", (1, 1))
+    assert build(cli, "-t", "built:cache", str(ctx)).stdout.count("Using cache") == 5
+    nocache = build(cli, "--no-cache", "-t", "built:cache", str(ctx)).stdout
+    assert "Using cache" not in nocache
+
+
+def test_target_and_build_arg_in_from(cli: Cli, client: docker.DockerClient,
+                                      tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox AS first\nRUN echo first > /stage\n"
+                           "FROM first AS second\nRUN echo second > /stage\n"
+                           "FROM second\nRUN echo third > /stage\n"})
+    out = build(cli, "--target", "second", "-t", "built:target", str(ctx)).stdout
+    assert "Step 4/4 : RUN echo second > /stage" in out
+    assert client.containers.run("built:target", "cat /stage", remove=True) == b"second\n"
+    bad = build(cli, "--target", "nope", str(ctx), check=False)
+    assert bad.returncode != 0
+    assert "failed to reach build target nope in Dockerfile" in bad.stderr
+
+
+def test_dockerignore_with_exceptions(cli: Cli, client: docker.DockerClient,
+                                      tmp_path: Path) -> None:
+    ctx = write(tmp_path, {
+        "Dockerfile": "FROM busybox\nCOPY . /ctx\n",
+        ".dockerignore": "*.log\n!keep.log\n**/secret*\nnode_modules\nDockerfile\n",
+        "a.log": "x", "keep.log": "kept", "deep/dir/secret.key": "s", "deep/ok.txt": "ok",
+        "node_modules/m/index.js": "m",
+    })
+    build(cli, "-t", "built:ignore", str(ctx))
+    files = client.containers.run("built:ignore", "find /ctx -type f", remove=True)
+    assert sorted(files.decode().split()) == ["/ctx/.dockerignore", "/ctx/deep/ok.txt",
+                                              "/ctx/keep.log"]
+
+
+def test_dockerignore_applied_by_the_daemon(client: docker.DockerClient) -> None:
+    """A raw tar (no client-side filtering) gets the same rules from stowd."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in {"Dockerfile": b"FROM busybox\nCOPY . /ctx\n",
+                           ".dockerignore": b"*\n!wanted\n", "wanted": b"w",
+                           "unwanted": b"u"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    image, _ = client.images.build(fileobj=buf, custom_context=True, tag="built:rawignore")
+    files = client.containers.run(image.id, "find /ctx -type f", remove=True)
+    assert files.decode().split() == ["/ctx/wanted"]
+
+
+def test_onbuild_triggers_in_child(cli: Cli, client: docker.DockerClient,
+                                   tmp_path: Path) -> None:
+    parent = write(tmp_path / "parent", {
+        "Dockerfile": "FROM busybox\nONBUILD COPY marker /marker\n"
+                      "ONBUILD RUN echo ran > /trigger\n"})
+    build(cli, "-t", "built:onbuild-parent", str(parent))
+    child = write(tmp_path / "child", {"Dockerfile": "FROM built:onbuild-parent\n",
+                                       "marker": "mark\n"})
+    out = build(cli, "-t", "built:onbuild-child", str(child)).stdout
+    assert "# Executing 2 build triggers" in out
+    assert client.containers.run("built:onbuild-child", "cat /marker /trigger",
+                                 remove=True) == b"mark\nran\n"
+    assert client.api.inspect_image("built:onbuild-child")["Config"]["OnBuild"] is None
+
+
+def test_failing_run_leaves_its_container_unless_forcerm(cli: Cli, client: docker.DockerClient,
+                                                          tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nRUN echo partial; exit 7\n"})
+    before = {c.id for c in client.containers.list(all=True)}
+    failed = build(cli, "-t", "built:fails", str(ctx), check=False)
+    assert failed.returncode == 7
+    assert "partial" in failed.stdout
+    assert ("The command '/bin/sh -c echo partial; exit 7' returned a non-zero code: 7"
+            in failed.stderr)
+    left = [c for c in client.containers.list(all=True) if c.id not in before]
+    assert len(left) == 1 and left[0].status == "exited"
+    assert left[0].attrs["State"]["ExitCode"] == 7
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get("built:fails")
+    left[0].remove()
+    forced = build(cli, "--force-rm", str(ctx), check=False)
+    assert forced.returncode == 7
+    assert "Removing intermediate container" in forced.stdout
+    assert {c.id for c in client.containers.list(all=True)} == before
+
+
+def test_unknown_instruction_and_parse_errors(cli: Cli, tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nRUN true\nBOGUS x\n"})
+    proc = build(cli, str(ctx), check=False)
+    assert proc.returncode == 1
+    assert ("Error response from daemon: dockerfile parse error line 3: unknown instruction: "
+            "BOGUS") in proc.stderr
+    (ctx / "Dockerfile").write_text("FROM busybox\nCOPY onlyone\n")
+    proc = build(cli, str(ctx), check=False)
+    assert "dockerfile parse error line 2: COPY requires at least two arguments" in proc.stderr
+
+
+def test_plain_cli_stdin_and_file_outside_context(cli: Cli, client: docker.DockerClient,
+                                                  tmp_path: Path) -> None:
+    # No buildx here: the CLI falls back to /build by itself.
+    ctx = write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nCOPY f /f\n", "f": "ctx\n"})
+    build(cli, "-t", "built:plain", str(ctx), env={})
+    assert client.containers.run("built:plain", "cat /f", remove=True) == b"ctx\n"
+    # Dockerfile on stdin, no context.
+    out = build(cli, "-t", "built:stdin", "-", input="FROM busybox\nRUN echo stdin > /s\n")
+    assert "Successfully tagged built:stdin" in out.stdout
+    assert client.containers.run("built:stdin", "cat /s", remove=True) == b"stdin\n"
+    # -f naming a file outside the context: the CLI sends it under a random name.
+    other = write(tmp_path / "elsewhere", {"Custom.dockerfile": "FROM busybox\nCOPY . /c\n"})
+    build(cli, "-f", str(other / "Custom.dockerfile"), "-t", "built:outside", str(ctx))
+    files = client.containers.run("built:outside", "ls -A /c", remove=True).decode().split()
+    assert files == ["Dockerfile", "f"]
+
+
+def test_quiet_prints_only_the_id(cli: Cli, client: docker.DockerClient,
+                                  tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nRUN echo noisy\n"})
+    out = build(cli, "-q", "-t", "built:quiet", str(ctx)).stdout
+    assert out.strip() == client.images.get("built:quiet").id
+
+
+def test_docker_py_path_and_fileobj(client: docker.DockerClient, tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nARG V\nRUN echo $V > /v\n"})
+    image, logs = client.images.build(path=str(ctx), tag="built:py", buildargs={"V": "py"},
+                                      rm=True, labels={"from": "docker-py"})
+    logs = list(logs)
+    lines = [entry.get("stream", "") for entry in logs]
+    assert any(line.startswith("Successfully built") for line in lines)
+    assert any("aux" in entry for entry in logs)
+    assert image.labels == {"from": "docker-py"}
+    assert client.containers.run(image.id, "cat /v", remove=True) == b"py\n"
+    fileobj = io.BytesIO(b"FROM busybox\nCMD [\"echo\", \"fileobj\"]\n")
+    image, _ = client.images.build(fileobj=fileobj, tag="built:pyfile")
+    assert client.containers.run("built:pyfile", remove=True) == b"fileobj\n"
+    with pytest.raises(docker.errors.BuildError) as info:
+        client.images.build(fileobj=io.BytesIO(b"FROM busybox\nRUN exit 3\n"))
+    assert "returned a non-zero code: 3" in str(info.value)
+
+
+def test_compose_build(daemon: Daemon, client: docker.DockerClient, tmp_path: Path) -> None:
+    write(tmp_path, {
+        "docker-compose.yml": "version: '3'\nservices:\n  web:\n    build:\n"
+                              "      context: ./web\n      args:\n        NAME: compose\n"
+                              "    image: built:compose\n",
+        "web/Dockerfile": "FROM busybox\nARG NAME\nRUN echo $NAME > /name\n"})
+    env = {**os.environ, "DOCKER_HOST": daemon.url, "COMPOSE_DOCKER_CLI_BUILD": "0",
+           "DOCKER_BUILDKIT": "0"}
+    proc = subprocess.run(["docker-compose", "build"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert client.containers.run("built:compose", "cat /name", remove=True) == b"compose\n"
+
+
+def test_client_disconnect_cancels_the_build(daemon: Daemon, client: docker.DockerClient,
+                                             tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"FROM busybox\nRUN echo started; sleep 600\n"
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    body = buf.getvalue()
+    since = time.time()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(daemon.url.removeprefix("unix://"))
+    sock.sendall(b"POST /build?t=built:cancelled HTTP/1.1\r\nHost: d\r\n"
+                 b"Content-Type: application/x-tar\r\n"
+                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    seen = b""
+    while b'{"stream":"started\\n"}' not in seen:
+        chunk = sock.recv(65536)
+        assert chunk, seen
+        seen += chunk
+    cid_start = seen.index(b"Running in ") + len(b"Running in ")
+    short_id = seen[cid_start:cid_start + 12].decode()
+    sock.close()
+    events = client.api.events(since=since, until=time.time() + 30, decode=True,
+                               filters={"type": "container", "event": "destroy"})
+    for event in events:
+        if event["id"].startswith(short_id):
+            break
+    else:
+        raise AssertionError("the build's container was not removed")
+    assert client.containers.list(all=True) == []
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get("built:cancelled")
+
+
+def test_stream_shape_and_aux(api: docker.APIClient, tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox AS a\nFROM a\nENV X=1\n"})
+    lines = list(api.build(path=str(ctx), decode=True))
+    streams = [line["stream"] for line in lines if "stream" in line]
+    assert streams[:3] == ["Step 1/3 : FROM busybox AS a", "\n", streams[2]]
+    assert streams[2].startswith(" ---> ")
+    auxes = [line["aux"]["ID"] for line in lines if "aux" in line]
+    assert len(auxes) == 2  # one per stage, as dockerd
+    assert streams[-1] == f"Successfully built {auxes[-1].removeprefix('sha256:')[:12]}\n"
+    assert json.dumps(lines)  # every line was a JSON object
