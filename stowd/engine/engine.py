@@ -30,6 +30,7 @@ from stowd.engine import exec as execs
 from stowd.engine import export as exporting
 from stowd.engine import top as ps_top
 from stowd.engine.attach import AttachSession, parse_detach_keys
+from stowd.engine.build import cache as build_cache
 from stowd.engine.build.builder import BuildOptions, Emit
 from stowd.engine.build.host import EngineHost
 from stowd.engine.build.service import run_build
@@ -1265,7 +1266,7 @@ class Engine:
             select_filters["dangling"] = ["true"]
         listed = await asyncio.to_thread(
             lambda: images_listing.select(self.images.all(), select_filters,
-                                          self.images.resolve))
+                                          self.images.resolve, show_intermediate=False))
         report: list[dict[str, str]] = []
         reclaimed = 0
         for item in listed:
@@ -1515,6 +1516,36 @@ class Engine:
                                                self.volumes.mountpoint(vol.name))
                 volumes.append((vol, size, len(self.volumes.users(vol.name))))
         return layers_size, images, containers, volumes
+
+    async def build_cache_usage(self) -> list[dict[str, Any]]:
+        """`docker system df`'s BuildCache: the build steps kept as untagged images."""
+        in_use = {c.image_id for c in self._containers.values()}
+        all_images = await asyncio.to_thread(self.images.all)
+        return await asyncio.to_thread(build_cache.usage, all_images, in_use,
+                                       self.images.layer_size)
+
+    async def prune_build_cache(self) -> tuple[list[str], int]:
+        """`docker builder prune`: remove the build steps no container uses, newest first
+        (children before parents); the space is what their removed layers held."""
+        in_use = {c.image_id for c in self._containers.values()}
+        all_images = await asyncio.to_thread(self.images.all)
+        steps = sorted((i for i in all_images if build_cache.is_build_step(i)
+                        and i.id not in in_use), key=lambda i: i.created, reverse=True)
+
+        def remove() -> tuple[list[str], int]:
+            deleted, reclaimed = [], 0
+            for image in steps:
+                sizes = {c: self.images.layer_size(c) for c in image.layers}
+                removed = self.images.remove_image(image)
+                deleted.append(image.id.removeprefix("sha256:"))
+                reclaimed += sum(sizes[c] for c in removed)
+            return deleted, reclaimed
+
+        deleted, reclaimed = await asyncio.to_thread(remove)
+        for image_id in deleted:
+            self.events.publish("image", "delete", "sha256:" + image_id,
+                                {"name": "sha256:" + image_id})
+        return deleted, reclaimed
 
 
 UPDATABLE = ("CpuShares", "Memory", "MemoryReservation", "MemorySwap", "NanoCpus",

@@ -41,6 +41,20 @@ def write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _clean_builds(daemon: Daemon) -> Iterator[None]:
+    """Leave the shared daemon as found: no built images, no build cache."""
+    yield
+    client = daemon.client()
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith("built:"):
+                client.images.remove(tag, force=True)
+    client.api.prune_builds()
+    client.images.prune()
+    client.close()
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     """An HTTP server on 127.0.0.1 for ADD <url>."""
@@ -384,3 +398,31 @@ def test_stream_shape_and_aux(api: docker.APIClient, tmp_path: Path) -> None:
     assert len(auxes) == 2  # one per stage, as dockerd
     assert streams[-1] == f"Successfully built {auxes[-1].removeprefix('sha256:')[:12]}\n"
     assert json.dumps(lines)  # every line was a JSON object
+
+
+def test_build_cache_in_df_and_builder_prune(cli: Cli, client: docker.DockerClient,
+                                            tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nRUN head -c 3000 /dev/zero > /z\n"
+                           "ENV PRUNE=me\n"})
+    build(cli, "-t", "built:prunable", str(ctx))
+    records = client.df()["BuildCache"]
+    run_step = [r for r in records if r["Description"].startswith("/bin/sh -c head -c 3000")]
+    assert len(run_step) == 1 and run_step[0]["Size"] >= 3000
+    assert run_step[0]["Shared"]  # built:prunable holds the same layer
+    out = cli("builder", "prune", "-f").stdout
+    assert "Total reclaimed space" in out
+    assert client.df()["BuildCache"] == []
+    assert client.containers.run("built:prunable", "wc -c /z", remove=True) == b"3000 /z\n"
+    assert "Using cache" not in build(cli, "-t", "built:prunable", str(ctx)).stdout
+
+
+def test_cache_survives_a_restart(own_daemon: Daemon, tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nRUN echo once > /once\n"})
+    cli = Cli(own_daemon)
+    build(cli, "-t", "built:restart", str(ctx))
+    first = own_daemon.client().images.get("built:restart").id
+    own_daemon.stop()
+    own_daemon.start()
+    out = build(cli, "-t", "built:restart", str(ctx)).stdout
+    assert " ---> Using cache" in out
+    assert own_daemon.client().images.get("built:restart").id == first

@@ -239,8 +239,10 @@ async def system_df(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"LayersSize": layers_size, "Images": image_rows,
                             "Containers": container_rows, "Volumes": volume_rows,
                             "BuildCache": []}
+    if "build-cache" in kinds:
+        body["BuildCache"] = await engine.build_cache_usage()
     if version < (1, 42):
-        body["BuilderSize"] = 0
+        body["BuilderSize"] = sum(r["Size"] for r in body["BuildCache"])
     return web.json_response(body)
 
 

@@ -279,7 +279,9 @@ async def plugins(request: web.Request) -> web.Response:
 
 
 async def build_prune(request: web.Request) -> web.Response:
-    return json_ok({"CachesDeleted": None, "SpaceReclaimed": 0})
+    """The classic builder's cache is its step images: prune removes those unused."""
+    deleted, reclaimed = await engine_of(request).prune_build_cache()
+    return json_ok({"CachesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
 
 def register(router: Router) -> None:

@@ -10,6 +10,7 @@ no parent chain here. Blocking: call from a worker thread.
 """
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from stowd.engine.images.store import Image, ImageStore
@@ -79,3 +80,37 @@ def find_in_sources(images: ImageStore, sources: list[Image], parent: Image | No
             continue
         return source, len(parent_history) + 1, layers
     return None
+
+
+def is_build_step(image: Image) -> bool:
+    """An untagged image a build made (each step's image is one): the build cache."""
+    return (not image.repo_tags and not image.repo_digests
+            and "container_config" in image.config and image.parent != "")
+
+
+def usage(images: list[Image], in_use: set[str], layer_size: Callable[[str], int]
+          ) -> list[dict[str, Any]]:
+    """`docker system df`'s BuildCache records for the build steps kept as images.
+
+    Size is the step's own layer (0 for a config-only step); Shared when an image that is
+    not build cache also has that layer (pruning would not free it)."""
+    kept_layers = {c for i in images if not is_build_step(i) for c in i.layers}
+    out = []
+    for image in images:
+        if not is_build_step(image):
+            continue
+        history = image.config.get("history") or [{}]
+        own = image.layers[-1] if image.layers and not history[-1].get("empty_layer") else None
+        out.append({
+            "ID": image.id.removeprefix("sha256:"),
+            "Parent": image.parent.removeprefix("sha256:"),
+            "Type": "regular",
+            "Description": history[-1].get("created_by", ""),
+            "InUse": image.id in in_use,
+            "Shared": own is not None and own in kept_layers,
+            "Size": layer_size(own) if own else 0,
+            "CreatedAt": image.created,
+            "LastUsedAt": image.created,
+            "UsageCount": 0,
+        })
+    return out
