@@ -39,6 +39,7 @@ from typing import IO, Any
 
 from stowd.engine.errors import InvalidParameter, NotFound, SystemError_
 from stowd.engine.runtime.libc import libc
+from stowd.engine.tarstream import open_tar_stream, write_member
 
 SYS_OPENAT2 = 437  # the same number on every architecture (new syscall table)
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -438,7 +439,7 @@ def extract(root_fd: int, dest: str, source: IO[bytes], opts: ExtractOptions,
     """Unpack the tar `source` into container directory dest (already resolved)."""
     dirs: list[tuple[str, int]] = []
     try:
-        tar = tarfile.open(fileobj=source, mode="r|*")  # noqa: SIM115 - `with tar` below
+        tar = open_tar_stream(source)
     except tarfile.ReadError as exc:
         raise InvalidParameter(f"Error processing tar file: {exc}") from exc
     with tar:
@@ -519,13 +520,12 @@ def _create(root_fd: int, pfd: int, base: str, cpath: str, tar: tarfile.TarFile,
         return
     if info.isreg():
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600, dir_fd=pfd)
-        with os.fdopen(fd, "wb") as out:
-            src = tar.extractfile(info)
-            if src is not None:
-                shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            _apply_meta(out.fileno(), info, owner)
-            os.utime(out.fileno(), (info.mtime, info.mtime))
+        try:
+            write_member(tar, info, fd)  # streamed; a sparse member's holes stay holes
+            _apply_meta(fd, info, owner)
+            os.utime(fd, (info.mtime, info.mtime))
+        finally:
+            os.close(fd)
         return
     if info.issym():
         os.symlink(info.linkname, base, dir_fd=pfd)

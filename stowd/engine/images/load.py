@@ -39,6 +39,7 @@ from stowd.engine.images import reference
 from stowd.engine.images.archive import host_arch
 from stowd.engine.images.layers import DiffIDMismatch, chain_id
 from stowd.engine.images.store import Image, ImageStore
+from stowd.engine.tarstream import open_tar_stream, write_member
 
 CHUNK = 1 << 20
 MAX_JSON = 16 << 20  # manifests, indexes and configs are small; refuse to read huge ones
@@ -171,7 +172,7 @@ def spool_archive(source: BinaryIO, root: Path) -> Spool:
     """Read the tar on source (plain or compressed) member by member into root."""
     spool = Spool(root)
     try:
-        with tarfile.open(fileobj=source, mode="r|*", bufsize=CHUNK) as tar:
+        with open_tar_stream(source) as tar:
             for member in tar:
                 _spool_member(tar, member, spool)
     except (tarfile.TarError, EOFError, zlib.error, UnicodeError) as exc:
@@ -203,10 +204,11 @@ def _spool_member(tar: tarfile.TarFile, member: tarfile.TarInfo, spool: Spool) -
     elif member.isreg():
         spool.links.pop(name, None)
         os.makedirs(dest.parent, exist_ok=True)
-        content = tar.extractfile(member)
-        assert content is not None
-        with open(dest, "wb") as out:
-            shutil.copyfileobj(content, out, CHUNK)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            write_member(tar, member, fd)
+        finally:
+            os.close(fd)
     elif member.issym() or member.islnk():
         # Never created on disk: a link is only followed by resolve_in_archive.
         target = member.linkname if member.issym() else clean_member_name(member.linkname)
