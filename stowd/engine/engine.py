@@ -68,6 +68,7 @@ from stowd.engine.labels import labels_match
 from stowd.engine.logs import parse_log_options, rotate
 from stowd.engine.logwatch import LogRotator, Rotation
 from stowd.engine.network.manager import NetworkManager
+from stowd.engine.private import make_private, private_container_dir
 from stowd.engine.resources import check_resources
 from stowd.engine.restart import RestartManager, should_restart
 from stowd.engine.runtime import devices as rt_devices
@@ -171,8 +172,8 @@ class Engine:
     def _open_blocking(self) -> None:
         for d in (self.data_root, self.exec_root, self.data_root / "containers"):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.exec_root, 0o711)
         self.store = Store(self.data_root / "stowd.db")
+        make_private(self.data_root, self.exec_root)  # new roots, and old ones migrated
         self.images = ImageStore(self.store, self.data_root)
         self.distribution = Distribution(
             self.images, RegistrySettings(self.settings.insecure_registries,
@@ -388,6 +389,7 @@ class Engine:
         base = self.container_dir(c)
         for sub in ("upper", "work", "rootfs", "init", "bundle"):
             (base / sub).mkdir(parents=True, exist_ok=True)
+        private_container_dir(base)
         rootfs.make_init_layer(base / "init")
         self._write_etc_files(c)
 

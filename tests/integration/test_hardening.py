@@ -6,6 +6,7 @@ hostile or unlucky client does costs no more than its honest equivalent.
 
 import errno
 import json
+import os
 import socket
 import subprocess
 import time
@@ -245,3 +246,97 @@ def test_aborted_uploads_log_one_line(own_daemon: Daemon) -> None:
     assert "Traceback" not in log
     assert " ERROR " not in log
     ctr.remove()
+
+
+NOBODY = 65534
+
+# Walk a tree as `nobody` and list what it can read, list or reach (the child prints JSON).
+_AS_NOBODY = r"""
+import json, os, sys
+found = []
+for top in sys.argv[1:]:
+    for dirpath, dirnames, filenames in os.walk(top, onerror=lambda e: None):
+        found.append("list " + dirpath)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                with open(path, "rb") as f:
+                    f.read(1)
+                found.append("read " + path)
+            except OSError:
+                pass
+print(json.dumps(found))
+"""
+
+
+def _readable_by_nobody(*tops: Path) -> list[str]:
+    out = subprocess.run(["/usr/bin/python3", "-c", _AS_NOBODY, *map(str, tops)], user=NOBODY,
+                         group=NOBODY, extra_groups=[], capture_output=True, text=True,
+                         check=True, cwd="/")
+    found: list[str] = json.loads(out.stdout)
+    return found
+
+
+def test_other_users_read_nothing(own_daemon: Daemon) -> None:
+    """Finding 2: as nobody, a container's `-e SECRET=…` was one grep away (data-root 0755,
+    database 0644, bundles world-readable); dockerd's root is 0710."""
+    # The test daemon lives in a private temporary directory: open the way to its roots, as
+    # /var/lib and /run are open on a host.
+    os.chmod(own_daemon.root, 0o755)
+    client = own_daemon.client()
+    client.volumes.create("secretvol")
+    ctr = client.containers.run("busybox", ["sh", "-c", "echo logged-hunter2; sleep 60"],
+                                environment={"SECRET": "hunter2"}, detach=True,
+                                volumes={"secretvol": {"bind": "/data", "mode": "rw"}})
+    ctr.exec_run(["sh", "-c", "echo hunter2 > /data/f; echo hunter2 > /root-file"])
+    # A root left by an older stowd (0755, 0644) is made private at start.
+    own_daemon.stop()
+    base = own_daemon.data_root / "containers" / ctr.id
+    for path, mode in ((own_daemon.data_root, 0o755), (own_daemon.exec_root, 0o755),
+                       (own_daemon.data_root / "stowd.db", 0o644), (base, 0o755),
+                       (base / "bundle", 0o755), (base / "bundle" / "config.json", 0o644)):
+        os.chmod(path, mode)
+    own_daemon.start()
+    assert client.ping()
+    private = {str(p.relative_to(own_daemon.root)): oct(p.stat().st_mode & 0o777)
+               for p in (base / "bundle", base / "bundle" / "config.json", base / "ctr.log",
+                         own_daemon.data_root / "layers", own_daemon.data_root / "volumes")}
+    # volumes/ stays 0701 as dockerd keeps it: no one but root reads or writes anything.
+    assert all(int(m, 8) & 0o066 == 0 for m in private.values()), private
+    found = _readable_by_nobody(own_daemon.data_root, own_daemon.exec_root)
+    modes = {p.name: oct(p.stat().st_mode & 0o7777)
+             for p in (own_daemon.data_root, own_daemon.exec_root,
+                       own_daemon.data_root / "stowd.db")}
+    print(f"as nobody: {len(found)} paths listed or read {found[:5]}; modes {modes}")
+    grep = subprocess.run(["grep", "-rl", "hunter2", str(own_daemon.data_root),
+                           str(own_daemon.exec_root)], user=NOBODY, group=NOBODY,
+                          extra_groups=[], capture_output=True, text=True, check=False)
+    assert grep.stdout == ""
+    assert found == []
+    assert int(modes["data"], 8) & 0o007 == 0 and int(modes["exec"], 8) & 0o007 == 0
+    assert int(modes["stowd.db"], 8) & 0o077 == 0
+    ctr.remove(force=True)
+
+
+def test_non_root_container_users_still_work(own_daemon: Daemon) -> None:
+    """Private roots must not lock out a container's own non-root user (dockerd keeps its
+    root 0710 too: the container reaches its rootfs through its mounts, not host paths)."""
+    client = own_daemon.client()
+    vol = client.volumes.create("uservol")
+    client.containers.run("busybox", ["chmod", "777", "/data"], remove=True,
+                          volumes={vol.name: {"bind": "/data", "mode": "rw"}})
+    ctr = client.containers.run(
+        "busybox", ["sh", "-c", "cat /etc/hostname /etc/hosts /etc/resolv.conf >/dev/null && "
+                    "ls / >/dev/null && echo vol > /data/f && cat /data/f && id -u && sleep 60"],
+        user=f"{NOBODY}:{NOBODY}", detach=True,
+        volumes={vol.name: {"bind": "/data", "mode": "rw"}})
+    deadline = time.monotonic() + 30
+    while b"65534" not in ctr.logs() and time.monotonic() < deadline:
+        ctr.reload()
+        assert ctr.status == "running", ctr.logs()
+        time.sleep(0.1)
+    assert ctr.logs() == b"vol\n65534\n"
+    code, output = ctr.exec_run(["sh", "-c", "id -u && cat /data/f && ls /etc >/dev/null"],
+                                user=str(NOBODY))
+    assert (code, output) == (0, b"65534\nvol\n")
+    ctr.remove(force=True)

@@ -1,0 +1,53 @@
+"""Files private to root by default (issue 12): what stowd keeps holds every container's
+environment, logs and filesystem, so no other local user may read any of it.
+
+As dockerd (`/var/lib/docker` is 0710): the data-root and exec-root are traverse-only for
+root's group and closed to others, and below them the database, bundles, logs and layer
+store are root's alone. Containers are not affected: runc sets a container up as root, and
+its processes then reach their files through their own mounts, never through these paths;
+what they see keeps its own modes (a layer's `/`, the bind-mounted /etc files, `_data`).
+
+`make_private` also migrates roots written by an older stowd; it runs at every start
+(blocking: a walk over the containers' directories, not their contents).
+"""
+
+import contextlib
+import os
+from pathlib import Path
+
+ROOT_MODE = 0o710  # data-root, exec-root
+DIR_MODE = 0o700  # the stores below the data-root, container bundles
+CONTAINER_DIR_MODE = 0o710
+FILE_MODE = 0o600  # database, logs, bundle configs
+DB_FILES = ("stowd.db", "stowd.db-wal", "stowd.db-shm")
+
+
+def _chmod(path: Path, mode: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if not path.is_symlink():
+            os.chmod(path, mode)
+
+
+def make_private(data_root: Path, exec_root: Path) -> None:
+    """Set the modes above on what exists (new roots and old ones alike)."""
+    for root in (data_root, exec_root):
+        root.mkdir(parents=True, exist_ok=True)
+        _chmod(root, ROOT_MODE)
+    for name in DB_FILES:
+        _chmod(data_root / name, FILE_MODE)
+    for entry in data_root.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            _chmod(entry, DIR_MODE)
+    containers = data_root / "containers"
+    if containers.is_dir():
+        for ctr in containers.iterdir():
+            private_container_dir(ctr)
+
+
+def private_container_dir(base: Path) -> None:
+    """A container's directory, bundle and logs (blocking)."""
+    _chmod(base, CONTAINER_DIR_MODE)
+    _chmod(base / "bundle", DIR_MODE)
+    _chmod(base / "bundle" / "config.json", FILE_MODE)
+    for log in base.glob("ctr.log*"):
+        _chmod(log, FILE_MODE)
