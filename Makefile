@@ -7,7 +7,7 @@ VENV := .venv
 APT_PACKAGES := runc conmon iptables iproute2 busybox-static procps tar containernetworking-plugins tmux tini strace docker-registry
 STOWD_HOST ?= unix:///run/stowd.sock
 
-.PHONY: run test deps venv lint unit integration bench clean
+.PHONY: run test deps venv lint unit integration bench clean soak
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -38,8 +38,13 @@ unit: venv
 integration: deps venv
 	$(VENV)/bin/pytest -q tests/integration
 
+# The slow tests (the crash walk through every point, the 1,000-cycle leak soak) run in
+# their short forms here and in full in `make soak`.
 test: deps venv lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow" tests
+
+soak: deps venv
+	$(VENV)/bin/pytest -q -s -p no:cacheprovider -m slow tests
 
 bench: deps venv
 	$(VENV)/bin/python bench/lifecycle.py

@@ -46,6 +46,7 @@ class Daemon:
         self.blocking_calls: list[str] = []
         # The daemon's working directory (under systemd it is /): nothing may land there.
         self.cwd = REPO
+        self.env: dict[str, str] = {}  # more environment (STOWD_FAULT in crash tests)
 
     @property
     def url(self) -> str:
@@ -67,7 +68,7 @@ class Daemon:
         # STOWD_BLOCKBUSTER: any blocking call stowd makes on its event loop raises, and the
         # test that caused it fails (ARCHITECTURE.md: blocking work never runs on the loop).
         env = dict(os.environ, PYTHONPATH=str(REPO),
-                   STOWD_BLOCKBUSTER="1" if self.watch_blocking else "0")
+                   STOWD_BLOCKBUSTER="1" if self.watch_blocking else "0", **self.env)
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      env=env, cwd=str(self.cwd))
         log.close()

@@ -60,6 +60,7 @@ from stowd.engine.errors import (
     SystemError_,
 )
 from stowd.engine.events import EventBus
+from stowd.engine.faults import fault_point
 from stowd.engine.images import archive, commit, delete, load, reference, save
 from stowd.engine.images import listing as images_listing
 from stowd.engine.images.pipe import ThreadPipe
@@ -73,7 +74,7 @@ from stowd.engine.resources import check_resources
 from stowd.engine.restart import RestartManager, should_restart
 from stowd.engine.runtime import devices as rt_devices
 from stowd.engine.runtime import mounts, seccomp
-from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, process_alive
+from stowd.engine.runtime.oci import OciRuntime, RuntimeError_, kill_and_wait, process_alive
 from stowd.engine.runtime.spec import (
     DEFAULT_PATH,
     SpecInput,
@@ -189,6 +190,12 @@ class Engine:
             self._containers[container.id] = container
         if stale := self.runtime.remove_stale(set(self._containers)):
             log.info("removed the exec-root files of %d unknown containers", len(stale))
+        # A crash inside create leaves a directory the database never knew.
+        for base in (self.data_root / "containers").iterdir():
+            if (not base.name.startswith(".") and base.name not in self._containers
+                    and not mounts.is_mounted(str(base / "rootfs"))):
+                log.info("removing the directory of unknown container %s", base.name[:12])
+                shutil.rmtree(base, ignore_errors=True)
 
     async def close(self) -> None:
         """Stop watching; containers keep running (conmon is their parent, not stowd)."""
@@ -233,6 +240,29 @@ class Engine:
             self.restarts.after_exit(c, daemon_start=True)
         elif status == REMOVING:
             await self._finish_remove(c)
+        elif await asyncio.to_thread(self._holds_task, c):
+            # The daemon died inside start, before the container was recorded running: the
+            # start was never answered, so it is rolled back (docs/design.md, Recovery).
+            log.warning("%s: rolling back a start the daemon did not finish", c.short_id)
+            await asyncio.to_thread(self._roll_back_start, c)
+            c.state.pid = 0
+            c.state.conmon_pid = 0
+            await self._persist(c)
+
+    def _holds_task(self, c: Container) -> bool:
+        """Blocking: whether the host holds anything of a start (a task, conmon, the rootfs
+        mount, a network namespace) for a container not recorded as running."""
+        return (self.runtime.has_task(c.id) or bool(c.network.get("sandbox"))
+                or self.runtime.conmon_of(c.id) > 0
+                or mounts.is_mounted(str(self.container_dir(c) / "rootfs")))
+
+    def _roll_back_start(self, c: Container) -> None:
+        """Blocking: undo an unfinished start: the task (even if its process runs), conmon,
+        mounts, network; then the container is as its record says."""
+        conmon = self.runtime.conmon_of(c.id)
+        self._teardown_task(c)  # `runtime delete --force` kills the task's processes
+        if conmon > 0:
+            kill_and_wait(conmon)
 
     # lookup -----------------------------------------------------------------------------
 
@@ -341,6 +371,7 @@ class Engine:
             mounts=volume_mounts,
         )
         await asyncio.to_thread(self._prepare_dirs, c, image)
+        await fault_point("create:dirs-made")
         try:
             await self._reserve(c, explicit_name=bool(name))
         except BaseException:
@@ -349,6 +380,7 @@ class Engine:
             raise
         self._containers[cid] = c
         self._event(c, "create")
+        await fault_point("create:recorded")
         return cid, warnings
 
     def _check_run_options_here(self, hc: dict[str, Any]) -> None:
@@ -428,12 +460,14 @@ class Engine:
             raise NotFound(f"No such image: {c.image_id}")
         try:
             await self.network.attach(c)  # networking: namespace, addresses, ports, DNS
+            await fault_point("start:network-attached")
             pid, conmon_pid = await asyncio.to_thread(self._create_task, c, image)
         except (EngineError, OSError) as exc:
             await self._start_failed(c, exc)
             raise
         st.conmon_pid = conmon_pid
         st.pid = pid
+        await fault_point("start:task-created")
         self._watch(c)
         await self._connect_attachers(c)
         try:
@@ -441,6 +475,7 @@ class Engine:
         except RuntimeError_ as exc:
             await self._start_failed(c, exc)
             raise
+        await fault_point("start:task-started")
         st.status = RUNNING
         st.started_at = rfc3339_nano()
         st.exit_code = 0
@@ -451,6 +486,7 @@ class Engine:
             st.manually_stopped = False
         await self._persist(c)
         self._event(c, "start")
+        await fault_point("start:recorded")
 
     async def _connect_attachers(self, c: Container) -> None:
         """Connect clients that attached before start, so they see the first byte."""
@@ -913,6 +949,7 @@ class Engine:
             await self._signal(c, signum)
         except RuntimeError_:
             timeout = min(timeout, 2) if timeout >= 0 else 2
+        await fault_point("stop:signalled")
         try:
             await asyncio.wait_for(asyncio.shield(exited), None if timeout < 0 else timeout)
             return
@@ -1014,6 +1051,7 @@ class Engine:
                 return
             c.state.status = REMOVING
             await self._persist(c)
+            await fault_point("remove:marked")
             await self._finish_remove(c, volumes)
 
     async def _finish_remove(self, c: Container, volumes: bool = False) -> None:
@@ -1023,6 +1061,7 @@ class Engine:
         self._close_parked(c.id)
         self._forget_execs(c.id)
         await asyncio.to_thread(self._remove_files, c)
+        await fault_point("remove:files-gone")
         await self.db(self.store.delete_container, c.id)
         self._containers.pop(c.id, None)
         self._locks.pop(c.id, None)

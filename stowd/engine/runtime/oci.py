@@ -8,9 +8,12 @@ exit that happens while stowd is down is still on disk when it comes back.
 Everything here blocks (fork/exec, pipes, files): call it from a worker thread.
 """
 
+import contextlib
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -248,11 +251,26 @@ class OciRuntime:
         # not fit in sun_path otherwise); rmtree refuses links, so unlink it.
         _remove_entry(self.socket_dir / cid)
 
+    def conmon_of(self, cid: str) -> int:
+        """The PID of cid's conmon if it still runs (from its pidfile), else 0."""
+        try:
+            pid = int(self.conmon_pidfile(cid).read_text().strip())
+        except (OSError, ValueError):
+            return 0
+        return pid if process_alive(pid, cid) else 0
+
     def remove_stale(self, known: set[str]) -> list[str]:
         """Remove conmon's files and socket links of containers the database does not know
         (left by a crash between create and remove); the runtime's own state is not touched.
         Returns the IDs cleaned."""
         stale: set[str] = set()
+        for task in self.root.iterdir():  # a task with no container: kill it, then forget it
+            if task.name not in known:
+                stale.add(task.name)
+                conmon = self.conmon_of(task.name)
+                self.delete(task.name, force=True)
+                if conmon > 0:
+                    kill_and_wait(conmon)
         for d in (self.socket_dir, self.exit_dir, self.conmon_dir):
             for entry in d.iterdir():
                 cid = entry.name.split(".", 1)[0]
@@ -268,6 +286,20 @@ def _remove_entry(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def kill_and_wait(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL a process that is not our child and wait until it is gone (blocking)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        select.select([fd], [], [], timeout)  # readable once the process has exited
+    finally:
+        os.close(fd)
 
 
 def _same_process(pid: int, start_time: int) -> bool:
