@@ -7,7 +7,7 @@ VENV := .venv
 APT_PACKAGES := runc conmon iptables iproute2 busybox-static procps tar containernetworking-plugins tmux tini strace docker-registry
 STOWD_HOST ?= unix:///run/stowd.sock
 
-.PHONY: run test deps venv lint unit integration bench clean soak
+.PHONY: run test deps venv lint unit integration bench clean soak fuzz
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -42,6 +42,11 @@ integration: deps venv
 # their short forms here and in full in `make soak`.
 test: deps venv lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow" tests
+
+FUZZ_SECONDS ?= 300
+fuzz: deps venv
+	$(VENV)/bin/pip install -q -e '.[test,fuzz]'
+	$(VENV)/bin/python -m tests.fuzz.run_fuzz --seconds $(FUZZ_SECONDS)
 
 soak: deps venv
 	$(VENV)/bin/pytest -q -s -p no:cacheprovider -m slow tests
