@@ -242,6 +242,7 @@ async def serve(settings: Settings, sites: "Sites", seed_busybox: bool = False) 
         await stop.wait()
         log.info("shutting down; containers keep running")
     finally:
+        await sites.lanes.close()
         await runner.cleanup()
         await engine.close()
     return 0

@@ -7,6 +7,7 @@ import re
 import warnings
 from collections.abc import Awaitable, Callable
 
+import orjson
 import pydantic
 from aiohttp import web
 
@@ -208,8 +209,15 @@ class Router:
 
 
 def json_bytes(data: object) -> bytes:
-    """JSON as dockerd writes it: compact, one line, newline-terminated."""
-    return json.dumps(data, separators=(",", ":")).encode() + b"\n"
+    """JSON as dockerd writes it: compact, one line, newline-terminated, UTF-8 as is.
+
+    orjson writes it about ten times faster than the json module (a fifth of the time of a
+    `GET /containers/json` went to json.dumps); what it refuses (an int past 64 bits) goes
+    through the json module."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 def json_ok(data: object, status: int = 200) -> web.Response:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from stowd.api.fastlane import FastLanes
 from stowd.config import DEFAULT_HOST, Settings
 
 log = logging.getLogger("stowd.server")
@@ -329,13 +330,13 @@ def _tcp_sockets(lst: Listener, loopback_only: bool) -> list[socket.socket]:
 
 
 class Sites:
-    """Bound listeners, then the running sites; removes only the socket files it made."""
+    """Bound listeners, then their servers; removes only the socket files it made."""
 
     def __init__(self, tls: ssl.SSLContext | None) -> None:
         self.tls = tls
         self.backlog = MIN_BACKLOG
         self.bound: list[tuple[Listener, socket.socket]] = []
-        self.sites: list[web.BaseSite] = []
+        self.lanes = FastLanes()
         self._sockets: list[tuple[str, int, int]] = []
 
     def own(self, path: str) -> None:
@@ -344,7 +345,7 @@ class Sites:
 
     def close(self) -> None:
         """Close what is bound but not served yet, and remove our socket files."""
-        if not self.sites:
+        if not self.lanes.servers:
             for _, sock in self.bound:
                 sock.close()
         self.remove_sockets()
@@ -388,12 +389,13 @@ def bind_listeners(plan: ListenPlan, settings: Settings) -> Sites:
 
 
 async def start_sites(runner: web.AppRunner, sites: Sites) -> Sites:
-    """Serve the app on every bound socket."""
+    """Serve the app on every bound socket, each connection starting in the fast lane
+    (api/fastlane.py), which hands it to aiohttp (runner.server) for all but a few
+    requests."""
+    assert runner.server is not None, "runner.setup() first"
     for lst, sock in sites.bound:
         tls = sites.tls if lst.kind == "tcp" else None
-        site = web.SockSite(runner, sock, ssl_context=tls, backlog=sites.backlog)
-        await site.start()
-        sites.sites.append(site)
+        await sites.lanes.serve(runner.app, runner.server, sock, tls, sites.backlog)
     for lst in dict.fromkeys(lst for lst, _ in sites.bound):
         log.info("API listening on %s%s", lst,
                  " (mutual TLS)" if lst.kind == "tcp" and sites.tls is not None else "")

@@ -36,7 +36,8 @@ async def list_containers(request: web.Request) -> web.Response:
 
     # Image lookups read the store: resolve the ancestor filter's names in a worker thread.
     ancestor_ids = await asyncio.to_thread(
-        lambda: {name: _image_ids(engine, name) for name in filters.get("ancestor", [])})
+        lambda: {name: _image_ids(engine, name) for name in filters["ancestor"]}
+    ) if filters.get("ancestor") else {}
     selected = listing.select(
         engine.containers(), filters, all_=bool_param(request, "all"),
         limit=int_param(request, "limit"), resolve=engine.get,
