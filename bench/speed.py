@@ -8,8 +8,9 @@ Starts its own stowd (bench/lifecycle.py's harness), then measures dockerd on
 /var/run/docker.sock the same way, one engine after the other, `--repeat` times in
 alternation; the table gives the median of the repeats for each engine.
 
-- rate: `/_ping` and `GET /containers/json?all=1` with one and 8 clients, through the shared
-  harness's `rate_test` (`--shared-bench`, processes of their own, keep-alive connections).
+- rate: `/_ping` and `GET /containers/json?all=1` (with `--list-containers` of ours created)
+  with one and 8 clients, through the shared harness's `rate_test` (`--shared-bench`: client
+  processes of their own, keep-alive connections), and the engine's CPU per request.
 - logs: a container writes `--log-mb` MB of 64-byte lines (`yes … | head -c`);
   `logs.ingest` is start → exit with nobody reading; then `GET /logs` of that log read to the
   end, plain, with timestamps, `tail` of half the lines and `since` the middle (MB of log
@@ -143,6 +144,9 @@ class Engine:
     # -- rate -------------------------------------------------------------------------------
     def rate(self, shared: ModuleType) -> None:
         api_args = (self.host, self.a.api_version, 30.0)
+        # Something to list: --list-containers of ours (dockerd also lists others').
+        for _ in range(self.a.list_containers):
+            self.create(["true"])
         for name, path, versioned in (("ping", "/_ping", False),
                                       ("list_all", "/containers/json?all=1", True)):
             for clients in (1, 8):
@@ -267,6 +271,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--repeat", type=int, default=3, help="rounds, engines alternating")
     p.add_argument("--rate-seconds", type=float, default=3.0)
+    p.add_argument("--list-containers", type=int, default=10,
+                   help="containers created before the rate section, to list")
     p.add_argument("--log-mb", type=int, default=50)
     p.add_argument("--idle-containers", type=int, default=500)
     p.add_argument("--idle-seconds", type=float, default=20.0)

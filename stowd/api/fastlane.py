@@ -38,6 +38,10 @@ FAST_ROUTES = frozenset({"/_ping", "/version", "/containers/json", "/info", "/im
 _METHODS = frozenset({"GET", "HEAD"})
 
 
+class _HandOver(Exception):
+    """Raised in a parser callback: this request is aiohttp's."""
+
+
 class FastRequest(dict[str, Any]):
     """What stowd's middleware and the FAST_ROUTES handlers read of a web.Request."""
 
@@ -87,6 +91,14 @@ class FastLane(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
 
+    def on_headers_complete(self) -> None:
+        # A method with a body, or a body at all: aiohttp's, before a byte of it is kept.
+        method = self.parser.get_method()
+        if method not in (b"GET", b"HEAD") or "Content-Length" in self.headers \
+                or "Transfer-Encoding" in self.headers or self.parser.should_upgrade():
+            self.has_body = True
+            raise _HandOver
+
     def on_body(self, body: bytes) -> None:
         self.has_body = True
 
@@ -115,7 +127,7 @@ class FastLane(asyncio.Protocol):
     def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except (httptools.HttpParserUpgrade, httptools.HttpParserCallbackError):
             self._hand_over()
             return
         except httptools.HttpParserError:
