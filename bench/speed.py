@@ -51,6 +51,7 @@ from bench.lifecycle import (  # noqa: E402 - after the path fix above
     Api,
     busy_frac,
     busy_jiffies,
+    dockerd_ready,
     fmt,
     log,
     own_stowd,
@@ -233,6 +234,19 @@ def _unix(text: str) -> float:
     return parse_time(text)
 
 
+def _has_image(host: str, image: str) -> bool:
+    try:
+        Api(host).call("GET", f"/images/{image}/json")
+        return True
+    except Exception:
+        return False
+
+
+def _remove_image(host: str, image: str) -> None:
+    with contextlib.suppress(Exception):
+        Api(host).call("DELETE", f"/images/{image}")
+
+
 def load_shared(path: str) -> ModuleType | None:
     if not Path(path).exists():
         return None
@@ -302,10 +316,16 @@ def main(argv: list[str] | None = None) -> int:
         exec_root = str(Path(url.removeprefix("unix://")).parent / "exec")
         engines.append(Engine("stowd", url, a, [pid],
                               lambda: children_named(exec_root, "conmon")))
-        if not a.no_dockerd and Api(a.dockerd_host).ping():
+        had_image = _has_image(a.dockerd_host, a.image)
+        reason = None if a.no_dockerd else dockerd_ready(a)
+        if not a.no_dockerd and reason is None:
+            if not had_image:  # dockerd_ready imported it: remove it at the end
+                stack.callback(_remove_image, a.dockerd_host, a.image)
             engines.append(Engine("dockerd", a.dockerd_host, a, pids_named("dockerd"),
                                   lambda: pids_named("containerd", "containerd-shim",
                                                      "containerd-shim-runc-v2")))
+        if reason:
+            log(f"dockerd skipped: {reason}")
         for _ in range(a.repeat):
             for engine in engines:
                 measure(engine, a.sections, a, shared, meta)
