@@ -426,3 +426,48 @@ def test_cache_survives_a_restart(own_daemon: Daemon, tmp_path: Path) -> None:
     out = build(cli, "-t", "built:restart", str(ctx)).stdout
     assert " ---> Using cache" in out
     assert own_daemon.client().images.get("built:restart").id == first
+
+
+def test_cache_from_a_loaded_image(cli: Cli, client: docker.DockerClient,
+                                   tmp_path: Path) -> None:
+    """A loaded image has no parent chain here: --cache-from matches it by history."""
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nRUN echo a > /a\nENV LOADED=1\n"})
+    build(cli, "-t", "built:cachefrom", str(ctx))
+    image_id = client.images.get("built:cachefrom").id
+    saved = b"".join(client.images.get("built:cachefrom").save(named=True))
+    client.images.remove("built:cachefrom")
+    client.api.prune_builds()
+    client.images.load(saved)
+    plain = build(cli, "-t", "built:nocachefrom", str(ctx)).stdout
+    assert "Using cache" not in plain  # no parent chain: the local cache cannot know
+    client.images.remove("built:nocachefrom")
+    client.api.prune_builds()
+    out = build(cli, "--cache-from", "built:cachefrom", "-t", "built:fromcache",
+                str(ctx)).stdout
+    assert out.count(" ---> Using cache") == 2
+    assert client.images.get("built:fromcache").id == image_id
+
+
+def test_from_an_image_pulled_during_the_build(cli: Cli, client: docker.DockerClient,
+                                               tmp_path: Path) -> None:
+    from tests.registry import Registry, busybox_layer, remove_registry_images
+
+    registry = Registry.start()
+    try:
+        registry.push_image("test/base", "v1", [busybox_layer(marker="build-base")])
+        name = f"{registry.host}/test/base:v1"
+        ctx = write(tmp_path, {"Dockerfile": f"FROM {name}\nRUN cat /etc/marker > /m\n"})
+        out = build(cli, "-t", "built:pulled", str(ctx)).stdout
+        assert "v1: Pulling from test/base" in out
+        assert f"Status: Downloaded newer image for {name}" in out
+        assert client.containers.run("built:pulled", "cat /m", remove=True) == b"build-base"
+        # --pull asks the registry again even though the image is here now.
+        again = build(cli, "--pull", "-t", "built:pulled", str(ctx)).stdout
+        assert f"Status: Image is up to date for {name}" in again
+        assert " ---> Using cache" in again
+        missing = build(cli, "-", input=f"FROM {registry.host}/test/nope:v1\n", check=False)
+        assert missing.returncode != 0
+        assert "test/nope" in missing.stderr
+    finally:
+        remove_registry_images(client)
+        registry.stop()

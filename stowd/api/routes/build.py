@@ -1,6 +1,8 @@
 """`POST /build`: the classic builder's JSON stream (dockerd's router/build)."""
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -75,7 +77,21 @@ def build_options(request: web.Request) -> BuildOptions:
         network_mode=q.get("networkmode", ""), extra_hosts=hosts,
         shm_size=int_param(request, "shmsize", 0) or 0,
         cache_from=[str(c) for c in _json_param(request, "cachefrom", list)],
-        platform=q.get("platform", ""), resources=resources)
+        platform=q.get("platform", ""), resources=resources,
+        registry_auth=_registry_config(request.headers.get("X-Registry-Config")))
+
+
+def _registry_config(header: str | None) -> dict[str, Any]:
+    """X-Registry-Config: base64 JSON of {registry: AuthConfig}; unreadable counts as none
+    (as dockerd, the registry decides)."""
+    if not header:
+        return {}
+    try:
+        padded = header + "=" * (-len(header) % 4)
+        doc = json.loads(base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_")))
+    except (ValueError, binascii.Error):
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 async def build(request: web.Request) -> web.StreamResponse:
@@ -118,7 +134,11 @@ async def build(request: web.Request) -> web.StreamResponse:
         image = await task
     except Exception as exc:
         if not isinstance(exc, BuildError) and response is None and not held:
-            raise  # nothing sent yet: a plain error answer (bad Dockerfile, context ...)
+            # Nothing sent yet: a plain error answer (bad Dockerfile, context ...), after
+            # the rest of the body, so that the client gets to read it.
+            while await request.content.readany():
+                pass
+            raise
         if isinstance(exc, BuildError | EngineError):
             message = exc.message
         else:

@@ -19,7 +19,7 @@ import posixpath
 import secrets
 import shutil
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,7 +32,7 @@ from stowd.engine.build import copy as copying
 from stowd.engine.build.parse import Dockerfile, Instruction, Stage, parse_duration, parse_trigger
 from stowd.engine.build.shlex import ShellLexError, env_map, process_word, process_words
 from stowd.engine.cpview import run_in_own_thread
-from stowd.engine.errors import InvalidParameter
+from stowd.engine.errors import EngineError, InvalidParameter
 from stowd.engine.images import reference
 from stowd.engine.images.save import retar_layer
 from stowd.engine.images.store import Image, ImageStore, now_rfc3339
@@ -79,6 +79,11 @@ class BuildHost(Protocol):
 
     async def tag(self, image_id: str, ref: reference.Reference) -> None: ...
 
+    def pull(self, ref: reference.Reference, platform: str, auth: dict[str, Any]
+             ) -> AsyncIterator[dict[str, Any]]:
+        """Pull ref from its registry: dockerd's progress lines as they come."""
+        ...
+
 
 @dataclass
 class BuildOptions:
@@ -97,6 +102,7 @@ class BuildOptions:
     cache_from: list[str] = field(default_factory=list)
     platform: str = ""
     resources: dict[str, Any] = field(default_factory=dict)
+    registry_auth: dict[str, Any] = field(default_factory=dict)  # X-Registry-Config
 
 
 @dataclass
@@ -272,13 +278,20 @@ class Builder:
         except InvalidParameter as exc:
             raise BuildError(str(exc)) from None
         image = await asyncio.to_thread(self.images.find, ref.full())
-        if image is None:
+        if image is None and not self.opts.pull and reference.is_image_id_like(name):
             image = await asyncio.to_thread(self.images.find, name)
+        if image is None or self.opts.pull:
+            # As dockerd: a missing base image (or any, with pull=1) comes from its registry,
+            # its progress in the build's stream.
+            try:
+                async for line in self.host.pull(ref, self.opts.platform,
+                                                 self.opts.registry_auth):
+                    await self.emit(line)
+            except EngineError as exc:
+                raise BuildError(exc.message) from None
+            image = await asyncio.to_thread(self.images.find, ref.full())
         if image is None:
-            raise BuildError(
-                f"pull access denied for {ref.familiar_repository}, repository does not exist "
-                "or may require 'docker login': stowd cannot pull from registries yet; load "
-                f"the image with `docker load` or `docker import` it (FROM {name})")
+            raise BuildError(f"No such image: {name}")
         return image
 
     # dispatch -------------------------------------------------------------------------
