@@ -471,3 +471,21 @@ def test_from_an_image_pulled_during_the_build(cli: Cli, client: docker.DockerCl
     finally:
         remove_registry_images(client)
         registry.stop()
+
+
+def test_run_network_heredoc_and_proxy_args(cli: Cli, client: docker.DockerClient,
+                                            tmp_path: Path, served: str) -> None:
+    ctx = write(tmp_path, {"Dockerfile": (
+        "FROM busybox\n"
+        f"RUN wget -q -O /net.txt {served}/remote.txt\n"
+        "RUN <<EOF\necho from a heredoc > /heredoc\nEOF\n"
+        "RUN echo \"$HTTP_PROXY\" > /proxy\n")})
+    out = build(cli, "--network", "host", "--build-arg", "HTTP_PROXY=http://proxy.invalid:3128",
+                "-t", "built:net", str(ctx)).stdout
+    assert "were not consumed" not in out  # a predefined proxy arg needs no ARG
+    assert client.containers.run("built:net", "cat /net.txt /heredoc /proxy",
+                                 remove=True) == (b"from the web\nfrom a heredoc\n"
+                                                  b"http://proxy.invalid:3128\n")
+    # The proxy value is not written into the image's history (dockerd leaves it out).
+    assert not any("proxy.invalid" in h["CreatedBy"]
+                   for h in client.api.history("built:net"))
