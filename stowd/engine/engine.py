@@ -388,7 +388,11 @@ class Engine:
         for key in ("PidMode", "IpcMode"):
             ref = options.joined_container(hc.get(key) or "")
             if ref:
-                self.get(ref)  # No such container: X
+                try:
+                    self.get(ref)
+                except NotFound as exc:
+                    # 400 as dockerd: a 404 from create would make the CLI pull the image.
+                    raise InvalidParameter(exc.message) from None
         sec = options.parse_security_opt(hc.get("SecurityOpt"))
         if sec.apparmor and sec.apparmor != "unconfined" and not self.host_security.apparmor:
             raise InvalidParameter(f"AppArmor is not enabled on this host: cannot apply the "

@@ -13,8 +13,8 @@ from stowd.engine.errors import InvalidParameter
 _SKIP_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
 
 
-def _device(path: str, inside: str) -> dict[str, Any] | None:
-    st = os.stat(path)
+def _device(path: str, inside: str, follow: bool = True) -> dict[str, Any] | None:
+    st = os.stat(path) if follow else os.lstat(path)
     if stat.S_ISCHR(st.st_mode):
         kind = "c"
     elif stat.S_ISBLK(st.st_mode):
@@ -77,7 +77,7 @@ def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
             if full == os.path.join(root, "console"):
                 continue
             try:
-                dev = _device(full, full)
+                dev = _device(full, full, follow=False)  # /dev/stdout & co. are links to /proc
             except OSError:
                 continue
             if dev and dev["type"] != "p":
