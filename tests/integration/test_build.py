@@ -489,3 +489,37 @@ def test_run_network_heredoc_and_proxy_args(cli: Cli, client: docker.DockerClien
     # The proxy value is not written into the image's history (dockerd leaves it out).
     assert not any("proxy.invalid" in h["CreatedBy"]
                    for h in client.api.history("built:net"))
+
+
+def _peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _context_with_big_file(size: int) -> Iterator[bytes]:
+    """A context tar streamed in pieces (never whole in this process either)."""
+    header = tarfile.TarInfo("big.bin")
+    header.size = size
+    dockerfile = b"FROM busybox\nCOPY big.bin /big.bin\nRUN wc -c /big.bin\n"
+    df = tarfile.TarInfo("Dockerfile")
+    df.size = len(dockerfile)
+    yield df.tobuf() + dockerfile + b"\0" * (-len(dockerfile) % 512)
+    yield header.tobuf()
+    chunk = os.urandom(1 << 20)
+    for _ in range(size // len(chunk)):
+        yield chunk
+    yield b"\0" * 1024
+
+
+@pytest.mark.slow
+def test_a_1gb_context_is_streamed(own_daemon: Daemon) -> None:
+    """The issue's bound: a 1 GB context builds without 1 GB of RSS in stowd."""
+    assert own_daemon.proc is not None
+    size = 1 << 30
+    api = own_daemon.client().api
+    lines = list(api.build(fileobj=_context_with_big_file(size), custom_context=True,
+                           tag="built:big", decode=True, timeout=900))
+    assert any(f"{size} /big.bin" in line.get("stream", "") for line in lines), lines[-3:]
+    assert _peak_rss_kb(own_daemon.proc.pid) < 300 * 1024
