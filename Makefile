@@ -7,7 +7,7 @@ VENV := .venv
 APT_PACKAGES := runc conmon iptables iproute2 busybox-static procps tar containernetworking-plugins tmux tini strace docker-registry
 STOWD_HOST ?= unix:///run/stowd.sock
 
-.PHONY: run test deps venv lint unit integration bench clean soak fuzz
+.PHONY: run test deps venv lint types contracts unit integration bench clean soak fuzz
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -32,6 +32,12 @@ run: deps venv
 lint: venv
 	$(VENV)/bin/ruff check stowd tests bench
 
+types: venv
+	$(VENV)/bin/mypy
+
+contracts: venv
+	$(VENV)/bin/lint-imports
+
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
@@ -40,7 +46,7 @@ integration: deps venv
 
 # The slow tests (the crash walk through every point, the 1,000-cycle leak soak) run in
 # their short forms here and in full in `make soak`.
-test: deps venv lint
+test: deps venv lint types contracts
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not slow" tests
 
 FUZZ_SECONDS ?= 300

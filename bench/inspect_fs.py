@@ -125,7 +125,7 @@ class Run:
         self.wait(cid)
         rates, sizes, rss = [], [], []
         for _ in range(n):
-            conn = self.api._new_conn(600)
+            conn = self.api.new_conn(600)
             rss0 = _rss_kib(self.engine_pid) if self.engine_pid else 0
             peak = rss0
             t0 = time.perf_counter()

@@ -117,7 +117,7 @@ class Api:
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
-    def _new_conn(self, timeout: float) -> http.client.HTTPConnection:
+    def new_conn(self, timeout: float) -> http.client.HTTPConnection:
         if self.unix_path:
             return UnixHTTPConnection(self.unix_path, timeout)
         assert self.tcp is not None
@@ -137,7 +137,7 @@ class Api:
             headers["Content-Type"] = content_type
         for attempt in (0, 1):
             if self._conn is None:
-                self._conn = self._new_conn(self.timeout)
+                self._conn = self.new_conn(self.timeout)
             conn = self._conn
             try:
                 conn.request(method, url, body=data, headers=headers)
@@ -165,7 +165,7 @@ class Api:
 
     def ping(self, timeout: float = 3.0) -> bool:
         try:
-            conn = self._new_conn(timeout)
+            conn = self.new_conn(timeout)
             conn.request("GET", "/_ping")
             ok = conn.getresponse().read().strip() == b"OK"
             conn.close()
@@ -528,11 +528,11 @@ LABELS = {
     "mounts.mount_overlay": "mounts.mount_overlay: overlay rootfs",
     "mounts.unmount": "mounts.unmount: umount2(MNT_DETACH)",
     "mounts.is_mounted": "mounts.is_mounted: scan /proc/self/mountinfo",
-    "Engine._persist": "Engine._persist: SQLite UPDATE (on the event loop)",
+    "Database.persist": "Database.persist: queue the record's UPDATE on the database thread",
     "Store.update_container": "Store.update_container",
     "Store.insert_container": "Store.insert_container: SQLite INSERT",
     "Store.delete_container": "Store.delete_container: SQLite DELETE (on the event loop)",
-    "Engine._remove_files": "Engine._remove_files (+ rmtree of the container dir)",
+    "delete.remove_files": "delete.remove_files (rename; rmtree after the answer)",
     "build_spec": "build_spec: OCI config",
 }
 
@@ -641,7 +641,7 @@ def analyse_trace(events: list[dict[str, Any]], its: list[Iteration]) -> dict[st
         "timeline": {
             "runc start returned -> conmon exit seen (pidfd)": _median(w1),
             "conmon exit seen -> exit handler starts": _median(w2),
-            "exit handler (Engine._handle_exit)": _median(w3),
+            "exit handler (monitor.handle_exit)": _median(w3),
             "exit handler done -> client has the wait reply": _median(w4),
             "minus: runc start returned -> start reply at client (in START)": _median(overlap),
         },

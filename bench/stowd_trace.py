@@ -5,7 +5,7 @@
 The engine code is not changed: this launcher wraps a fixed list of engine, store,
 runtime and mount functions before calling `stowd.cli.main`, and appends one JSON line
 per call to TRACE.jsonl. Each line has the call's path (for example
-`start/Engine._create_task/OciRuntime.create`), the top-level operation it belongs to
+`start/task.create_task/OciRuntime.create`), the top-level operation it belongs to
 (one of create, start, exit, remove, plus a sequence number), and its start and end on
 the monotonic clock (`time.perf_counter()`), which is the same clock in every process,
 so the bench client can line the daemon's timestamps up with its own.
@@ -125,9 +125,10 @@ def _wrap_top(owner: Any, attr: str, phase: str, cid_of: Callable[[tuple[Any, ..
 
 def install(trace_path: str) -> None:
     global _out
-    from stowd.engine import engine as engine_mod
     from stowd.engine import rootfs
-    from stowd.engine.engine import Engine
+    from stowd.engine.containers import create, delete, monitor, start, task
+    from stowd.engine.core.core import Core
+    from stowd.engine.core.db import Database
     from stowd.engine.images.store import ImageStore
     from stowd.engine.runtime import mounts
     from stowd.engine.runtime.oci import OciRuntime
@@ -135,17 +136,26 @@ def install(trace_path: str) -> None:
 
     _out = open(trace_path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the daemon
 
-    # top-level operations: what each API call (or conmon's exit) runs
-    _wrap_top(Engine, "create_container", "create", lambda a, r: r[0] if r else "")
-    _wrap_top(Engine, "start", "start", lambda a, r: str(a[1]))
-    _wrap_top(Engine, "_handle_exit", "exit", lambda a, r: str(a[1]))
-    _wrap_top(Engine, "remove", "remove", lambda a, r: str(a[1]))
+    # top-level operations: what each API call (or conmon's exit) runs. The verbs are module
+    # functions called through their module's globals, so wrapping the attribute reaches
+    # every caller.
+    _wrap_top(create, "create_container", "create", lambda a, r: r[0] if r else "")
+    _wrap_top(start, "start", "start", lambda a, r: str(a[1]))
+    _wrap_top(monitor, "handle_exit", "exit", lambda a, r: str(a[1]))
+    _wrap_top(delete, "remove", "remove", lambda a, r: str(a[1]))
 
-    for attr in ("_start_locked", "_finish_remove"):
-        _wrap_async(Engine, attr, f"Engine.{attr}")
-    for attr in ("_prepare_dirs", "_write_etc_files", "_reserve", "_persist", "_create_task",
-                 "_spec_input", "_teardown_task", "_remove_files", "_event", "_watch"):
-        _wrap_sync(Engine, attr, f"Engine.{attr}")
+    _wrap_async(start, "start_locked", "start.start_locked")
+    _wrap_async(delete, "finish_remove", "delete.finish_remove")
+    for mod, attrs in ((create, ("prepare_dirs", "write_etc_files", "reserve")),
+                       (task, ("create_task", "spec_input", "teardown_task")),
+                       (delete, ("remove_files",)), (monitor, ("watch",))):
+        for attr in attrs:
+            if attr == "reserve":
+                _wrap_async(mod, attr, f"{mod.__name__.rsplit('.', 1)[-1]}.{attr}")
+            else:
+                _wrap_sync(mod, attr, f"{mod.__name__.rsplit('.', 1)[-1]}.{attr}")
+    _wrap_sync(Database, "persist", "Database.persist")
+    _wrap_sync(Core, "event", "Core.event")
     for attr in ("resolve", "find", "layer_dirs"):
         _wrap_sync(ImageStore, attr, f"ImageStore.{attr}")
     for attr in ("insert_container", "update_container", "delete_container"):
@@ -155,18 +165,18 @@ def install(trace_path: str) -> None:
     for attr in ("mount_overlay", "unmount", "is_mounted"):
         _wrap_sync(mounts, attr, f"mounts.{attr}")
     _wrap_sync(rootfs, "make_init_layer", "rootfs.make_init_layer")
-    _wrap_sync(engine_mod, "build_spec", "build_spec")
+    _wrap_sync(task, "build_spec", "build_spec")
 
     # when the pidfd of a container's conmon becomes readable (conmon has exited)
-    on_exit = Engine._on_conmon_exit
+    on_exit = monitor.on_conmon_exit
 
     @functools.wraps(on_exit)
-    def traced_on_exit(self: Engine, cid: str, conmon_pid: int) -> None:
+    def traced_on_exit(x: Any, cid: str, conmon_pid: int) -> None:
         _record({"op": "", "path": "conmon_exit_seen", "t0": time.perf_counter(), "cid": cid},
                 flush=True)
-        on_exit(self, cid, conmon_pid)
+        on_exit(x, cid, conmon_pid)
 
-    Engine._on_conmon_exit = traced_on_exit  # type: ignore[method-assign]
+    monitor.on_conmon_exit = traced_on_exit  # type: ignore[assignment]
 
 
 def main() -> int:

@@ -234,7 +234,7 @@ async def serve(settings: Settings, sites: "Sites", seed_busybox: bool = False) 
                            shutdown_timeout=2)
     try:
         if seed_busybox:
-            await seed_busybox_image(engine)
+            await seed_busybox_image(engine.images)
         await runner.setup()
         await start_sites(runner, sites)
         log.info("stowd %s ready (API %s, data-root %s, runtime %s)", __version__,

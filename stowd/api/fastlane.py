@@ -164,7 +164,7 @@ class FastLane(asyncio.Protocol):
             response = await handler(cast(web.Request, request))
             if type(response) is not web.Response:
                 raise TypeError(f"{request.path} answered with {type(response).__name__}")
-            await self.app.on_response_prepare.send(request, response)
+            await self.app.on_response_prepare.send(cast(web.Request, request), response)
             if self.transport is None:
                 return
             self.transport.write(_serialize(response, request.method == "HEAD", keep_alive))

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from stowd.api.app import COMMON_HEADERS
+from stowd.api.common import COMMON_HEADERS
 from stowd.engine.attach import DetachScanner
 from stowd.engine.logs import frame
 
@@ -141,7 +141,7 @@ def hijack(request: web.Request, content_type: str) -> HijackedConnection:
     assert transport is not None
     original = request.protocol
     tail = bytes(getattr(original, "_message_tail", b"") or b"")
-    conn = HijackedConnection(transport, original)  # type: ignore[arg-type]
+    conn = HijackedConnection(transport, original)
     transport.set_protocol(conn)
     upgrade = "upgrade" in request.headers.get("Connection", "").lower()
     status = b"HTTP/1.1 101 UPGRADED\r\n" if upgrade else b"HTTP/1.1 200 OK\r\n"
@@ -161,5 +161,5 @@ def hijack(request: web.Request, content_type: str) -> HijackedConnection:
 def finished(request: web.Request) -> web.StreamResponse:
     """What a hijacking handler returns: aiohttp finds the connection closed and moves on."""
     with contextlib.suppress(Exception):
-        request.protocol.force_close()  # type: ignore[union-attr]
+        request.protocol.force_close()
     return web.Response()

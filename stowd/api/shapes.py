@@ -3,7 +3,7 @@
 import time
 from typing import Any
 
-from stowd.engine.containers import (
+from stowd.engine.core.container import (
     CREATED,
     DEAD,
     EXITED,

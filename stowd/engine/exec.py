@@ -54,9 +54,9 @@ class ExecInstance:
         default_factory=lambda: asyncio.Queue(maxsize=256))
     stdin_once: bool = True
     framed: bool = True  # stdcopy frames on the stream (the start request's Tty decides)
-    _proc: asyncio.subprocess.Process | None = None
-    _master: int = -1
-    _tasks: list["asyncio.Task[Any]"] = field(default_factory=list)
+    process: asyncio.subprocess.Process | None = None
+    pty_master: int = -1
+    relays: list["asyncio.Task[Any]"] = field(default_factory=list)
 
     @property
     def stdin(self) -> bool:
@@ -65,27 +65,27 @@ class ExecInstance:
     async def write_stdin(self, data: bytes) -> None:
         if not self.attach_stdin or not data:
             return
-        if self._master >= 0:
-            await _write_all_fd(self._master, data)
-        elif self._proc is not None and self._proc.stdin is not None:
+        if self.pty_master >= 0:
+            await _write_all_fd(self.pty_master, data)
+        elif self.process is not None and self.process.stdin is not None:
             with contextlib.suppress(ConnectionError):
-                self._proc.stdin.write(data)
-                await self._proc.stdin.drain()
+                self.process.stdin.write(data)
+                await self.process.stdin.drain()
 
     async def close_stdin(self) -> None:
-        if self._master >= 0:
+        if self.pty_master >= 0:
             with contextlib.suppress(OSError):
-                os.write(self._master, b"\x04")  # ^D: end of input for a terminal
-        elif self._proc is not None and self._proc.stdin is not None:
+                os.write(self.pty_master, b"\x04")  # ^D: end of input for a terminal
+        elif self.process is not None and self.process.stdin is not None:
             with contextlib.suppress(ConnectionError, OSError):
-                self._proc.stdin.close()
+                self.process.stdin.close()
 
     def resize(self, height: int, width: int) -> None:
-        if self._master >= 0:
-            _set_size(self._master, height, width)
-            if self._proc is not None:
+        if self.pty_master >= 0:
+            _set_size(self.pty_master, height, width)
+            if self.process is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    self._proc.send_signal(signal.SIGWINCH)
+                    self.process.send_signal(signal.SIGWINCH)
 
     def inspect_process(self) -> dict[str, Any]:
         return {
@@ -166,7 +166,7 @@ async def run(inst: ExecInstance, runtime_path: str, runtime_root: Path, spec_pa
         if inst.console_size:
             _set_size(master, *inst.console_size)
         os.set_blocking(master, False)
-        inst._master = master
+        inst.pty_master = master
     stdin: int = asyncio.subprocess.DEVNULL
     if slave >= 0:
         stdin = slave
@@ -178,7 +178,7 @@ async def run(inst: ExecInstance, runtime_path: str, runtime_root: Path, spec_pa
     elif not detach:
         stdout = asyncio.subprocess.PIPE
     try:
-        inst._proc = await asyncio.create_subprocess_exec(
+        inst.process = await asyncio.create_subprocess_exec(
             *args, stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.PIPE,
             start_new_session=True)
     finally:
@@ -186,7 +186,7 @@ async def run(inst: ExecInstance, runtime_path: str, runtime_root: Path, spec_pa
             os.close(slave)
     inst.running = True
     inst.started = True
-    inst._tasks.append(loop.create_task(_relay(inst, pid_file, detach)))
+    inst.relays.append(loop.create_task(_relay(inst, pid_file, detach)))
 
 
 def _set_size(fd: int, height: int, width: int) -> None:
@@ -209,7 +209,7 @@ async def _relay(inst: ExecInstance, pid_file: Path, detach: bool) -> None:
 
 
 async def _relay_output(inst: ExecInstance, pid_file: Path, detach: bool) -> None:
-    proc = inst._proc
+    proc = inst.process
     assert proc is not None
     loop = asyncio.get_running_loop()
     readers: list[asyncio.Task[Any]] = []
@@ -228,7 +228,7 @@ async def _relay_output(inst: ExecInstance, pid_file: Path, detach: bool) -> Non
     if proc.stderr is not None:
         keep_err = inst.attach_stderr and not detach and not inst.tty
         readers.append(loop.create_task(pump(proc.stderr, STDERR, keep_err)))
-    if inst._master >= 0:
+    if inst.pty_master >= 0:
         readers.append(loop.create_task(_pump_master(inst, keep=not detach)))
     with contextlib.suppress(OSError, ValueError):
         inst.pid = int(await asyncio.to_thread(_read_pid, pid_file))
@@ -236,9 +236,9 @@ async def _relay_output(inst: ExecInstance, pid_file: Path, detach: bool) -> Non
     for reader in readers:
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-    if inst._master >= 0:
-        os.close(inst._master)
-        inst._master = -1
+    if inst.pty_master >= 0:
+        os.close(inst.pty_master)
+        inst.pty_master = -1
     if returncode and stderr_text:
         # The runtime failed before the process ran (no such executable, ...): Docker
         # reports it in-band on stdout and gives exit code 126.
@@ -258,7 +258,7 @@ async def _relay_output(inst: ExecInstance, pid_file: Path, detach: bool) -> Non
 async def _pump_master(inst: ExecInstance, keep: bool) -> None:
     loop = asyncio.get_running_loop()
     readable = asyncio.Event()
-    fd = inst._master
+    fd = inst.pty_master
     loop.add_reader(fd, readable.set)
     try:
         while True:
@@ -289,9 +289,9 @@ def _read_pid(path: Path) -> str:
 
 
 def kill(inst: ExecInstance, sig: int = signal.SIGKILL) -> None:
-    if inst._proc is not None and inst.running:
+    if inst.process is not None and inst.running:
         with contextlib.suppress(ProcessLookupError):
-            inst._proc.send_signal(sig)
+            inst.process.send_signal(sig)
 
 
 def load_spec(bundle: Path) -> dict[str, Any]:

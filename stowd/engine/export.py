@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from stowd.engine.errors import SystemError_
 
@@ -57,7 +57,7 @@ def tar_command(target: str, layers: list[str]) -> list[str]:
             "stowd-export", target, base, data]
 
 
-async def stream_tar(command: list[str]) -> AsyncIterator[bytes]:
+async def stream_tar(command: list[str]) -> AsyncGenerator[bytes, None]:
     """Run command and yield its stdout. The process starts on the first iteration, and a
     failure before the first byte raises SystemError_ there (before any answer is sent).
     Closing the iteration early kills the process group."""

@@ -3,7 +3,7 @@
 import re
 from collections.abc import Callable
 
-from stowd.engine.containers import STATUSES, Container
+from stowd.engine.core.container import STATUSES, Container
 from stowd.engine.errors import InvalidParameter, NotFound
 from stowd.engine.labels import labels_match
 

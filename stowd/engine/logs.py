@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from stowd.engine import k8sfile
-from stowd.engine.containers import parse_time
+from stowd.engine.core.container import parse_time
 from stowd.engine.errors import InvalidParameter
 
 STDOUT = 1

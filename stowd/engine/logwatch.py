@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stowd.engine.runtime import libc
 
@@ -66,13 +67,13 @@ class LogWatch:
             self._inotify.close()
             raise
 
-    async def changed(self, stop: "asyncio.Future[object]") -> None:
+    async def changed(self, stop: "asyncio.Future[Any]") -> None:
         """Return once the log's directory changed since the last call, or `stop` is done.
         The caller then reads all there is, so the events themselves do not matter."""
         if self._inotify.events():
             return
         ready = asyncio.get_running_loop().create_future()
-        self._inotify.on_events(lambda _: ready.done() or ready.set_result(None))
+        self._inotify.on_events(lambda _: _settle(ready))
         try:
             await asyncio.wait([ready, stop], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -161,3 +162,8 @@ class LogRotator:
         finally:
             self._inotify.off()
             self._inotify.close()
+
+
+def _settle(ready: "asyncio.Future[None]") -> None:
+    if not ready.done():
+        ready.set_result(None)

@@ -10,7 +10,7 @@ import tarfile
 import tempfile
 from typing import BinaryIO
 
-from stowd.engine.engine import Engine
+from stowd.engine.images.service import ImageService
 
 log = logging.getLogger("stowd.seed")
 
@@ -58,13 +58,13 @@ def busybox_rootfs_tar(binary: str, out: io.BufferedIOBase) -> None:
 
 def _rootfs_tar_file(binary: str) -> BinaryIO:
     tmp = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the caller
-    busybox_rootfs_tar(binary, tmp)  # type: ignore[arg-type]
+    busybox_rootfs_tar(binary, tmp)
     tmp.seek(0)
     return tmp
 
 
-async def seed_busybox_image(engine: Engine) -> None:
-    if await asyncio.to_thread(engine.images.find, "busybox:latest") is not None:
+async def seed_busybox_image(images: ImageService) -> None:
+    if await asyncio.to_thread(images.find, "busybox:latest") is not None:
         return
     binary = await asyncio.to_thread(busybox_binary)
     if binary is None:
@@ -72,7 +72,7 @@ async def seed_busybox_image(engine: Engine) -> None:
         return
     tmp = await asyncio.to_thread(_rootfs_tar_file, binary)
     try:
-        image = await engine.import_image(
+        image = await images.import_image(
             tmp, "busybox", "latest",
             [f'LABEL {SOURCE_LABEL}="{SOURCE_VALUE}"', 'CMD ["sh"]'],
             f"busybox from the host's {binary}")

@@ -18,7 +18,7 @@ import io
 import os
 import tarfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images.layers import CHUNK, decompressed
@@ -71,7 +71,8 @@ def write_member(tar: tarfile.TarFile, info: tarfile.TarInfo, fd: int) -> None:
     fileobj = tar.fileobj
     assert fileobj is not None
     fileobj.seek(info.offset_data)
-    for offset, size in info.sparse:
+    # typeshed types TarInfo.sparse loosely: it is the (offset, size) list of the data.
+    for offset, size in cast(list[tuple[int, int]], info.sparse):
         left = size
         while left:
             chunk = fileobj.read(min(left, CHUNK))

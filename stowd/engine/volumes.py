@@ -30,17 +30,15 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stowd.engine import mountspec
-from stowd.engine.containers import PAUSED, RUNNING, Container
+from stowd.engine.core.container import PAUSED, RUNNING, Container
+from stowd.engine.core.core import Core
 from stowd.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, SystemError_
 from stowd.engine.labels import labels_match
 from stowd.engine.mountspec import ANONYMOUS_LABEL, BIND, LOCAL_DRIVER, TMPFS, VOLUME
 from stowd.engine.runtime import mounts
-
-if TYPE_CHECKING:
-    from stowd.engine.engine import Engine
 
 log = logging.getLogger("stowd.volumes")
 
@@ -193,9 +191,9 @@ def dir_size(path: Path) -> int:
 
 
 class VolumeManager:
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
-        self.root = engine.data_root / "volumes"
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.root = core.settings.data_root / "volumes"
         self._volumes: dict[str, Volume] = {}
         self._lock = asyncio.Lock()
         self._guard = threading.Lock()
@@ -218,16 +216,16 @@ class VolumeManager:
         os.chmod(self.root, 0o701)
         for trash in self.root.glob(".trash-*"):
             shutil.rmtree(trash, ignore_errors=True)
-        for record in self.engine.store.all_volumes():
+        for record in self.core.db.opened.all_volumes():
             vol = Volume.from_record(record)
             self._volumes[vol.name] = vol
-        for c in self.engine.containers():
+        for c in self.core.handles.containers():
             if c.state.status in (RUNNING, PAUSED):
                 held = [m.name for m in mountspec.mounts_of(c.mounts) if m.type == VOLUME]
                 self._active[c.id] = held
                 for name in held:
-                    vol = self._volumes.get(name)
-                    if vol is not None and vol.needs_mount:
+                    held_vol = self._volumes.get(name)
+                    if held_vol is not None and held_vol.needs_mount:
                         self._mounted.setdefault(name, set()).add(c.id)
         for vol in self._volumes.values():  # mounted by a run that is over
             path = str(self.mountpoint(vol.name))
@@ -251,11 +249,11 @@ class VolumeManager:
 
     def users(self, name: str) -> list[Container]:
         """Containers (in any state) that refer to the volume."""
-        return [c for c in self.engine.containers()
+        return [c for c in self.core.handles.containers()
                 if any(m.get("type") == VOLUME and m.get("name") == name for m in c.mounts)]
 
     def in_use(self) -> set[str]:
-        return {m["name"] for c in self.engine.containers() for m in c.mounts
+        return {m["name"] for c in self.core.handles.containers() for m in c.mounts
                 if m.get("type") == VOLUME and m.get("name")}
 
     def find(self, filters: dict[str, list[str]]) -> list[Volume]:
@@ -311,12 +309,12 @@ class VolumeManager:
 
     def _create_blocking(self, vol: Volume) -> None:
         self.mountpoint(vol.name).mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.engine.store.put_volume(vol.name, time.time(), vol.to_record())
+        self.core.db.opened.put_volume(vol.name, time.time(), vol.to_record())
 
     def _remove_blocking(self, name: str) -> None:
         """The directory goes first: a volume that cannot be unmounted stays listed."""
         self._remove_dirs(name)
-        self.engine.store.delete_volume(name)
+        self.core.db.opened.delete_volume(name)
 
     def _remove_dirs(self, name: str) -> None:
         data = str(self.mountpoint(name))
@@ -373,7 +371,7 @@ class VolumeManager:
             raise InvalidParameter("VolumesFrom must be a list of strings")
         for entry in volumes_from:
             ref, mode = mountspec.parse_volumes_from(entry)
-            other = self.engine.get(ref)
+            other = self.core.handles.get(ref)
             inherited += mountspec.inherit(mountspec.mounts_of(other.mounts), mode)
         plan = mountspec.plan_mounts(config.get("Volumes"), host_config.get("Binds"),
                                      host_config.get("Mounts"), host_config.get("Tmpfs"),
@@ -537,6 +535,6 @@ class VolumeManager:
         """Publish a volume event from the loop or from a worker thread."""
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
-            self.engine.events.publish("volume", action, name, attrs)
+            self.core.events.publish("volume", action, name, attrs)
         else:
-            loop.call_soon_threadsafe(self.engine.events.publish, "volume", action, name, attrs)
+            loop.call_soon_threadsafe(self.core.events.publish, "volume", action, name, attrs)

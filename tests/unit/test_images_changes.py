@@ -5,7 +5,8 @@ from typing import Any
 import pytest
 
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.images.archive import apply_changes, import_config, parse_duration
+from stowd.engine.images.archive import apply_changes, import_config
+from stowd.engine.timespec import parse_duration
 
 
 @pytest.mark.parametrize(("change", "expected"), [

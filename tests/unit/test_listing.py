@@ -7,7 +7,7 @@ import pytest
 from stowd.api.filters import parse_filters
 from stowd.api.shapes import human_duration, status_text
 from stowd.engine import listing
-from stowd.engine.containers import Container, State, rfc3339_nano
+from stowd.engine.core.container import Container, State, rfc3339_nano
 from stowd.engine.errors import InvalidParameter, NotFound
 
 

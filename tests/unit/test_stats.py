@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from stowd.api.routes.inspection import stats_json
-from stowd.engine.containers import Container
+from stowd.engine.core.container import Container
 from stowd.engine.stats import (
     CLK_TCK,
     V1_MEMORY_KEYS,

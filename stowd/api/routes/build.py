@@ -6,11 +6,11 @@ import binascii
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from aiohttp import web
 
-from stowd.api.app import Router, engine_of
+from stowd.api.common import Router, backend_of
 from stowd.api.params import bool_param, int_param
 from stowd.api.streams import BodyReader, json_line
 from stowd.engine.build.builder import BuildError, BuildOptions
@@ -95,7 +95,7 @@ def _registry_config(header: str | None) -> dict[str, Any]:
 
 
 async def build(request: web.Request) -> web.StreamResponse:
-    engine = engine_of(request)
+    engine = backend_of(request)
     try:
         options = build_options(request)
     except EngineError:
@@ -120,8 +120,9 @@ async def build(request: web.Request) -> web.StreamResponse:
             return
         await (await out()).write(line)
 
-    source = BodyReader(request.content, asyncio.get_running_loop())
-    task = asyncio.ensure_future(engine.build(source, options, emit))
+    # A raw stream read as a binary file by the builder's worker threads.
+    source = cast(BinaryIO, BodyReader(request.content, asyncio.get_running_loop()))
+    task = asyncio.ensure_future(engine.builder.build(source, options, emit))
 
     async def watch() -> None:
         # A client that goes away cancels the build: its RUN container is removed.

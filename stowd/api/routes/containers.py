@@ -8,14 +8,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from stowd.api import shapes
-from stowd.api.app import Router, engine_of, json_bytes, json_ok
+from stowd.api.backend import Backend
+from stowd.api.common import Router, backend_of, json_bytes, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.hijack import finished, hijack, relay, stream_content_type
 from stowd.api.params import api_version, bool_param, int_param, json_body, read_limited
 from stowd.engine import listing
 from stowd.engine.attach import AttachSession
-from stowd.engine.containers import Container
-from stowd.engine.engine import Engine
+from stowd.engine.core.container import Container
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.logs import LogReader, encode_messages
 from stowd.engine.logwatch import LogWatch
@@ -23,14 +23,8 @@ from stowd.engine.logwatch import LogWatch
 log = logging.getLogger("stowd.api")
 
 
-def _paths(request: web.Request, c: Container) -> dict[str, str]:
-    base = engine_of(request).container_dir(c)
-    return {"resolv_conf": str(base / "resolv.conf"), "hostname": str(base / "hostname"),
-            "hosts": str(base / "hosts"), "log": str(base / "ctr.log")}
-
-
 async def list_containers(request: web.Request) -> web.Response:
-    engine = engine_of(request)
+    engine = backend_of(request)
     filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
     size = bool_param(request, "size")
 
@@ -39,46 +33,42 @@ async def list_containers(request: web.Request) -> web.Response:
         lambda: {name: _image_ids(engine, name) for name in filters["ancestor"]}
     ) if filters.get("ancestor") else {}
     selected = listing.select(
-        engine.containers(), filters, all_=bool_param(request, "all"),
-        limit=int_param(request, "limit"), resolve=engine.get,
+        engine.containers.all(), filters, all_=bool_param(request, "all"),
+        limit=int_param(request, "limit"), resolve=engine.containers.get,
         ancestors=lambda name: ancestor_ids.get(name, set()),
     )
     version = api_version(request)
     rows = []
     for c in selected:
-        sizes = await engine.container_sizes(c) if size else None
+        sizes = await engine.containers.sizes(c) if size else None
         rows.append(shapes.container_summary(c, c.config.get("Image") or c.image_id, sizes,
                                              version))
     return json_ok(rows)
 
 
-def _image_ids(engine: Engine, name: str) -> set[str]:
+def _image_ids(engine: Backend, name: str) -> set[str]:
     image = engine.images.find(name)
     return {image.id} if image else set()
 
 
 async def create(request: web.Request) -> web.Response:
-    engine = engine_of(request)
+    engine = backend_of(request)
     body = await json_body(request, required=True)
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
     if api_version(request) < (1, 42) and isinstance(body.get("HostConfig"), dict):
         body["HostConfig"].pop("ConsoleSize", None)
-    cid, warnings = await engine.create_container(request.query.get("name"), body)
+    cid, warnings = await engine.containers.create(request.query.get("name"), body)
     return json_ok({"Id": cid, "Warnings": warnings}, status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    engine = engine_of(request)
-    c = engine.get(request.match_info["id"])
-    sizes = await engine.container_sizes(c) if bool_param(request, "size") else None
-    base = engine.container_dir(c)
-    image = await asyncio.to_thread(engine.images.find, c.image_id)
-    lowers = [str(base / "init")] + (engine.images.layer_dirs(image) if image else [])
-    graph = {"LowerDir": ":".join(lowers), "MergedDir": str(base / "rootfs"),
-             "UpperDir": str(base / "upper"), "WorkDir": str(base / "work")}
-    return json_ok(
-        shapes.container_inspect(c, _paths(request, c), graph, sizes, api_version(request)))
+    engine = backend_of(request)
+    c = engine.containers.get(request.match_info["id"])
+    sizes = await engine.containers.sizes(c) if bool_param(request, "size") else None
+    graph = await engine.containers.graph_driver(c)
+    return json_ok(shapes.container_inspect(c, engine.containers.host_paths(c), graph, sizes,
+                                            api_version(request)))
 
 
 async def _no_body(request: web.Request) -> None:
@@ -93,7 +83,7 @@ async def _no_body(request: web.Request) -> None:
 
 async def start(request: web.Request) -> web.Response:
     await _no_body(request)
-    await engine_of(request).start(request.match_info["id"])
+    await backend_of(request).containers.start(request.match_info["id"])
     return web.Response(status=204)
 
 
@@ -107,65 +97,68 @@ def _stop_args(request: web.Request) -> tuple[int | None, str | None]:
 
 async def stop(request: web.Request) -> web.Response:
     timeout, sig = _stop_args(request)
-    await engine_of(request).stop(request.match_info["id"], timeout, sig)
+    await backend_of(request).containers.stop(request.match_info["id"], timeout, sig)
     return web.Response(status=204)
 
 
 async def restart(request: web.Request) -> web.Response:
     timeout, sig = _stop_args(request)
-    await engine_of(request).restart(request.match_info["id"], timeout, sig)
+    await backend_of(request).containers.restart(request.match_info["id"], timeout, sig)
     return web.Response(status=204)
 
 
 async def kill(request: web.Request) -> web.Response:
-    await engine_of(request).kill(request.match_info["id"], request.query.get("signal") or None)
+    await backend_of(request).containers.kill(request.match_info["id"],
+                                              request.query.get("signal") or None)
     return web.Response(status=204)
 
 
 async def pause(request: web.Request) -> web.Response:
-    await engine_of(request).pause(request.match_info["id"])
+    await backend_of(request).containers.pause(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def unpause(request: web.Request) -> web.Response:
-    await engine_of(request).unpause(request.match_info["id"])
+    await backend_of(request).containers.unpause(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def remove(request: web.Request) -> web.Response:
-    await engine_of(request).remove(request.match_info["id"], force=bool_param(request, "force"),
-                                    volumes=bool_param(request, "v"))
+    await backend_of(request).containers.remove(request.match_info["id"],
+                                                force=bool_param(request, "force"),
+                                                volumes=bool_param(request, "v"))
     return web.Response(status=204)
 
 
 async def update(request: web.Request) -> web.Response:
     body = await json_body(request, required=True)
-    warnings = await engine_of(request).update(request.match_info["id"], body)
+    warnings = await backend_of(request).containers.update(request.match_info["id"], body)
     return json_ok({"Warnings": warnings})
 
 
 async def prune(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), {"until", "label", "label!"})
-    removed, reclaimed = await engine_of(request).prune(filters)
+    removed, reclaimed = await backend_of(request).containers.prune(filters)
     return json_ok({"ContainersDeleted": removed, "SpaceReclaimed": reclaimed})
 
 
 async def rename(request: web.Request) -> web.Response:
-    await engine_of(request).rename(request.match_info["id"], request.query.get("name", ""))
+    await backend_of(request).containers.rename(request.match_info["id"],
+                                                request.query.get("name", ""))
     return web.Response(status=204)
 
 
 async def top(request: web.Request) -> web.Response:
-    titles, rows = await engine_of(request).top(request.match_info["id"],
+    titles, rows = await backend_of(request).containers.top(request.match_info["id"],
                                                 request.query.get("ps_args", "-ef"))
     return json_ok({"Titles": titles, "Processes": rows})
 
 
 async def wait(request: web.Request) -> web.StreamResponse:
-    engine = engine_of(request)
+    engine = backend_of(request)
     condition = request.query.get("condition") or "not-running"
     # Register first, so a container that exits right after cannot be missed.
-    waiter = engine.wait(request.match_info["id"], condition)
+    waiter = engine.containers.wait(request.match_info["id"], condition)
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     if api_version(request) >= (1, 30):
         # The CLI calls wait before start and blocks until it sees these headers.
@@ -199,8 +192,8 @@ def _log_time(request: web.Request, key: str) -> float:
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
-    engine = engine_of(request)
-    c = engine.get(request.match_info["id"])
+    engine = backend_of(request)
+    c = engine.containers.get(request.match_info["id"])
     stdout, stderr = bool_param(request, "stdout"), bool_param(request, "stderr")
     if not (stdout or stderr):
         raise InvalidParameter("You must choose at least one stream")
@@ -215,13 +208,13 @@ async def logs(request: web.Request) -> web.StreamResponse:
     timestamps = bool_param(request, "timestamps")
     tty = bool(c.config.get("Tty"))
     ctype = stream_content_type(request, framed=not tty)
-    path = engine.readable_log_path(c)
+    path = engine.containers.log_path(c)
     reader = LogReader(str(path), stdout=stdout, stderr=stderr, since=since, until=until,
                        tail=tail)
     response = web.StreamResponse(headers={"Content-Type": ctype})
     await response.prepare(request)
     # Following ends when the container stops and its last output has been read.
-    stopped = engine.wait(c.id, "not-running") if bool_param(request, "follow") else None
+    stopped = engine.containers.wait(c.id, "not-running") if bool_param(request, "follow") else None
     # The watch exists before the first read, so nothing written after it is missed.
     watch = await asyncio.to_thread(LogWatch, path) if stopped is not None else None
     await asyncio.to_thread(reader.open)
@@ -258,14 +251,14 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 async def _attach(request: web.Request) -> tuple[Container, AttachSession, LogReader | None]:
     """The attachment the query asks for, and (with logs=1) a reader of the log so far."""
-    engine = engine_of(request)
-    c, session = await engine.attach(
+    engine = backend_of(request)
+    c, session = await engine.containers.attach(
         request.match_info["id"], stdin=bool_param(request, "stdin"),
         stdout=bool_param(request, "stdout"), stderr=bool_param(request, "stderr"),
         detach_keys=request.query.get("detachKeys"))
     past = None
     if bool_param(request, "logs"):
-        past = LogReader(str(engine.readable_log_path(c)), stdout=session.stdout,
+        past = LogReader(str(engine.containers.log_path(c)), stdout=session.stdout,
                          stderr=session.stderr)
     return c, session, past
 
@@ -287,7 +280,7 @@ async def _replay(reader: LogReader | None, framed: bool) -> AsyncIterator[bytes
 
 
 async def attach(request: web.Request) -> web.StreamResponse:
-    engine = engine_of(request)
+    engine = backend_of(request)
     c, session, past = await _attach(request)
     tty = bool(c.config.get("Tty"))
     conn = hijack(request, stream_content_type(request, framed=not tty))
@@ -297,14 +290,14 @@ async def attach(request: web.Request) -> web.StreamResponse:
         if bool_param(request, "stream"):
             await relay(conn, session, tty)
     finally:
-        engine.detach(session)
+        engine.containers.detach(session)
         conn.close()
     return finished(request)
 
 
 async def attach_ws(request: web.Request) -> web.StreamResponse:
     """The websocket variant of attach: raw output out, stdin in, no stream framing."""
-    engine = engine_of(request)
+    engine = backend_of(request)
     _, session, past = await _attach(request)
     ws = web.WebSocketResponse()
     try:
@@ -331,7 +324,7 @@ async def attach_ws(request: web.Request) -> web.StreamResponse:
                 for task in tasks:
                     task.cancel()
     finally:
-        engine.detach(session)
+        engine.containers.detach(session)
         await ws.close()
     return ws
 
@@ -339,7 +332,7 @@ async def attach_ws(request: web.Request) -> web.StreamResponse:
 async def resize(request: web.Request) -> web.Response:
     height = int_param(request, "h", 0) or 0
     width = int_param(request, "w", 0) or 0
-    await engine_of(request).resize(request.match_info["id"], height, width)
+    await backend_of(request).containers.resize(request.match_info["id"], height, width)
     return web.Response(status=200)
 
 

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from stowd.api.app import Router, engine_of, json_ok
+from stowd.api.common import Router, backend_of, json_ok
 from stowd.api.hijack import finished, hijack, relay, stream_content_type
 from stowd.api.params import api_version, int_param, json_body
 from stowd.engine.errors import InvalidParameter
@@ -14,7 +14,7 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidParameter("the request body must be a JSON object")
     if api_version(request) < (1, 42):
         body.pop("ConsoleSize", None)
-    exec_id = engine_of(request).create_exec(request.match_info["id"], body)
+    exec_id = backend_of(request).containers.create_exec(request.match_info["id"], body)
     return json_ok({"Id": exec_id}, status=201)
 
 
@@ -22,11 +22,11 @@ async def start(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
-    engine = engine_of(request)
+    engine = backend_of(request)
     detach = bool(body.get("Detach"))
     tty = body.get("Tty")
     size = body.get("ConsoleSize") if api_version(request) >= (1, 42) else None
-    inst = await engine.start_exec(request.match_info["id"], detach,
+    inst = await engine.containers.start_exec(request.match_info["id"], detach,
                                    bool(tty) if tty is not None else None, size)
     if detach:
         return web.Response(status=200)
@@ -42,7 +42,7 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 
 async def resize(request: web.Request) -> web.Response:
-    inst = engine_of(request).get_exec(request.match_info["id"])
+    inst = backend_of(request).containers.get_exec(request.match_info["id"])
     height = int_param(request, "h", 0) or 0
     width = int_param(request, "w", 0) or 0
     if not inst.running:
@@ -52,8 +52,8 @@ async def resize(request: web.Request) -> web.Response:
 
 
 async def inspect(request: web.Request) -> web.Response:
-    engine = engine_of(request)
-    inst = engine.get_exec(request.match_info["id"])
+    engine = backend_of(request)
+    inst = engine.containers.get_exec(request.match_info["id"])
     return json_ok({
         "CanRemove": False,
         "ContainerID": inst.container_id,

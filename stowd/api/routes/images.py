@@ -4,14 +4,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import BinaryIO, cast
 
 from aiohttp import web
 
 from stowd.api import shapes
-from stowd.api.app import Router, engine_of, json_ok
+from stowd.api.common import Router, backend_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version, bool_param, json_body
 from stowd.api.streams import BodyReader, error_line, json_line
+from stowd.engine.core.container import parse_time
 from stowd.engine.distribution.auth import credentials_from, decode_registry_auth
 from stowd.engine.distribution.pull import Aux, Progress
 from stowd.engine.errors import EngineError, InvalidParameter
@@ -39,7 +41,7 @@ async def _json_stream(request: web.Request) -> web.StreamResponse:
 
 async def create(request: web.Request) -> web.StreamResponse:
     """POST /images/create: `fromSrc=-` imports the body; `fromImage` pulls."""
-    engine = engine_of(request)
+    engine = backend_of(request)
     from_src = request.query.get("fromSrc")
     from_image = request.query.get("fromImage")
     if from_src is None and from_image is None:
@@ -49,10 +51,11 @@ async def create(request: web.Request) -> web.StreamResponse:
     if from_src != "-":
         raise InvalidParameter("importing from a URL is not supported: send the tar as "
                                "the request body with fromSrc=-")
-    source = BodyReader(request.content, asyncio.get_running_loop())
+    # A raw stream read as a binary file by the worker threads that unpack it.
+    source = cast(BinaryIO, BodyReader(request.content, asyncio.get_running_loop()))
     try:
         # Bad repo, tag or changes are refused before a byte of the body is read.
-        image = await engine.import_image(
+        image = await engine.images.import_image(
             source, request.query.get("repo", ""), request.query.get("tag", ""),
             request.query.getall("changes", []), request.query.get("message", ""))
     except EngineError:
@@ -66,7 +69,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 
 async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse:
     """fromImage=&tag=&platform=: dockerd's progress stream; an empty tag pulls every tag."""
-    engine = engine_of(request)
+    engine = backend_of(request)
     ref = reference.parse(name, default_tag=False)
     if tag:
         # As dockerd: the tag parameter replaces the name's tag, and may be a digest.
@@ -80,7 +83,7 @@ async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse
 
 async def push(request: web.Request) -> web.StreamResponse:
     """POST /images/{name}/push?tag=: dockerd's push stream (every tag without one)."""
-    engine = engine_of(request)
+    engine = backend_of(request)
     ref = reference.parse(request.match_info["name"], default_tag=False)
     tag = request.query.get("tag", "")
     if ref.digest:
@@ -97,7 +100,7 @@ async def auth(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
-    await engine_of(request).distribution.login(credentials_from(body))
+    await backend_of(request).distribution.login(credentials_from(body))
     return json_ok({"Status": "Login Succeeded", "IdentityToken": ""})
 
 
@@ -179,12 +182,13 @@ def _load_line(line: LayerProgress | LoadMessage) -> bytes:
 
 async def load_images(request: web.Request) -> web.StreamResponse:
     """POST /images/load: a JSON stream; a failure before its first line is a plain error."""
-    engine = engine_of(request)
+    engine = backend_of(request)
     # quiet defaults to true, also when given empty (dockerd's BoolValueOrDefault).
     quiet = bool_param(request, "quiet") if request.query.get("quiet") else True
-    source = BodyReader(request.content, asyncio.get_running_loop())
+    # A raw stream read as a binary file by the worker threads that unpack it.
+    source = cast(BinaryIO, BodyReader(request.content, asyncio.get_running_loop()))
     response: web.StreamResponse | None = None
-    lines = engine.load_images(source, quiet)
+    lines = engine.images.load_images(source, quiet)
     try:
         async with contextlib.aclosing(lines):
             async for line in lines:
@@ -221,11 +225,11 @@ async def save_images(request: web.Request) -> web.StreamResponse:
 
 
 async def _save(request: web.Request, names: list[str]) -> web.StreamResponse:
-    chunks = await engine_of(request).save_images(names)
+    chunks = await backend_of(request).images.save_images(names)
     response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
     await response.prepare(request)
     try:
-        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 await response.write(chunk)
     except ConnectionError:
@@ -245,7 +249,7 @@ async def _save(request: web.Request, names: list[str]) -> web.StreamResponse:
 # list, inspect, tag, delete -----------------------------------------------------------------
 
 async def list_images(request: web.Request) -> web.Response:
-    engine = engine_of(request)
+    engine = backend_of(request)
     filters = parse_filters(request.query.get("filters"), listing.ACCEPTED)
     images = await asyncio.to_thread(engine.images.all)
     selected = await asyncio.to_thread(listing.select, images, filters, engine.images.resolve,
@@ -253,39 +257,39 @@ async def list_images(request: web.Request) -> web.Response:
     shared = await asyncio.to_thread(listing.shared_sizes, images, engine.images.layer_size) \
         if bool_param(request, "shared-size") else {}
     version = api_version(request)
-    return web.json_response([
-        shapes.image_summary(item.image, version, len(engine.image_users(item.image.id)),
+    return json_ok([
+        shapes.image_summary(item.image, version, len(engine.images.users(item.image.id)),
                              shared.get(item.image.id, -1), item.repo_tags)
         for item in selected
     ])
 
 
 async def inspect(request: web.Request) -> web.Response:
-    engine = engine_of(request)
+    engine = backend_of(request)
     image = await asyncio.to_thread(engine.images.resolve, request.match_info["name"])
-    return web.json_response(shapes.image_inspect(image, engine.images.layer_dirs(image),
+    return json_ok(shapes.image_inspect(image, engine.images.layer_dirs(image),
                                                   api_version(request)))
 
 
 async def tag(request: web.Request) -> web.Response:
-    engine = engine_of(request)
-    await engine.tag_image(request.match_info["name"], request.query.get("repo", ""),
+    engine = backend_of(request)
+    await engine.images.tag_image(request.match_info["name"], request.query.get("repo", ""),
                            request.query.get("tag", ""))
     return web.Response(status=201)
 
 
 async def remove(request: web.Request) -> web.Response:
-    engine = engine_of(request)
-    report = await engine.remove_image(request.match_info["name"],
+    engine = backend_of(request)
+    report = await engine.images.remove_image(request.match_info["name"],
                                        force=bool_param(request, "force"),
                                        prune=not bool_param(request, "noprune"))
-    return web.json_response(report)
+    return json_ok(report)
 
 
 async def commit(request: web.Request) -> web.Response:
     """POST /commit?container=&repo=&tag=&comment=&author=&pause=&changes= (body: Config)."""
     body = await json_body(request)
-    image = await engine_of(request).commit(
+    image = await backend_of(request).containers.commit(
         request.query.get("container", ""), request.query.get("repo", ""),
         request.query.get("tag", ""), comment=request.query.get("comment", ""),
         author=request.query.get("author", ""), pause=bool_param(request, "pause", True),
@@ -295,7 +299,7 @@ async def commit(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     """GET /images/{name}/history: the config's history, newest first, with layer sizes."""
-    engine = engine_of(request)
+    engine = backend_of(request)
     image = await asyncio.to_thread(engine.images.resolve, request.match_info["name"])
     entries = list(image.config.get("history") or [])
     sizes = await asyncio.to_thread(lambda: [engine.images.layer_size(chain)
@@ -309,7 +313,7 @@ async def history(request: web.Request) -> web.Response:
             layer += 1
         rows.append({
             "Id": "<missing>",
-            "Created": int(shapes.parse_time(entry["created"])) if entry.get("created") else 0,
+            "Created": int(parse_time(entry["created"])) if entry.get("created") else 0,
             "CreatedBy": entry.get("created_by", ""),
             "Tags": None,
             "Size": size,
@@ -330,7 +334,7 @@ async def history(request: web.Request) -> web.Response:
 
 async def prune(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), {"dangling", "until", "label"})
-    deleted, reclaimed = await engine_of(request).prune_images(filters)
+    deleted, reclaimed = await backend_of(request).images.prune_images(filters)
     return json_ok({"ImagesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
 

@@ -10,12 +10,12 @@ from typing import Any
 from aiohttp import web
 
 from stowd.api import shapes
-from stowd.api.app import Router, engine_of, json_bytes, json_ok
+from stowd.api.common import Router, backend_of, json_bytes, json_ok
 from stowd.api.params import api_version, bool_param
 from stowd.api.routes.volumes import volume_shape
 from stowd.api.streams import BodyReader
 from stowd.engine.archive_path import PathStat
-from stowd.engine.containers import PAUSED, RUNNING, ZERO_TIME, Container, rfc3339_nano
+from stowd.engine.core.container import PAUSED, RUNNING, ZERO_TIME, Container, rfc3339_nano
 from stowd.engine.errors import EngineError, InvalidParameter
 from stowd.engine.stats import BLKIO_LISTS, CpuSample, Sample
 
@@ -92,8 +92,8 @@ def _client_gone(request: web.Request) -> bool:
 
 
 async def stats(request: web.Request) -> web.StreamResponse:
-    engine = engine_of(request)
-    c = engine.get(request.match_info["id"])
+    engine = backend_of(request)
+    c = engine.containers.get(request.match_info["id"])
     stream = bool_param(request, "stream", True)
     one_shot = bool_param(request, "one-shot") and api_version(request) >= (1, 41)
     if stream and one_shot:
@@ -103,19 +103,19 @@ async def stats(request: web.Request) -> web.StreamResponse:
         if not running:
             body = stats_json(c, None, None)
         elif one_shot:
-            body = stats_json(c, await engine.stats_sample(c), None)
+            body = stats_json(c, await engine.containers.stats_sample(c), None)
         else:
-            sample, pre = await engine.stats_pair(c)
+            sample, pre = await engine.containers.stats_pair(c)
             body = stats_json(c, sample, pre)
         return web.Response(body=json_bytes(body), content_type="application/json")
 
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)  # headers now: clients wait for them
-    pre = engine.stats_collector.previous(c.id, time.time())
+    pre = engine.containers.stats_previous(c.id, time.time())
     try:
         while not _client_gone(request):
             started = time.monotonic()
-            sample = await engine.stats_sample(c)
+            sample = await engine.containers.stats_sample(c)
             await response.write(json_bytes(stats_json(c, sample, pre)))
             pre = sample
             await asyncio.sleep(max(0.0, STATS_INTERVAL - (time.monotonic() - started)))
@@ -128,13 +128,13 @@ async def stats(request: web.Request) -> web.StreamResponse:
 
 
 async def changes(request: web.Request) -> web.Response:
-    found = await engine_of(request).changes(request.match_info["id"])
+    found = await backend_of(request).containers.changes(request.match_info["id"])
     body = [{"Path": ch.path, "Kind": ch.kind} for ch in found] if found else None
     return json_ok(body)
 
 
 async def export(request: web.Request) -> web.StreamResponse:
-    chunks = await engine_of(request).export(request.match_info["id"])
+    chunks = await backend_of(request).containers.export(request.match_info["id"])
     response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
     try:
         first = await anext(chunks, b"")  # a failure to start is still a clean error answer
@@ -167,12 +167,12 @@ def _path(request: web.Request) -> str:
 
 
 async def archive_head(request: web.Request) -> web.Response:
-    st = await engine_of(request).archive_stat(request.match_info["id"], _path(request))
+    st = await backend_of(request).containers.archive_stat(request.match_info["id"], _path(request))
     return web.Response(status=200, headers={"X-Docker-Container-Path-Stat": _stat_header(st)})
 
 
 async def archive_get(request: web.Request) -> web.StreamResponse:
-    items = engine_of(request).archive_get(request.match_info["id"], _path(request))
+    items = backend_of(request).containers.archive_get(request.match_info["id"], _path(request))
     response = web.StreamResponse(headers={"Content-Type": "application/x-tar"})
     try:
         st = await anext(items)  # errors (404, ...) before any answer is sent
@@ -198,10 +198,10 @@ async def _drain(request: web.Request) -> None:
 
 
 async def archive_put(request: web.Request) -> web.Response:
-    engine = engine_of(request)
+    engine = backend_of(request)
     source = BodyReader(request.content, asyncio.get_running_loop())
     try:
-        await engine.archive_put(
+        await engine.containers.archive_put(
             request.match_info["id"], _path(request), source,  # type: ignore[arg-type]
             no_overwrite_dir_non_dir=bool_param(request, "noOverwriteDirNonDir"),
             copy_uid_gid=bool_param(request, "copyUIDGID"))
@@ -217,14 +217,14 @@ _DF_TYPES = {"container", "image", "volume", "build-cache"}
 
 
 async def system_df(request: web.Request) -> web.Response:
-    engine = engine_of(request)
+    engine = backend_of(request)
     version = api_version(request)
     kinds = set(request.query.getall("type", [])) if version >= (1, 42) else set()
     for kind in kinds:
         if kind not in _DF_TYPES:
             raise InvalidParameter(f"unknown object type: {kind}")
     kinds = kinds or _DF_TYPES
-    layers_size, images, containers, volumes = await engine.disk_usage(kinds)
+    layers_size, images, containers, volumes = await engine.containers.disk_usage(kinds)
     image_rows = []
     for usage in images:
         row = shapes.image_summary(usage.image, version, usage.containers, usage.shared_size)
@@ -240,10 +240,10 @@ async def system_df(request: web.Request) -> web.Response:
                             "Containers": container_rows, "Volumes": volume_rows,
                             "BuildCache": []}
     if "build-cache" in kinds:
-        body["BuildCache"] = await engine.build_cache_usage()
+        body["BuildCache"] = await engine.builder.cache_usage()
     if version < (1, 42):
         body["BuilderSize"] = sum(r["Size"] for r in body["BuildCache"])
-    return web.json_response(body)
+    return json_ok(body)
 
 
 def register(router: Router) -> None:

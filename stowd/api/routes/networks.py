@@ -6,12 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
-from stowd.api.app import Router, engine_of
+from stowd.api.backend import NetworksBackend
+from stowd.api.common import Router, backend_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import json_body
-from stowd.engine.containers import PAUSED, RUNNING, parse_time
+from stowd.engine.core.container import PAUSED, RUNNING, parse_time
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.network.manager import Network, NetworkManager
+from stowd.engine.network.manager import Network
 
 LIST_FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
 PRUNE_FILTERS = {"until", "label", "label!"}
@@ -20,7 +21,7 @@ _FIELDS = ("Name", "Id", "Created", "Scope", "Driver", "EnableIPv6", "IPAM", "In
            "Attachable", "Ingress", "ConfigFrom", "ConfigOnly")
 
 
-def network_shape(manager: NetworkManager, net: Network, containers: bool) -> dict[str, Any]:
+def network_shape(manager: NetworksBackend, net: Network, containers: bool) -> dict[str, Any]:
     """Docker's network object; `Containers` lists the running endpoints (inspect only)."""
     out = {k: net.record.get(k) for k in _FIELDS}
     attached: dict[str, Any] = {}
@@ -55,7 +56,7 @@ def _regex_match(pattern: str, value: str) -> bool:
         return False
 
 
-def _selected(manager: NetworkManager, net: Network, filters: dict[str, list[str]]) -> bool:
+def _selected(manager: NetworksBackend, net: Network, filters: dict[str, list[str]]) -> bool:
     if "driver" in filters and net.driver not in filters["driver"]:
         return False
     if "name" in filters and not any(_regex_match(v, net.name) for v in filters["name"]):
@@ -88,25 +89,25 @@ def _selected(manager: NetworkManager, net: Network, filters: dict[str, list[str
 
 
 async def list_networks(request: web.Request) -> web.Response:
-    manager = engine_of(request).network
+    manager = backend_of(request).network
     filters = parse_filters(request.query.get("filters"), LIST_FILTERS)
     rows = [network_shape(manager, n, containers=False) for n in manager.networks()
             if _selected(manager, n, filters)]
-    return web.json_response(rows)
+    return json_ok(rows)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    manager = engine_of(request).network
+    manager = backend_of(request).network
     net = manager.get(request.match_info["id"])
-    return web.json_response(network_shape(manager, net, containers=True))
+    return json_ok(network_shape(manager, net, containers=True))
 
 
 async def create(request: web.Request) -> web.Response:
     body = await json_body(request, required=True)
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
-    net, warning = await engine_of(request).network.create_network(body)
-    return web.json_response({"Id": net.id, "Warning": warning}, status=201)
+    net, warning = await backend_of(request).network.create_network(body)
+    return json_ok({"Id": net.id, "Warning": warning}, status=201)
 
 
 def _container_ref(body: Any) -> str:
@@ -119,7 +120,7 @@ def _container_ref(body: Any) -> str:
 async def connect(request: web.Request) -> web.Response:
     body = await json_body(request, required=True)
     ref = _container_ref(body)
-    await engine_of(request).network.connect(request.match_info["id"], ref,
+    await backend_of(request).network.connect(request.match_info["id"], ref,
                                              body.get("EndpointConfig"))
     return web.Response(status=200)
 
@@ -127,13 +128,13 @@ async def connect(request: web.Request) -> web.Response:
 async def disconnect(request: web.Request) -> web.Response:
     body = await json_body(request, required=True)
     ref = _container_ref(body)
-    await engine_of(request).network.disconnect(request.match_info["id"], ref,
+    await backend_of(request).network.disconnect(request.match_info["id"], ref,
                                                 bool(body.get("Force")))
     return web.Response(status=200)
 
 
 async def remove(request: web.Request) -> web.Response:
-    await engine_of(request).network.remove_network(request.match_info["id"])
+    await backend_of(request).network.remove_network(request.match_info["id"])
     return web.Response(status=204)
 
 
@@ -157,8 +158,8 @@ async def prune(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), PRUNE_FILTERS)
     until = _until(filters["until"][-1]) if filters.get("until") else None
     labels = filters.get("label", []) + ["!" + v for v in filters.get("label!", [])]
-    deleted = await engine_of(request).network.prune(until, labels)
-    return web.json_response({"NetworksDeleted": deleted or None})
+    deleted = await backend_of(request).network.prune(until, labels)
+    return json_ok({"NetworksDeleted": deleted or None})
 
 
 def register(router: Router) -> None:

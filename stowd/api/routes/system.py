@@ -10,13 +10,13 @@ from aiohttp import web
 
 from stowd import __version__
 from stowd.api import versions
-from stowd.api.app import Router, engine_of, json_bytes, json_ok
+from stowd.api.common import Router, backend_of, json_bytes, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version
 from stowd.engine import hostinfo
-from stowd.engine.containers import PAUSED, RUNNING
+from stowd.engine.core.container import PAUSED, RUNNING
+from stowd.engine.core.events import Event
 from stowd.engine.errors import InvalidParameter, NotImplementedByEngine, Unavailable
-from stowd.engine.events import Event
 
 PING_HEADERS = {
     "Cache-Control": "no-cache, no-store, must-revalidate",
@@ -74,7 +74,7 @@ def _version_body(runtime_name: str, runtime_path: str) -> bytes:
 
 
 async def version(request: web.Request) -> web.Response:
-    runtime = engine_of(request).runtime
+    runtime = backend_of(request).runtime
     body = _VERSION_BODIES.get(runtime.path)
     if body is None:
         body = await asyncio.to_thread(_version_body, runtime.name, runtime.path)
@@ -83,9 +83,9 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def info(request: web.Request) -> web.Response:
-    engine = engine_of(request)
+    engine = backend_of(request)
     facts = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path, engine.data_root)
-    containers = engine.containers()
+    containers = engine.containers.all()
     # As dockerd's state counter (moby daemon/monitor.go setStateCounter): only "running"
     # and "paused" have buckets; restarting, created, exited and dead count as stopped.
     running = sum(1 for c in containers if c.state.status == RUNNING)
@@ -156,11 +156,11 @@ async def info(request: web.Request) -> web.Response:
         "SecurityOptions": engine.host_security.security_options(),
         "Warnings": None,
     }
-    return web.json_response(body)
+    return json_ok(body)
 
 
 def _now_rfc3339() -> str:
-    from stowd.engine.containers import rfc3339_nano
+    from stowd.engine.core.container import rfc3339_nano
 
     return rfc3339_nano()
 
@@ -213,7 +213,7 @@ DISCONNECT_POLL = 1.0
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    engine = engine_of(request)
+    engine = backend_of(request)
     filters = parse_filters(request.query.get("filters"), _EVENT_FILTERS)
     since = _parse_event_time(request.query.get("since"))
     until = _parse_event_time(request.query.get("until"))
@@ -280,7 +280,7 @@ async def plugins(request: web.Request) -> web.Response:
 
 async def build_prune(request: web.Request) -> web.Response:
     """The classic builder's cache is its step images: prune removes those unused."""
-    deleted, reclaimed = await engine_of(request).prune_build_cache()
+    deleted, reclaimed = await backend_of(request).builder.prune_cache()
     return json_ok({"CachesDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
 

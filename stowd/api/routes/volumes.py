@@ -4,14 +4,15 @@ from typing import Any
 
 from aiohttp import web
 
-from stowd.api.app import Router, engine_of, json_ok
+from stowd.api.backend import VolumesBackend
+from stowd.api.common import Router, backend_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version, bool_param, json_body
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.volumes import LIST_FILTERS, PRUNE_FILTERS, Volume, VolumeManager
+from stowd.engine.volumes import LIST_FILTERS, PRUNE_FILTERS, Volume
 
 
-def volume_shape(manager: VolumeManager, vol: Volume) -> dict[str, Any]:
+def volume_shape(manager: VolumesBackend, vol: Volume) -> dict[str, Any]:
     """Docker's volume object, in dockerd's key order."""
     return {
         "CreatedAt": vol.created_at,
@@ -41,7 +42,7 @@ def _string(body: dict[str, Any], key: str) -> str:
 
 
 async def list_volumes(request: web.Request) -> web.Response:
-    manager = engine_of(request).volumes
+    manager = backend_of(request).volumes
     filters = parse_filters(request.query.get("filters"), LIST_FILTERS)
     rows = [volume_shape(manager, v) for v in manager.find(filters)]
     return json_ok({"Volumes": rows, "Warnings": []})
@@ -51,26 +52,26 @@ async def create(request: web.Request) -> web.Response:
     body = await json_body(request, required=True)
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
-    manager = engine_of(request).volumes
+    manager = backend_of(request).volumes
     vol = await manager.create(_string(body, "Name"), _string(body, "Driver"),
                                _string_map(body, "DriverOpts"), _string_map(body, "Labels"))
     return json_ok(volume_shape(manager, vol), status=201)
 
 
 async def inspect(request: web.Request) -> web.Response:
-    manager = engine_of(request).volumes
+    manager = backend_of(request).volumes
     return json_ok(volume_shape(manager, manager.get(request.match_info["name"])))
 
 
 async def remove(request: web.Request) -> web.Response:
-    await engine_of(request).volumes.remove(request.match_info["name"],
+    await backend_of(request).volumes.remove(request.match_info["name"],
                                             force=bool_param(request, "force"))
     return web.Response(status=204)
 
 
 async def prune(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), PRUNE_FILTERS)
-    deleted, reclaimed = await engine_of(request).volumes.prune(filters, api_version(request))
+    deleted, reclaimed = await backend_of(request).volumes.prune(filters, api_version(request))
     return json_ok({"VolumesDeleted": deleted, "SpaceReclaimed": reclaimed})
 
 

@@ -407,10 +407,10 @@ class Builder:
             await self.commit_meta(st, f"SHELL [{' '.join(ins.args)}]")
         elif name == "ARG":
             parts = []
-            for key, value in self._arg_pairs(ins, self.stage_env(st)):
-                st.args[key] = value
+            for key, arg_value in self._arg_pairs(ins, self.stage_env(st)):
+                st.args[key] = arg_value
                 self.referenced.add(key)
-                parts.append(key if value is None else f"{key}={value}")
+                parts.append(key if arg_value is None else f"{key}={arg_value}")
             await self.commit_meta(st, "ARG " + " ".join(parts))
         elif name == "ONBUILD":
             assert ins.trigger is not None

@@ -20,9 +20,10 @@ import posixpath
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stowd.engine.archive_path import resolve_in_scope
 from stowd.engine.build.ignore import compile_pattern
@@ -103,7 +104,8 @@ def _is_archive(path: str) -> bool:
     """Whether a local file is a tar archive, plain or gzip/bzip2/xz-compressed."""
     with open(path, "rb") as f:
         head = f.read(6)
-    opener = {b"\x1f\x8b": gzip.open, b"BZ": bz2.open}.get(head[:2])
+    openers: dict[bytes, Callable[..., Any]] = {b"\x1f\x8b": gzip.open, b"BZ": bz2.open}
+    opener = openers.get(head[:2])
     if head == b"\xfd7zXZ\x00":
         opener = lzma.open
     try:
@@ -125,7 +127,7 @@ def _is_archive(path: str) -> bool:
     except ValueError:
         return False
     computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    return recorded == computed
+    return bool(recorded == computed)
 
 
 def find_sources(root: str, requested: list[str], cmd: str, in_context: bool,

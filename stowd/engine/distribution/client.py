@@ -267,8 +267,8 @@ class RegistryClient:
             same_host = urlsplit(url).netloc == self.endpoint.host
             if self._authorization and same_host:
                 hdrs["Authorization"] = self._authorization
-            ssl_arg = self.endpoint.ssl if same_host else (None if url.startswith("https")
-                                                           else False)
+            # Redirects to another host (blob storage) verify against the system's CAs.
+            ssl_arg = self.endpoint.ssl if same_host else url.startswith("https")
             try:
                 resp = await self.session.request(method, url, headers=hdrs, data=data,
                                                   ssl=ssl_arg, allow_redirects=False)

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from stowd.engine.distribution import manifest as mf
 from stowd.engine.distribution.client import DigestMismatch, RegistryClient
@@ -101,7 +101,9 @@ def _store(images: ImageStore, source: _Verified, parent: str | None,
     """Extract the layer (worker thread). A blob that cannot be extracted is read to its end
     first, so that a corrupt download is reported as one, as dockerd does."""
     try:
-        return images.store_layer(source, parent, progress, diff_id, compression)
+        # A raw stream read as a binary file.
+        return images.store_layer(cast(BinaryIO, source), parent, progress, diff_id,
+                                  compression)
     except InvalidParameter as exc:
         if not isinstance(exc, DigestMismatch):
             source.drain()

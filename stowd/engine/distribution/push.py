@@ -25,6 +25,7 @@ from stowd.engine.distribution.metadata import BlobSource, BlobSums
 from stowd.engine.distribution.pull import PROGRESS_EVERY, Aux, Emit, Progress
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images import reference, tarsplit
+from stowd.engine.images.load import MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST
 from stowd.engine.images.pipe import ThreadPipe
 from stowd.engine.images.store import Image, ImageStore
 
@@ -195,7 +196,7 @@ def build_manifest(config: bytes, config_digest: str, layers: list[mf.Descriptor
     if oci:
         layers = [mf.Descriptor(OCI_LAYER_GZIP, d.digest, d.size, d.urls)
                   if d.media_type == mf.DOCKER_LAYER_GZIP else d for d in layers]
-    media = mf.MEDIA_OCI_MANIFEST if oci else mf.MEDIA_DOCKER_MANIFEST
+    media = MEDIA_OCI_MANIFEST if oci else MEDIA_DOCKER_MANIFEST
     doc: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": media,

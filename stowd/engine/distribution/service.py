@@ -9,7 +9,7 @@ first line; it is cancelled (and cleans up) when the last of them goes away.
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -29,7 +29,7 @@ from stowd.engine.images.store import Image, ImageStore
 log = logging.getLogger("stowd.distribution")
 
 Line = Progress | Aux
-Publish = Callable[[str, str, str, dict[str, str]], None]  # type, action, id, attributes
+Publish = Callable[[str, str, str, dict[str, str]], object]  # type, action, id, attributes
 
 
 class _Broadcast:
@@ -55,7 +55,7 @@ class _Broadcast:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self) -> AsyncIterator[Line]:
+    async def follow(self) -> AsyncGenerator[Line, None]:
         i = 0
         while True:
             while i < len(self.lines):
@@ -101,7 +101,7 @@ class Distribution:
     # pull -------------------------------------------------------------------------------
 
     def pull(self, ref: reference.Reference, platform: str, creds: Credentials
-             ) -> AsyncIterator[Line]:
+             ) -> AsyncGenerator[Line, None]:
         """The progress of pulling ref (every tag when it has neither tag nor digest)."""
         want = mf.parse_platform(platform, mf.Platform("linux", host_arch()))
         key = (ref.full(), str(want))
@@ -115,7 +115,7 @@ class Distribution:
         return self._follow(*job)
 
     async def _follow(self, task: "asyncio.Task[None]", broadcast: _Broadcast
-                      ) -> AsyncIterator[Line]:
+                      ) -> AsyncGenerator[Line, None]:
         broadcast.followers += 1
         try:
             async for line in broadcast.follow():
@@ -171,7 +171,8 @@ class Distribution:
 
     # push -------------------------------------------------------------------------------
 
-    def push(self, ref: reference.Reference, creds: Credentials) -> AsyncIterator[Line]:
+    def push(self, ref: reference.Reference,
+             creds: Credentials) -> AsyncGenerator[Line, None]:
         """The progress of pushing ref (every local tag of its repository without a tag)."""
         broadcast = _Broadcast()
         task = asyncio.ensure_future(self._run_push(ref, creds, broadcast))

@@ -9,14 +9,12 @@ from typing import Any, BinaryIO
 from stowd import __version__
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images.store import now_rfc3339
+from stowd.engine.timespec import parse_duration
 
 # The Dockerfile instructions dockerd 20.10 accepts in `changes` (import and commit).
 ALLOWED_CHANGES = {"CMD", "ENTRYPOINT", "ENV", "EXPOSE", "HEALTHCHECK", "LABEL", "ONBUILD",
                    "USER", "VOLUME", "WORKDIR"}
 PORT_PROTOCOLS = ("tcp", "udp", "sctp")
-_DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-                   "m": 60_000_000_000, "h": 3_600_000_000_000}
-
 GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
           "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
 
@@ -95,32 +93,6 @@ def _exposed_ports(rest: str) -> list[str]:
         for port in range(int(low), int(high if dash else low) + 1):
             out.append(f"{port}/{proto}")
     return out
-
-
-def parse_duration(text: str) -> int:
-    """A Go duration (`30s`, `1m30s`, `500ms`) in nanoseconds."""
-    total = 0
-    rest = text.strip()
-    if not rest:
-        raise InvalidParameter("time: invalid duration \"\"")
-    if rest == "0":
-        return 0
-    while rest:
-        i = 0
-        while i < len(rest) and (rest[i].isdigit() or rest[i] == "."):
-            i += 1
-        j = i
-        while j < len(rest) and not (rest[j].isdigit() or rest[j] == "."):
-            j += 1
-        number, unit = rest[:i], rest[i:j]
-        if not number or unit not in _DURATION_UNITS:
-            raise InvalidParameter(f"time: invalid duration {json.dumps(text)}")
-        try:
-            total += int(float(number) * _DURATION_UNITS[unit])
-        except ValueError as exc:
-            raise InvalidParameter(f"time: invalid duration {json.dumps(text)}") from exc
-        rest = rest[j:]
-    return total
 
 
 def _healthcheck(rest: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 
@@ -138,7 +138,7 @@ def _zstd_decompressed(chunks: Iterator[bytes], counted: Callable[[int], None] |
                        ) -> Iterator[bytes]:
     # zstandard's stream reader yields at most CHUNK bytes per read, whatever the ratio.
     reader = zstandard.ZstdDecompressor().stream_reader(
-        _ChunkReader(chunks, counted), read_size=CHUNK, read_across_frames=True,
+        cast(IO[bytes], _ChunkReader(chunks, counted)), read_size=CHUNK, read_across_frames=True,
         closefd=False)
     try:
         while data := reader.read(CHUNK):

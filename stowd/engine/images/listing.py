@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.images.archive import parse_duration
 from stowd.engine.images.store import Image
 from stowd.engine.labels import labels_match
+from stowd.engine.timespec import parse_until
 
 ACCEPTED = {"dangling", "label", "before", "since", "reference", "until"}
 
@@ -67,21 +67,6 @@ def reference_matches(patterns: list[re.Pattern[str]], tag: str) -> bool:
     return any(p.match(tag) or p.match(name) for p in patterns)
 
 
-def _timestamp(value: str, now: float) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        pass
-    try:
-        return now - parse_duration(value) / 1e9
-    except InvalidParameter:
-        raise InvalidParameter(f"invalid filter 'until={value}'") from None
-
-
 def _created(image: Image) -> float:
     try:
         return datetime.fromisoformat(image.created.replace("Z", "+00:00")).timestamp()
@@ -114,7 +99,7 @@ def select(images: list[Image], filters: dict[str, list[str]],
     patterns = [path_match_regex(p) for p in filters.get("reference", [])]
     before = min((_created(resolve(n)) for n in filters.get("before", [])), default=None)
     since = max((_created(resolve(n)) for n in filters.get("since", [])), default=None)
-    until = min((_timestamp(v, now) for v in filters.get("until", [])), default=None)
+    until = min((parse_until(v, now) for v in filters.get("until", [])), default=None)
     out = []
     for image in sorted(images, key=_created, reverse=True):
         created = _created(image)

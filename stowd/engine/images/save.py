@@ -285,7 +285,7 @@ class _ArchiveWriter:
     def _retarred(self, diff: Path, name: str, mtime: int) -> str:
         # A tar member's size comes before its content: tar the layer to scratch space first.
         with tempfile.TemporaryFile(dir=self.images.tmp_root) as scratch:
-            retar_layer(diff, scratch)  # type: ignore[arg-type]
+            retar_layer(diff, scratch)
             size = scratch.tell()
             scratch.seek(0)
             self.tar.begin_file(name, size, mtime)

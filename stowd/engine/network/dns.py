@@ -249,7 +249,8 @@ class DnsServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: "asyncio.Future[None] | object") -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

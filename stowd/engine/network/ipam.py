@@ -128,7 +128,7 @@ class Pool:
         if gw not in net:
             raise InvalidParameter(f"gateway {gw} is not in subnet {net}")
         rng = network(ip_range, "ip-range") if ip_range else None
-        if rng is not None and not rng.subnet_of(net):  # type: ignore[arg-type]
+        if rng is not None and not rng.subnet_of(net):
             raise InvalidParameter(f"ip-range {rng} is not in subnet {net}")
         return cls(net, gw, rng)
 
@@ -167,7 +167,7 @@ class Pool:
             self.used.add(with_ip)
 
     def release(self, ip: str) -> None:
-        self.used.discard(ipaddress.ip_address(ip))  # type: ignore[arg-type]
+        self.used.discard(ipaddress.ip_address(ip))
 
 
 def default_gateway(net: IPv4Network) -> IPv4Address:

@@ -26,18 +26,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stowd.engine import rootfs
-from stowd.engine.containers import PAUSED, RUNNING, Container, rfc3339_nano
+from stowd.engine.core.container import PAUSED, RUNNING, Container, rfc3339_nano
+from stowd.engine.core.core import Core
 from stowd.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
 from stowd.engine.labels import labels_match
 from stowd.engine.network import dns, ipam, links, netns, ports
 from stowd.engine.network.iptables import Firewall
-
-if TYPE_CHECKING:
-    from stowd.engine.engine import Engine
-
 from stowd.engine.options import HOST_GATEWAY
 
 log = logging.getLogger("stowd.network")
@@ -132,12 +129,12 @@ def check_settings(bridge: str, bridge_subnet: str, chain_prefix: str, pool: str
 
 
 class NetworkManager:
-    def __init__(self, engine: "Engine") -> None:
-        self.engine = engine
-        self.settings = engine.settings
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.settings = core.settings
         check_settings(self.settings.bridge, self.settings.bridge_subnet,
                        self.settings.chain_prefix, self.settings.default_address_pool)
-        self.netns_dir = engine.exec_root / "netns"
+        self.netns_dir = core.settings.exec_root / "netns"
         self.firewall = Firewall(self.settings.chain_prefix)
         self._networks: dict[str, Network] = {}
         self._pools: dict[str, ipam.Pool] = {}
@@ -159,7 +156,7 @@ class NetworkManager:
 
     def _open_blocking(self) -> None:
         self.netns_dir.mkdir(parents=True, exist_ok=True)
-        for record in self.engine.store.all_networks():
+        for record in self.core.db.opened.all_networks():
             net = Network(record)
             self._networks[net.id] = net
         by_name = {n.name: n for n in self._networks.values()}
@@ -173,7 +170,7 @@ class NetworkManager:
                 self._pools[net.id] = ipam.Pool.of(cfg["Subnet"], cfg.get("Gateway", ""),
                                                    cfg.get("IPRange", ""))
         # Leases of containers that were running: before anything can allocate again.
-        for c in self.engine.containers():
+        for c in self.core.handles.containers():
             if _running(c):
                 for ep in (c.network.get("endpoints") or {}).values():
                     pool = self._pools.get(ep.get("NetworkID", ""))
@@ -214,7 +211,7 @@ class NetworkManager:
         for server in servers:
             server.close()
         ports.close_all(bindings)
-        if not any(_running(c) for c in self.engine.containers()):
+        if not any(_running(c) for c in self.core.handles.containers()):
             try:
                 await asyncio.to_thread(self._remove_infrastructure)
             except Exception:
@@ -279,7 +276,7 @@ class NetworkManager:
         return record
 
     def _put(self, record: dict[str, Any]) -> Network:
-        self.engine.store.put_network(record["Id"], record["Name"], time.time(), record)
+        self.core.db.opened.put_network(record["Id"], record["Name"], time.time(), record)
         net = Network(record)
         self._networks[net.id] = net
         return net
@@ -319,12 +316,12 @@ class NetworkManager:
 
     def containers_on(self, net: Network) -> list[Container]:
         """Containers attached to the network (by configuration, running or not)."""
-        return [c for c in self.engine.containers() if net.name in self._endpoints_config(c)]
+        return [c for c in self.core.handles.containers() if net.name in self._endpoints_config(c)]
 
     def active_endpoints(self, net: Network) -> list[tuple[Container, dict[str, Any]]]:
         """Running containers with an endpoint on the network, and the endpoint."""
         out = []
-        for c in self.engine.containers():
+        for c in self.core.handles.containers():
             ep = (c.network.get("endpoints") or {}).get(net.name)
             if ep and _running(c) and ep.get("NetworkID") == net.id:
                 out.append((c, ep))
@@ -399,7 +396,7 @@ class NetworkManager:
             await asyncio.to_thread(self._remove_network_blocking, net)
             raise
         self._pools[net.id] = pool
-        self.engine.events.publish("network", "create", net.id,
+        self.core.events.publish("network", "create", net.id,
                                    {"name": net.name, "type": net.driver})
         return net, ""
 
@@ -411,10 +408,10 @@ class NetworkManager:
             raise Forbidden(f"error while removing network: network {net.name} id {net.id} "
                             "has active endpoints")
         await asyncio.to_thread(self._remove_network_blocking, net)
-        await self.engine.db(self.engine.store.delete_network, net.id)
+        await self.core.db.run(self.core.db.opened.delete_network, net.id)
         self._networks.pop(net.id, None)
         self._pools.pop(net.id, None)
-        self.engine.events.publish("network", "destroy", net.id,
+        self.core.events.publish("network", "destroy", net.id,
                                    {"name": net.name, "type": net.driver})
 
     def _remove_network_blocking(self, net: Network) -> None:
@@ -485,7 +482,7 @@ class NetworkManager:
                 self.by_name("host"), endpoints_in.get("host") or {})}}
         if mode.startswith("container:"):
             ref = mode.split(":", 1)[1]
-            self.engine.get(ref)
+            self.core.handles.get(ref)
             for field, what in (("Hostname", "hostname"), ("MacAddress", "mac-address")):
                 if config.get(field):
                     raise InvalidParameter(f"conflicting options: {what} and the network mode")
@@ -579,7 +576,7 @@ class NetworkManager:
 
     async def _attach_container_mode(self, c: Container, ref: str) -> None:
         try:
-            target = self.engine.get(ref)
+            target = self.core.handles.get(ref)
         except NotFound:
             raise NotFound(f"No such container: {ref}") from None
         if not _running(target):
@@ -587,8 +584,8 @@ class NetworkManager:
         path = target.network.get("netns_path") or f"/proc/{target.state.pid}/ns/net"
         c.config["Hostname"] = target.config.get("Hostname") or c.config.get("Hostname")
         c.config["Domainname"] = target.config.get("Domainname") or ""
-        src = self.engine.container_dir(target)
-        dst = self.engine.container_dir(c)
+        src = self.core.dir(target).base
+        dst = self.core.dir(c).base
 
         def copy() -> None:
             for name in ("hosts", "resolv.conf", "hostname"):
@@ -788,9 +785,9 @@ class NetworkManager:
 
         A restart policy may start a container meanwhile; its record names what it sets up
         before it sets anything up, so ownership is read from the records at each step."""
-        for c in self.engine.containers():
+        for c in self.core.handles.containers():
             if not _running(c) and c.network:
-                async with self.engine._lock(c.id):  # no start is half-way while we hold it
+                async with self.core.handles.lock(c.id):  # no start is half-way while we hold it
                     if not _running(c) and c.network:
                         await asyncio.to_thread(self.release, c)
                         await self._save(c)
@@ -798,7 +795,7 @@ class NetworkManager:
 
         def owned(what: str) -> set[str]:
             out: set[str] = set()
-            for c in self.engine.containers():
+            for c in self.core.handles.containers():
                 rec = c.network
                 if what == "netns" and rec.get("sandbox"):
                     out.add(rec["sandbox"])
@@ -825,7 +822,7 @@ class NetworkManager:
             for cid in have - owned("rules"):
                 log.info("removing leftover DNAT rules of %s", cid[:12])
                 self.firewall.remove_ports(cid)
-            for c in self.engine.containers():
+            for c in self.core.handles.containers():
                 lines = c.network.get("port_rules") or []
                 if lines and _running(c) and c.id not in have:  # iptables was flushed?
                     log.info("restoring the DNAT rules of %s", c.short_id)
@@ -837,7 +834,7 @@ class NetworkManager:
 
     async def connect(self, net_ref: str, container_ref: str, endpoint: Any) -> None:
         net = self.get(net_ref)
-        c = self.engine.get(container_ref)
+        c = self.core.handles.get(container_ref)
         mode = network_mode(c)
         if net.driver == "host" or mode == "host":
             raise InvalidParameter("container cannot be disconnected from host network or "
@@ -848,7 +845,7 @@ class NetworkManager:
         if net.driver == "null" or mode == "none":
             raise InvalidParameter("container cannot be connected to multiple networks with one "
                                    "of the networks in private (none) mode")
-        async with self.engine._lock(c.id):
+        async with self.core.handles.lock(c.id):
             eps = self._endpoints_config(c)
             if net.name in eps:
                 raise Forbidden(f"endpoint with name {c.name} already exists in network "
@@ -898,11 +895,11 @@ class NetworkManager:
 
     async def disconnect(self, net_ref: str, container_ref: str, force: bool = False) -> None:
         net = self.get(net_ref)
-        c = self.engine.get(container_ref)
+        c = self.core.handles.get(container_ref)
         if net.driver == "host" or network_mode(c) == "host":
             raise InvalidParameter("container cannot be disconnected from host network or "
                                    "connected to host network")
-        async with self.engine._lock(c.id):
+        async with self.core.handles.lock(c.id):
             eps = self._endpoints_config(c)
             if net.name not in eps:
                 raise SystemError_(f"container {c.id} is not connected to network {net.name}")
@@ -931,10 +928,10 @@ class NetworkManager:
 
     async def _save(self, c: Container) -> None:
         """Persist the container's record, in order with the engine's own writes."""
-        await self.engine._persist(c)
+        await self.core.db.persist(c)
 
     def _event(self, net: Network, action: str, cid: str) -> None:
-        self.engine.events.publish("network", action, net.id,
+        self.core.events.publish("network", action, net.id,
                                    {"container": cid, "name": net.name, "type": net.driver})
 
     # published ports --------------------------------------------------------------------
@@ -969,7 +966,7 @@ class NetworkManager:
 
     def _etc_host(self, c: Container) -> None:
         """Host mode: the host's name, hosts (plus ExtraHosts) and resolv.conf."""
-        base = self.engine.container_dir(c)
+        base = self.core.dir(c).base
         (base / "hostname").write_text(self._hostname(c) + "\n")
         try:
             hosts = Path("/etc/hosts").read_text()
@@ -986,7 +983,7 @@ class NetworkManager:
         (base / "resolv.conf").write_text(resolv)
 
     def _write_hosts(self, c: Container) -> None:
-        base = self.engine.container_dir(c)
+        base = self.core.dir(c).base
         text = rootfs.hosts_file(self._hostname(c), None, self.extra_hosts(c))
         for ep in (c.network.get("endpoints") or {}).values():
             if ep.get("IPAddress"):
@@ -994,7 +991,7 @@ class NetworkManager:
         (base / "hosts").write_text(text)
 
     def _write_etc(self, c: Container) -> None:
-        base = self.engine.container_dir(c)
+        base = self.core.dir(c).base
         (base / "hostname").write_text(self._hostname(c) + "\n")
         self._write_hosts(c)
         hc = c.host_config
@@ -1014,13 +1011,13 @@ class NetworkManager:
     def _peers(self, cid: str) -> list[tuple[str, Container, dict[str, Any]]]:
         """(network name, container, its endpoint) on the user networks cid is on."""
         try:
-            me = self.engine.get(cid)
+            me = self.core.handles.get(cid)
         except NotFound:
             return []
         mine = {name for name, ep in (me.network.get("endpoints") or {}).items()
                 if (net := self._networks.get(ep.get("NetworkID", ""))) and net.user_defined}
         out = []
-        for c in self.engine.containers():
+        for c in self.core.handles.containers():
             if not _running(c):
                 continue
             for name, ep in (c.network.get("endpoints") or {}).items():
@@ -1072,7 +1069,7 @@ def _host_search() -> list[str]:
 
 
 def _created(net: Network) -> float:
-    from stowd.engine.containers import parse_time
+    from stowd.engine.core.container import parse_time
 
     return parse_time(str(net.record.get("Created") or ""))
 

@@ -60,8 +60,9 @@ def user_devices(devices: list[dict[str, str]]) -> tuple[list[dict[str, Any]],
                                            f'custom device "{host}": not a device node')
                 found = [dev]
         except OSError as exc:
+            why = (exc.strerror or str(exc)).lower()
             raise InvalidParameter(f"error gathering device information while adding custom "
-                                   f'device "{host}": {exc.strerror.lower()}') from None
+                                   f'device "{host}": {why}') from None
         out += found
         rules += [_rule(dev, access) for dev in found if dev["type"] != "p"]
     return out, rules
@@ -103,7 +104,8 @@ def blkio_devices(hc: dict[str, Any]) -> dict[str, Any]:
             try:
                 st = os.stat(entry["Path"])
             except OSError as exc:
-                raise InvalidParameter(f"stat {entry['Path']}: {exc.strerror.lower()}") from None
+                why = (exc.strerror or str(exc)).lower()
+                raise InvalidParameter(f"stat {entry['Path']}: {why}") from None
             if not stat.S_ISBLK(st.st_mode):
                 raise InvalidParameter(f"{entry['Path']} is not a block device")
             item = {"major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev)}

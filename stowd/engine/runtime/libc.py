@@ -68,7 +68,7 @@ def inotify_rm_watch(fd: int, wd: int) -> None:
 
 def inotify_events(fd: int) -> list[tuple[int, int, bytes]]:
     """(watch, mask, name) of every event queued on a non-blocking fd; [] when none is."""
-    out = []
+    out: list[tuple[int, int, bytes]] = []
     while True:
         try:
             data = os.read(fd, 65536)

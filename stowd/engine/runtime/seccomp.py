@@ -227,14 +227,14 @@ def to_oci(profile: dict[str, Any], capabilities: list[str], machine: str | None
             continue
         if includes.get("minKernel") and not _kernel_at_least(kernel, includes["minKernel"]):
             continue
-        entry: dict[str, Any] = {"names": names, "action": call.get("action")}
+        rule: dict[str, Any] = {"names": names, "action": call.get("action")}
         if call.get("errnoRet") is not None:
-            entry["errnoRet"] = call["errnoRet"]
+            rule["errnoRet"] = call["errnoRet"]
         if call.get("args"):
-            entry["args"] = [{"index": a.get("index", 0), "value": a.get("value", 0),
+            rule["args"] = [{"index": a.get("index", 0), "value": a.get("value", 0),
                               "valueTwo": a.get("valueTwo", 0), "op": a.get("op")}
                              for a in call["args"]]
-        syscalls.append(entry)
+        syscalls.append(rule)
     out["syscalls"] = syscalls
     return out
 

@@ -1,4 +1,4 @@
-"""The container record and its lifecycle states."""
+"""The container record (what SQLite keeps of it) and its lifecycle states."""
 
 import time
 from dataclasses import asdict, dataclass, field
@@ -68,7 +68,13 @@ class State:
     has_been_started: bool = False
 
     @property
+    def live(self) -> bool:
+        """Its process is up: running or paused (the one "is active" predicate)."""
+        return self.status in (RUNNING, PAUSED)
+
+    @property
     def running(self) -> bool:
+        """Docker's State.Running: live, or about to be restarted by its policy."""
         return self.status in (RUNNING, PAUSED, RESTARTING)
 
 
