@@ -1,21 +1,21 @@
 """docker commit, image history, docker update and container prune."""
 
-import time
-
 import docker
 import pytest
 from docker.errors import APIError
 
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
+from tests.waits import logs_show
 
 
 def test_commit_keeps_changes_and_applies_config(client: docker.DockerClient,
                                                  cli: Cli) -> None:
     ctr = client.containers.run("busybox", ["sh", "-c", "echo data > /newfile; rm /bin/vi; "
-                                            "mkdir -p /etc/x && echo y > /etc/x/z; sleep 60"],
+                                            "mkdir -p /etc/x && echo y > /etc/x/z; "
+                                            "echo ready; sleep 60"],
                                 detach=True, environment={"KEEP": "me"})
-    time.sleep(0.5)
+    logs_show(ctr, b"ready")  # the changes are made
     image = ctr.commit(repository="committed", tag="v1", message="my commit", author="me",
                        changes=['CMD ["cat", "/newfile"]'])
     try:

@@ -1,7 +1,6 @@
 """The founding document's container operations, through docker-py and the docker CLI."""
 
 import json
-import threading
 import time
 
 import docker
@@ -9,6 +8,7 @@ import pytest
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from tests.integration.conftest import Cli
+from tests.waits import logs_show, until, url
 
 
 def _status(api: docker.APIClient, cid: str) -> str:
@@ -130,19 +130,18 @@ def test_exit_codes_are_true(client: docker.DockerClient) -> None:
 def test_stop_honours_signal_and_timeout(client: docker.DockerClient, api: docker.APIClient
                                          ) -> None:
     # A shell that exits on SIGTERM: stop returns quickly with 143.
-    ctr = client.containers.run("busybox", ["sh", "-c", "trap 'exit 143' TERM; "
+    ctr = client.containers.run("busybox", ["sh", "-c", "trap 'exit 143' TERM; echo ready; "
                                             "while true; do sleep 0.1; done"], detach=True)
-    _wait_status(api, ctr.id, "running")
-    time.sleep(0.3)
+    logs_show(ctr, b"ready")  # the trap is in place
     t0 = time.monotonic()
     ctr.stop(timeout=10)
     assert time.monotonic() - t0 < 5
     assert ctr.wait(timeout=5)["StatusCode"] == 143
     # StopSignal from the config is used.
-    ctr2 = client.containers.run("busybox", ["sh", "-c", "trap 'exit 42' USR1; "
+    ctr2 = client.containers.run("busybox", ["sh", "-c", "trap 'exit 42' USR1; echo ready; "
                                              "while true; do sleep 0.1; done"],
                                  detach=True, stop_signal="SIGUSR1")
-    time.sleep(0.3)
+    logs_show(ctr2, b"ready")
     ctr2.stop(timeout=10)
     assert ctr2.wait(timeout=5)["StatusCode"] == 42
     # Stopping a stopped container is 304, which docker-py treats as success.
@@ -167,9 +166,9 @@ def test_restart_with_t(client: docker.DockerClient, api: docker.APIClient) -> N
 
 
 def test_kill_signals(client: docker.DockerClient, api: docker.APIClient) -> None:
-    ctr = client.containers.run("busybox", ["sh", "-c", "trap 'exit 11' HUP; "
+    ctr = client.containers.run("busybox", ["sh", "-c", "trap 'exit 11' HUP; echo ready; "
                                             "while true; do sleep 0.1; done"], detach=True)
-    time.sleep(0.3)
+    logs_show(ctr, b"ready")
     for sig in ("SIGHUP",):
         ctr.kill(signal=sig)
     assert ctr.wait(timeout=10)["StatusCode"] == 11
@@ -218,7 +217,8 @@ def test_rename_and_prefix_resolution(client: docker.DockerClient, api: docker.A
 
 def test_top_lists_container_processes(client: docker.DockerClient) -> None:
     ctr = client.containers.run("busybox", ["sh", "-c", "sleep 300 & sleep 301"], detach=True)
-    time.sleep(0.3)
+    until(lambda: sum("sleep 30" in row[-1] for row in ctr.top()["Processes"]) == 2,
+          what="both sleeps in top")
     top = ctr.top()
     assert "PID" in top["Titles"] and "CMD" in top["Titles"]
     cmds = [row[-1] for row in top["Processes"]]
@@ -236,17 +236,13 @@ def test_wait_conditions(client: docker.DockerClient, api: docker.APIClient) -> 
     res = created.wait(timeout=10)
     assert res["StatusCode"] == 5
     running = client.containers.run("busybox", ["sleep", "300"], detach=True)
-    result: dict[str, int] = {}
-
-    def waiter() -> None:
-        result.update(api.wait(running.id, timeout=30, condition="removed"))
-
-    t = threading.Thread(target=waiter)
-    t.start()
-    time.sleep(0.3)
+    # The answer's headers come once the waiter is registered (the CLI relies on it too):
+    # with them in hand, the removal cannot be missed.
+    waiting = api.post(url(api, f"/containers/{running.id}/wait"),
+                       params={"condition": "removed"}, stream=True, timeout=30)
+    assert waiting.status_code == 200
     running.remove(force=True)
-    t.join(10)
-    assert result.get("StatusCode") == 137
+    assert waiting.json()["StatusCode"] == 137
     with pytest.raises(APIError) as err:
         api.wait(created.id, condition="bogus")
     assert err.value.status_code == 400
@@ -461,9 +457,8 @@ def test_cli_lifecycle(cli: Cli) -> None:
 
 def test_cli_run_detached_logs_stop(cli: Cli) -> None:
     cli("run", "-d", "--name", "cli-two", "busybox", "sh", "-c",
-        "echo started; trap 'exit 0' TERM; while true; do sleep 0.1; done")
-    time.sleep(0.5)
-    assert cli("logs", "cli-two").stdout == "started\n"
+        "trap 'exit 0' TERM; echo started; while true; do sleep 0.1; done")
+    until(lambda: cli("logs", "cli-two").stdout == "started\n", what="cli-two's log")
     cli("stop", "-t", "5", "cli-two")
     assert cli("wait", "cli-two").stdout.strip() == "0"
     res = cli("rm", "nonexistent-ctr", check=False)
@@ -477,7 +472,7 @@ def test_mac_address_and_log_driver_none(client: docker.DockerClient,
     ctr = client.containers.run("busybox", ["sh", "-c", "cat /sys/class/net/eth0/address; "
                                             "sleep 30"],
                                 detach=True, mac_address="02:42:ac:11:00:0a")
-    time.sleep(0.5)
+    logs_show(ctr, b"02:42:ac:11:00:0a")
     info = api.inspect_container(ctr.id)
     assert info["NetworkSettings"]["MacAddress"] == "02:42:ac:11:00:0a"
     assert ctr.logs().strip() == b"02:42:ac:11:00:0a"

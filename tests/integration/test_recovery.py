@@ -6,13 +6,20 @@ import docker
 import pytest
 
 from tests.daemon import Daemon
+from tests.waits import until
+
+
+def _exited_while_down(daemon: Daemon, cid: str) -> None:
+    """Wait until conmon has recorded the container's exit (its exit file)."""
+    exit_file = daemon.exec_root / "exits" / cid
+    until(exit_file.exists, timeout=20, what=f"{cid[:12]} exited")
 
 
 def test_sigkill_of_stowd_leaves_containers_running(own_daemon: Daemon) -> None:
     client = own_daemon.client()
     keeps = client.containers.run("busybox", ["sleep", "300"], detach=True, name="keeps-running")
-    client.containers.run("busybox", ["sh", "-c", "sleep 1; exit 9"], detach=True,
-                          name="dies-while-down")
+    dies = client.containers.run("busybox", ["sh", "-c", "sleep 1; exit 9"], detach=True,
+                                 name="dies-while-down")
     short = client.containers.run("busybox", ["sh", "-c", "exit 4"], detach=True, name="short")
     short.wait(timeout=10)
     created = client.containers.create("busybox", ["true"], name="just-created")
@@ -22,7 +29,9 @@ def test_sigkill_of_stowd_leaves_containers_running(own_daemon: Daemon) -> None:
     client.close()
 
     own_daemon.kill9()
-    time.sleep(2.0)  # `dies-while-down` and `auto-removed` exit while nobody watches.
+    # `dies-while-down` and `auto-removed` exit while nobody watches.
+    _exited_while_down(own_daemon, dies.id)
+    _exited_while_down(own_daemon, auto.id)
     own_daemon.start()
 
     client = own_daemon.client()
@@ -53,7 +62,7 @@ def test_restart_policy_applies_to_exits_while_down(own_daemon: Daemon) -> None:
                                 restart_policy={"Name": "on-failure", "MaximumRetryCount": 1})
     client.close()
     own_daemon.kill9()
-    time.sleep(1.5)
+    _exited_while_down(own_daemon, ctr.id)
     own_daemon.start()
     client = own_daemon.client()
     deadline = time.monotonic() + 15

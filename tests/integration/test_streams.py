@@ -16,6 +16,7 @@ from docker.errors import APIError, NotFound
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
 from tests.registry import free_port
+from tests.waits import event_seen, until
 
 
 def _gone(api: docker.APIClient, cid: str, timeout: float = 10) -> bool:
@@ -127,6 +128,16 @@ def _raw_attach(daemon: Daemon, path: str) -> socket.socket:
     return sock
 
 
+def _read_until(sock: socket.socket, text: bytes, timeout: float = 10) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    while text not in out:
+        chunk = sock.recv(65536)
+        assert chunk, f"the stream ended before {text!r}: {out!r}"
+        out += chunk
+    return out
+
+
 def _read_all(sock: socket.socket, timeout: float = 10) -> bytes:
     sock.settimeout(timeout)
     out = b""
@@ -179,9 +190,9 @@ def test_detach_keys_leave_container_running(daemon: Daemon, api: docker.APIClie
     sock = _raw_attach(daemon, f"/v1.44/containers/{cid}/attach?stream=1&stdin=1&stdout=1"
                                "&detachKeys=ctrl-x,x")
     sock.sendall(b"abc\n")
-    time.sleep(0.3)
+    seen = _read_until(sock, b"abc")  # the terminal echoes it: cat has it
     sock.sendall(b"\x18x")
-    assert b"abc" in _read_all(sock)
+    assert b"abc" in seen + _read_all(sock)
     assert api.inspect_container(cid)["State"]["Running"]
     # Attach again: stdin still reaches the container.
     sock = _raw_attach(daemon, f"/v1.44/containers/{cid}/attach?stream=1&stdin=1&stdout=1")
@@ -403,17 +414,20 @@ def test_interactive_run_resize_detach_attach(tmux: Tmux, daemon: Daemon,
     tmux.wait_for("/ #")
     tmux.keys("echo $((6*7)); stty size", "Enter")
     tmux.wait_for("42\n30 100")
+    since = time.time()
     tmux.resize(80, 24)
-    time.sleep(0.3)
+    event_seen(api, since, {"container": name, "event": "resize"},
+               lambda e: e["Actor"]["Attributes"].get("width") == "80")
     tmux.keys("stty size", "Enter")
     tmux.wait_for("24 80")
     tmux.keys("C-p", "C-q")
     tmux.wait_for("run-exited=0")
     assert api.inspect_container(name)["State"]["Running"]
     tmux.kill()
+    since = time.time()
     tmux.start(f"DOCKER_HOST={daemon.url} docker attach {name}; echo attach-exited=$?; "
                "sleep 30")
-    time.sleep(1.0)
+    event_seen(api, since, {"container": name, "event": "attach"})
     tmux.keys("echo again-$((1+1))", "Enter")
     tmux.wait_for("again-2")
     tmux.keys("exit 3", "Enter")
@@ -429,10 +443,11 @@ def test_interactive_exec(tmux: Tmux, daemon: Daemon,
     tmux.keys("stty size; tty", "Enter")
     tmux.wait_for("25 90")
     tmux.resize(70, 20)
-    time.sleep(0.3)
-    tmux.keys("stty size; exit 4", "Enter")
-    screen = tmux.wait_for("exec-exited=4")
-    assert "20 70" in screen
+    # An exec's resize publishes no event: ask the terminal until it has the new size.
+    until(lambda: tmux.keys("clear; stty size", "Enter") or "20 70" in tmux.screen(),
+          timeout=10, every=0.3, what="the exec's terminal resized")
+    tmux.keys("exit 4", "Enter")
+    tmux.wait_for("exec-exited=4")
 
 
 # --- events --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
+from tests.waits import until
 
 TOO_OLD = ("client version {v} is too old. Minimum supported API version is 1.24, please "
            "upgrade your client to a newer version")
@@ -368,11 +369,13 @@ def test_cli_events(cli: Cli, client: docker.DockerClient) -> None:
     assert out.splitlines() == ["container create", "container destroy"]
 
 
-def test_docker_cli_is_not_stalled_by_events(cli: Cli) -> None:
+def test_docker_cli_is_not_stalled_by_events(cli: Cli, api: docker.APIClient) -> None:
+    before = api.info()["NEventsListener"]
     proc = subprocess.Popen(["docker", "events", "--format", "{{.Action}}"], env=cli.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)
+        until(lambda: proc.poll() is not None or api.info()["NEventsListener"] > before,
+              what="docker events subscribed")
         assert proc.poll() is None  # connected and waiting, not failed
     finally:
         proc.terminate()

@@ -458,8 +458,7 @@ def test_volume_events(client: docker.DockerClient, api: docker.APIClient,
     volumes.append("vt-events")
     ctr = client.containers.run("busybox", ["true"], volumes=["vt-events:/e"], detach=True)
     ctr.wait(timeout=20)
-    time.sleep(0.3)
-    ctr.remove()
+    ctr.remove()  # after the exit's teardown (it holds the container's lock): unmount first
     client.volumes.get("vt-events").remove()
     seen = [(e["Action"], e["Actor"]["ID"], e["Actor"]["Attributes"])
             for e in api.events(since=since, until=time.time() + 0.5, decode=True,
