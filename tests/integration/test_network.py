@@ -21,6 +21,7 @@ import pytest
 from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
 from tests.daemon import Daemon, network_leftovers
 from tests.integration.conftest import Cli
+from tests.waits import until
 
 HTTPD = ("mkdir -p /w{port} && echo {text} > /w{port}/index.html && "
          "exec httpd -f -p {port} -h /w{port}")
@@ -219,7 +220,9 @@ def test_port_in_use_fails_start_cleanly(client: docker.DockerClient, api: docke
     info = api.inspect_container(ctr.id)
     assert info["State"]["Status"] == "created" and "already in use" in info["State"]["Error"]
     assert info["NetworkSettings"]["Networks"]["bridge"]["IPAddress"] == ""
-    assert _host_state(daemon) == before  # nothing left: no namespace, veth or rule
+    # Nothing left: no namespace, veth or rule (the kernel frees a namespace's veths just
+    # after the namespace goes).
+    until(lambda: _host_state(daemon) == before, timeout=10, what="host state restored")
     squatter.close()
     ctr.start()
     assert _host_port(api, ctr.id, "80/tcp") == port

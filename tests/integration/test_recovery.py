@@ -6,13 +6,22 @@ import docker
 import pytest
 
 from tests.daemon import Daemon
-from tests.waits import until
+from tests.waits import process_gone
 
 
-def _exited_while_down(daemon: Daemon, cid: str) -> None:
-    """Wait until conmon has recorded the container's exit (its exit file)."""
-    exit_file = daemon.exec_root / "exits" / cid
-    until(exit_file.exists, timeout=20, what=f"{cid[:12]} exited")
+def _conmon_pid(daemon: Daemon, cid: str) -> int:
+    """The pid of the container's conmon (0 once stowd has cleaned up after its exit)."""
+    try:
+        return int((daemon.exec_root / "conmon" / f"{cid}.conmon.pid").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def _exited_while_down(conmon_pid: int) -> None:
+    """Wait until the container's conmon is gone: it exits right after writing the exit
+    file, so the exit is on disk for the restarted daemon to find."""
+    if conmon_pid:
+        process_gone(conmon_pid, timeout=20)
 
 
 def test_sigkill_of_stowd_leaves_containers_running(own_daemon: Daemon) -> None:
@@ -26,12 +35,13 @@ def test_sigkill_of_stowd_leaves_containers_running(own_daemon: Daemon) -> None:
     auto = client.containers.run("busybox", ["sh", "-c", "sleep 1"], detach=True,
                                  name="auto-removed", auto_remove=True)
     pid_before = client.api.inspect_container(keeps.id)["State"]["Pid"]
+    conmons = [_conmon_pid(own_daemon, c.id) for c in (dies, auto)]
     client.close()
 
     own_daemon.kill9()
     # `dies-while-down` and `auto-removed` exit while nobody watches.
-    _exited_while_down(own_daemon, dies.id)
-    _exited_while_down(own_daemon, auto.id)
+    for pid in conmons:
+        _exited_while_down(pid)
     own_daemon.start()
 
     client = own_daemon.client()
@@ -60,9 +70,10 @@ def test_restart_policy_applies_to_exits_while_down(own_daemon: Daemon) -> None:
     client = own_daemon.client()
     ctr = client.containers.run("busybox", ["sh", "-c", "sleep 1; exit 1"], detach=True,
                                 restart_policy={"Name": "on-failure", "MaximumRetryCount": 1})
+    conmon = _conmon_pid(own_daemon, ctr.id)
     client.close()
     own_daemon.kill9()
-    _exited_while_down(own_daemon, ctr.id)
+    _exited_while_down(conmon)
     own_daemon.start()
     client = own_daemon.client()
     deadline = time.monotonic() + 15
