@@ -100,5 +100,6 @@ def test_soak_short(own_daemon: Daemon) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # about 0.3 s a cycle on an idle machine, much more on a busy one
 def test_soak_1000(own_daemon: Daemon) -> None:
     soak(own_daemon, 1000)
