@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import docker
+import requests
+from docker.errors import create_api_error_from_http_exception
 
 
 def until(pred: Callable[[], object], timeout: float = 15.0, what: str = "condition",
@@ -60,3 +62,13 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def result_of(res: requests.Response, json: bool = True) -> Any:
+    """A raw answer as docker-py reports one: APIError (NotFound, ...) for an HTTP error,
+    else the decoded JSON (or the text)."""
+    try:
+        res.raise_for_status()
+    except requests.HTTPError as exc:
+        raise create_api_error_from_http_exception(exc) from None
+    return res.json() if json else res.text

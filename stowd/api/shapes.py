@@ -78,7 +78,7 @@ def network_mode(c: Container) -> str:
 
 def _published(c: Container) -> tuple[list[str], list[ports.Binding]] | None:
     """Exposed port keys and host bindings of a running container with its own network."""
-    if c.state.status not in (RUNNING, PAUSED) or c.network.get("mode") not in ("bridge", "none"):
+    if not c.state.live or c.network.get("mode") not in ("bridge", "none"):
         return None
     keys = ports.exposed_keys(c.config.get("ExposedPorts"), c.host_config.get("PortBindings"))
     return keys, [ports.Binding.from_record(r) for r in c.network.get("ports") or []]
@@ -92,7 +92,7 @@ def ports_summary(c: Container) -> list[dict[str, Any]]:
 
 def _endpoints(c: Container) -> dict[str, dict[str, Any]]:
     """NetworkSettings.Networks: each attached network, with its address while running."""
-    running = c.state.status in (RUNNING, PAUSED)
+    running = c.state.live
     live = (c.network.get("endpoints") or {}) if running else {}
     out = {}
     for name, cfg in ((c.networking_config or {}).get("EndpointsConfig") or {}).items():
@@ -177,12 +177,12 @@ def state_of(c: Container) -> dict[str, Any]:
     st = c.state
     return {
         "Status": st.status,
-        "Running": st.status in (RUNNING, PAUSED, RESTARTING),
+        "Running": st.running,
         "Paused": st.status == PAUSED,
         "Restarting": st.status == RESTARTING,
         "OOMKilled": st.oom_killed,
         "Dead": st.status == DEAD,
-        "Pid": st.pid if st.status in (RUNNING, PAUSED) else 0,
+        "Pid": st.pid if st.live else 0,
         "ExitCode": st.exit_code,
         "Error": st.error,
         "StartedAt": st.started_at,
@@ -195,7 +195,7 @@ def network_settings(c: Container) -> dict[str, Any]:
     networks = _endpoints(c)
     bridge = networks.get("bridge") or {}
     published = _published(c)
-    running = c.state.status in (RUNNING, PAUSED)
+    running = c.state.live
     return {
         "Bridge": "",
         "SandboxID": c.network.get("sandbox_id", "") if running else "",

@@ -2,10 +2,11 @@
 
 import asyncio
 import io
-import json
 from typing import Any
 
 from aiohttp import StreamReader
+
+from stowd.api.common import json_bytes
 
 
 class BodyReader(io.RawIOBase):
@@ -38,7 +39,8 @@ class BodyReader(io.RawIOBase):
 
 
 def json_line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\r\n"
+    """A progress line: the one JSON encoding, ended as dockerd's streams end theirs."""
+    return json_bytes(obj)[:-1] + b"\r\n"
 
 
 def error_line(message: str) -> bytes:

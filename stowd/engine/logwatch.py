@@ -83,7 +83,6 @@ class LogWatch:
         self._inotify.close()
 
 
-LOG_NAME = b"ctr.log"
 ROTATE_GAP = 0.05  # seconds between two size checks while logs are being written
 
 
@@ -147,7 +146,8 @@ class LogRotator:
                         rotation = self._by_wd.pop(wd, None)
                         if rotation is not None and self._wd.get(rotation.key) == wd:
                             del self._wd[rotation.key]
-                    elif name == LOG_NAME and wd in self._by_wd:
+                    elif (wd in self._by_wd
+                          and name == os.fsencode(self._by_wd[wd].log.name)):
                         due[wd] = self._by_wd[wd]
                 if due:
                     # Unread, the writes meanwhile coalesce into one event per log.

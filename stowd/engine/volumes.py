@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import stat
 import subprocess
 import threading
@@ -33,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from stowd.engine import mountspec
-from stowd.engine.core.container import PAUSED, RUNNING, Container
+from stowd.engine.core.container import Container
 from stowd.engine.core.core import Core
+from stowd.engine.core.layout import remove_tree, sweep_trash
+from stowd.engine.dirsize import dir_size
 from stowd.engine.errors import Conflict, EngineError, InvalidParameter, NotFound, SystemError_
 from stowd.engine.labels import labels_match
 from stowd.engine.mountspec import ANONYMOUS_LABEL, BIND, LOCAL_DRIVER, TMPFS, VOLUME
@@ -181,15 +182,6 @@ def copy_up(rootfs: Path, destination: str, volume_dir: Path) -> bool:
     return True
 
 
-def dir_size(path: Path) -> int:
-    total = 0
-    for dirpath, _, filenames in os.walk(path):
-        for f in filenames:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-    return total
-
-
 class VolumeManager:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -214,13 +206,12 @@ class VolumeManager:
     def _open_blocking(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o701)
-        for trash in self.root.glob(".trash-*"):
-            shutil.rmtree(trash, ignore_errors=True)
+        sweep_trash(self.root)
         for record in self.core.db.opened.all_volumes():
             vol = Volume.from_record(record)
             self._volumes[vol.name] = vol
         for c in self.core.handles.containers():
-            if c.state.status in (RUNNING, PAUSED):
+            if c.state.live:
                 held = [m.name for m in mountspec.mounts_of(c.mounts) if m.type == VOLUME]
                 self._active[c.id] = held
                 for name in held:
@@ -309,12 +300,13 @@ class VolumeManager:
 
     def _create_blocking(self, vol: Volume) -> None:
         self.mountpoint(vol.name).mkdir(mode=0o755, parents=True, exist_ok=True)
-        self.core.db.opened.put_volume(vol.name, time.time(), vol.to_record())
+        self.core.db.call(self.core.db.opened.put_volume, vol.name, time.time(),
+                          vol.to_record())
 
     def _remove_blocking(self, name: str) -> None:
         """The directory goes first: a volume that cannot be unmounted stays listed."""
         self._remove_dirs(name)
-        self.core.db.opened.delete_volume(name)
+        self.core.db.call(self.core.db.opened.delete_volume, name)
 
     def _remove_dirs(self, name: str) -> None:
         data = str(self.mountpoint(name))
@@ -325,13 +317,7 @@ class VolumeManager:
                 mounts.unmount(data)
         if mounts.is_mounted(data):  # never delete through a mount (a bind of host files)
             raise SystemError_(f"remove {name}: {data} is still mounted")
-        # Rename now (atomic), delete the tree in the background: a volume can be large.
-        trash = self.root / f".trash-{name}-{secrets.token_hex(4)}"
-        try:
-            os.rename(self.root / name, trash)
-        except FileNotFoundError:
-            return
-        threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
+        remove_tree(self.root / name)  # a volume can be large: deleted in the background
 
     async def prune(self, filters: dict[str, list[str]],
                     version: tuple[int, int]) -> tuple[list[str], int]:

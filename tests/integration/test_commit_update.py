@@ -6,7 +6,7 @@ from docker.errors import APIError
 
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
-from tests.waits import logs_show
+from tests.waits import logs_show, url
 
 
 def test_commit_keeps_changes_and_applies_config(client: docker.DockerClient,
@@ -105,16 +105,16 @@ def test_image_prune(client: docker.DockerClient, api: docker.APIClient) -> None
     assert {"Untagged": "prune-me:v1"} in result["ImagesDeleted"]
     assert result["SpaceReclaimed"] >= 0
     assert client.images.get("busybox").id == base.id
-    assert (api._post(api._url("/build/prune")).json() ==
+    assert (api.post(url(api, "/build/prune")).json() ==
             {"CachesDeleted": None, "SpaceReclaimed": 0})
 
 
 def test_swarm_answers_as_a_plain_engine(api: docker.APIClient) -> None:
-    res = api._get(api._url("/swarm"))
+    res = api.get(url(api, "/swarm"))
     assert res.status_code == 503 and "not a swarm manager" in res.json()["message"]
-    res = api._post(api._url("/swarm/leave"), params={"force": 1})
+    res = api.post(url(api, "/swarm/leave"), params={"force": 1})
     assert res.status_code == 503 and res.json()["message"] == "This node is not part of a swarm"
-    assert api._get(api._url("/plugins")).json() == []
+    assert api.get(url(api, "/plugins")).json() == []
 
 
 def test_limits_given_at_create_reach_the_cgroup(client: docker.DockerClient,

@@ -8,7 +8,7 @@ import pytest
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from tests.integration.conftest import Cli
-from tests.waits import logs_show, until, url
+from tests.waits import logs_show, result_of, until, url
 
 
 def _status(api: docker.APIClient, cid: str) -> str:
@@ -50,7 +50,7 @@ SEED_BODY = {
 
 def test_founding_document_create_body(api: docker.APIClient) -> None:
     """The seed's full create body is accepted, kept, and shown by inspect."""
-    res = api._post_json(api._url("/containers/create"), data=SEED_BODY,
+    res = api.post(url(api, "/containers/create"), json=SEED_BODY,
                          params={"name": "seed-pg"})
     assert res.status_code == 201, res.text
     body = res.json()
@@ -145,14 +145,14 @@ def test_stop_honours_signal_and_timeout(client: docker.DockerClient, api: docke
     ctr2.stop(timeout=10)
     assert ctr2.wait(timeout=5)["StatusCode"] == 42
     # Stopping a stopped container is 304, which docker-py treats as success.
-    res = api._post(api._url("/containers/{0}/stop", ctr2.id))
+    res = api.post(url(api, f"/containers/{ctr2.id}/stop"))
     assert res.status_code == 304
 
 
 def test_restart_with_t(client: docker.DockerClient, api: docker.APIClient) -> None:
     ctr = client.containers.run("busybox", ["sleep", "300"], detach=True)
     first = api.inspect_container(ctr.id)["State"]
-    res = api._post(api._url("/containers/{0}/restart", ctr.id), params={"t": 1})
+    res = api.post(url(api, f"/containers/{ctr.id}/restart"), params={"t": 1})
     assert res.status_code == 204
     second = api.inspect_container(ctr.id)["State"]
     assert second["Running"] and second["Pid"] != first["Pid"]
@@ -160,7 +160,7 @@ def test_restart_with_t(client: docker.DockerClient, api: docker.APIClient) -> N
     # Restarting a stopped container simply starts it (no 304).
     ctr.kill()
     ctr.wait(timeout=10)
-    assert api._post(api._url("/containers/{0}/restart", ctr.id),
+    assert api.post(url(api, f"/containers/{ctr.id}/restart"),
                      params={"t": 0}).status_code == 204
     assert _status(api, ctr.id) == "running"
 
@@ -267,14 +267,14 @@ def test_logs_options(client: docker.DockerClient, api: docker.APIClient) -> Non
     assert ctr.logs(since=future) == b""
     assert ctr.logs(until=1) == b""
     with pytest.raises(APIError) as err:
-        api._result(api._get(api._url("/containers/{0}/logs", ctr.id)))
+        result_of(api.get(url(api, f"/containers/{ctr.id}/logs")))
     assert err.value.status_code == 400
 
 
 def test_logs_tty_are_raw(client: docker.DockerClient, api: docker.APIClient) -> None:
     ctr = client.containers.run("busybox", ["sh", "-c", "echo tty-line"], tty=True, detach=True)
     ctr.wait(timeout=10)
-    res = api._get(api._url("/containers/{0}/logs", ctr.id), params={"stdout": 1, "stderr": 1})
+    res = api.get(url(api, f"/containers/{ctr.id}/logs"), params={"stdout": 1, "stderr": 1})
     assert res.status_code == 200
     assert res.content == b"tty-line\r\n"
     assert res.headers["Content-Type"] == "application/vnd.docker.raw-stream"
@@ -283,7 +283,7 @@ def test_logs_tty_are_raw(client: docker.DockerClient, api: docker.APIClient) ->
 def test_logs_are_framed_without_tty(api: docker.APIClient, client: docker.DockerClient) -> None:
     ctr = client.containers.run("busybox", ["sh", "-c", "echo a; echo b >&2"], detach=True)
     ctr.wait(timeout=10)
-    res = api._get(api._url("/containers/{0}/logs", ctr.id), params={"stdout": 1, "stderr": 1})
+    res = api.get(url(api, f"/containers/{ctr.id}/logs"), params={"stdout": 1, "stderr": 1})
     assert res.headers["Content-Type"] == "application/vnd.docker.multiplexed-stream"
     frames = res.content
     assert b"\x01\x00\x00\x00\x00\x00\x00\x02a\n" in frames
@@ -327,7 +327,7 @@ def test_list_filters_and_shape(client: docker.DockerClient, api: docker.APIClie
         api.containers(filters={"bogus": "1"})
     assert err.value.status_code == 400
     # The CLI's map form of filters works too.
-    res = api._get(api._url("/containers/json"),
+    res = api.get(url(api, "/containers/json"),
                    params={"all": 1, "filters": json.dumps({"label": {"team=y": True}})})
     assert [r["Id"] for r in res.json()] == [b.id]
 
@@ -341,14 +341,14 @@ def _count(api: docker.APIClient) -> int:
 
 def test_malformed_json_is_400(api: docker.APIClient) -> None:
     before = _count(api)
-    res = api._post(api._url("/containers/create"), data=b"{not json",
+    res = api.post(url(api, "/containers/create"), data=b"{not json",
                     headers={"Content-Type": "application/json"})
     assert res.status_code == 400
     assert "message" in res.json()
-    res = api._post(api._url("/containers/create"), data=b'{"Image": 5}',
+    res = api.post(url(api, "/containers/create"), data=b'{"Image": 5}',
                     headers={"Content-Type": "application/json"})
     assert res.status_code == 400
-    res = api._post(api._url("/containers/create"), data=b'{"Image": "busybox", "Cmd": 5}',
+    res = api.post(url(api, "/containers/create"), data=b'{"Image": "busybox", "Cmd": 5}',
                     headers={"Content-Type": "application/json"})
     assert res.status_code == 400
     assert _count(api) == before
@@ -413,8 +413,8 @@ def test_bad_restart_policy_and_autoremove(api: docker.APIClient) -> None:
     for hc in ({"RestartPolicy": {"Name": "sometimes"}},
                {"RestartPolicy": {"Name": "always", "MaximumRetryCount": 3}},
                {"RestartPolicy": {"Name": "always"}, "AutoRemove": True}):
-        res = api._post_json(api._url("/containers/create"),
-                             data={"Image": "busybox", "Cmd": ["true"], "HostConfig": hc})
+        res = api.post(url(api, "/containers/create"),
+                             json={"Image": "busybox", "Cmd": ["true"], "HostConfig": hc})
         assert res.status_code == 400, (hc, res.text)
     assert _count(api) == before
 
@@ -432,7 +432,7 @@ def test_missing_command_is_400(api: docker.APIClient) -> None:
 
 def test_version_paths(api: docker.APIClient) -> None:
     for prefix in ("", "/v1.24", "/v1.32", "/v1.40", "/v1.44"):
-        res = api._get(f"{api.base_url}{prefix}/containers/json")
+        res = api.get(f"{api.base_url}{prefix}/containers/json")
         assert res.status_code == 200, prefix
 
 

@@ -32,6 +32,7 @@ from tests.unit.test_images_tarballs import (
     sha256,
     whiteout,
 )
+from tests.waits import url
 
 PREFIX = "stowd-test"
 
@@ -85,7 +86,7 @@ def raw(daemon: Daemon, method: str, path: str, **kwargs: object) -> requests.Re
     """A request as sent, without docker-py's interpretation."""
     api = docker.APIClient(base_url=daemon.url)
     try:
-        return api.request(method, api._url(path), **kwargs)  # type: ignore[arg-type]
+        return api.request(method, url(api, path), **kwargs)
     finally:
         api.close()
 

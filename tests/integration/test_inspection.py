@@ -14,6 +14,7 @@ from docker.errors import APIError, NotFound
 
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
+from tests.waits import result_of, url
 
 MIB = 2**20
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "kB": 1e3, "MB": 1e6, "GB": 1e9}
@@ -123,7 +124,7 @@ def test_stats_json_shape_and_modes(client: docker.DockerClient, api: docker.API
     assert empty["read"] == "0001-01-01T00:00:00Z" and empty["memory_stats"] == {}
     assert empty["blkio_stats"]["io_service_bytes_recursive"] is None
     with pytest.raises(APIError) as err:
-        api._result(api._get(api._url("/containers/{0}/stats", c.id),
+        result_of(api.get(url(api, f"/containers/{c.id}/stats"),
                              params={"stream": "1", "one-shot": "1"}))
     assert err.value.status_code == 400
 
@@ -362,8 +363,8 @@ def test_cp_escapes_are_confined(client: docker.DockerClient, api: docker.APICli
 def test_cp_no_overwrite_dir_non_dir(client: docker.DockerClient, api: docker.APIClient) -> None:
     c = client.containers.run("busybox", ["sleep", "1000"], detach=True)
     with pytest.raises(APIError) as err:
-        api._raise_for_status(api._put(
-            api._url("/containers/{0}/archive", c.id), data=_tar(("file", "tmp", "x")),
+        result_of(api.put(
+            url(api, f"/containers/{c.id}/archive"), data=_tar(("file", "tmp", "x")),
             params={"path": "/", "noOverwriteDirNonDir": "true"}))
     assert "cannot overwrite directory" in str(err.value.explanation)
     assert c.exec_run(["test", "-d", "/tmp"]).exit_code == 0
@@ -398,8 +399,7 @@ def test_sizes_and_system_df(client: docker.DockerClient, api: docker.APIClient,
     c.wait()
     idle = client.containers.create("busybox", ["true"])
     image = client.images.get("busybox")
-    info = api._result(api._get(api._url("/containers/{0}/json", c.id), params={"size": 1}),
-                       True)
+    info = result_of(api.get(url(api, f"/containers/{c.id}/json"), params={"size": 1}))
     assert info["SizeRw"] == 100000  # the hard link counts once
     assert info["SizeRootFs"] == 100000 + image.attrs["Size"]
     rows = {r["Id"]: r for r in api.containers(all=True, size=True)}
@@ -425,7 +425,7 @@ def test_system_df_volumes(client: docker.DockerClient, api: docker.APIClient) -
         row = next(v for v in api.df()["Volumes"] if v["Name"] == "df-vol")
         assert row["UsageData"] == {"RefCount": 1, "Size": 1000}
         assert row["Driver"] == "local" and row["Mountpoint"]
-        only = api._result(api._get(api._url("/system/df"), params={"type": "volume"}), True)
+        only = result_of(api.get(url(api, "/system/df"), params={"type": "volume"}))
         assert only["Containers"] == [] and any(v["Name"] == "df-vol" for v in only["Volumes"])
         holder.remove()
     finally:

@@ -21,7 +21,7 @@ import pytest
 from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
 from tests.daemon import Daemon, network_leftovers
 from tests.integration.conftest import Cli
-from tests.waits import until
+from tests.waits import until, url
 
 HTTPD = ("mkdir -p /w{port} && echo {text} > /w{port}/index.html && "
          "exec httpd -f -p {port} -h /w{port}")
@@ -584,5 +584,5 @@ def test_network_names_as_dockerd_takes_them(client: docker.DockerClient,
         assert [n["Name"] for n in api.networks(names=["test 01"])] == ["test 01"]
     finally:
         net.remove()
-    res = api._post_json(api._url("/networks/create"), data={"Name": "a/b"})
+    res = api.post(url(api, "/networks/create"), json={"Name": "a/b"})
     assert res.status_code == 400

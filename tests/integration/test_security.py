@@ -5,6 +5,7 @@ from pathlib import Path
 import docker
 
 from tests.daemon import Daemon
+from tests.waits import url
 
 DOCKER_DEFAULT_CAPS = "00000000a80425fb"  # what `docker run busybox` shows in CapEff
 
@@ -79,7 +80,7 @@ def test_each_container_gets_its_own_cgroup(client: docker.DockerClient, daemon:
 
 
 def test_console_size_reaches_the_tty(api: docker.APIClient) -> None:
-    res = api._post_json(api._url("/containers/create"), data={
+    res = api.post(url(api, "/containers/create"), json={
         "Image": "busybox", "Tty": True, "Cmd": ["stty", "size", "-F", "/dev/stdout"],
         "HostConfig": {"ConsoleSize": [33, 111]}})
     cid = res.json()["Id"]

@@ -16,7 +16,7 @@ from docker.errors import APIError, NotFound
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
 from tests.registry import free_port
-from tests.waits import event_seen, until
+from tests.waits import event_seen, until, url
 
 
 def _gone(api: docker.APIClient, cid: str, timeout: float = 10) -> bool:
@@ -158,7 +158,7 @@ def test_attach_before_start_sees_first_byte_with_half_close(
 
 
 def test_attach_stdin_once_closes_stdin_on_eof(daemon: Daemon, api: docker.APIClient) -> None:
-    res = api._post_json(api._url("/containers/create"), data={
+    res = api.post(url(api, "/containers/create"), json={
         "Image": "busybox", "Cmd": ["sh", "-c", "cat; echo after-eof"], "OpenStdin": True,
         "StdinOnce": True})
     cid = res.json()["Id"]
@@ -297,7 +297,7 @@ def test_log_max_file_rotates_and_reads_across_files(client: docker.DockerClient
 def test_bad_log_options_are_400(api: docker.APIClient) -> None:
     for config in ({"max-size": "lots"}, {"max-file": "0", "max-size": "1m"},
                    {"nonsense": "1"}):
-        res = api._post_json(api._url("/containers/create"), data={
+        res = api.post(url(api, "/containers/create"), json={
             "Image": "busybox", "Cmd": ["true"],
             "HostConfig": {"LogConfig": {"Type": "json-file", "Config": config}}})
         assert res.status_code == 400, (config, res.text)

@@ -18,6 +18,7 @@ from docker.errors import APIError, NotFound
 from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
+from tests.waits import url
 
 ANON = "com.docker.volume.anonymous"
 IMAGE = "stowd-voltest:latest"
@@ -95,7 +96,7 @@ def test_docker_py_volume_calls(client: docker.DockerClient, volumes: list[str],
     assert vol in client.volumes.list(filters={"label": "k=v"})
     assert vol not in client.volumes.list(filters={"label": "k=w"})
     assert vol in client.volumes.list(filters={"dangling": True})
-    raw = client.api._result(client.api._get(client.api._url("/volumes")), json=True)
+    raw = client.api.volumes()
     assert raw["Warnings"] == []
     vol.remove()
     with pytest.raises(NotFound) as exc:
@@ -104,7 +105,7 @@ def test_docker_py_volume_calls(client: docker.DockerClient, volumes: list[str],
     with pytest.raises(NotFound):
         client.api.remove_volume("vt-pycalls")
     # force: a missing volume is no error (docker-py drops its own force parameter)
-    res = client.api._delete(client.api._url("/volumes/vt-pycalls"), params={"force": 1})
+    res = client.api.delete(url(client.api, "/volumes/vt-pycalls"), params={"force": 1})
     assert res.status_code == 204
 
 
@@ -274,8 +275,8 @@ def test_inspect_mounts_match_dockerd(client: docker.DockerClient, api: docker.A
 ])
 def test_bad_mount_requests(api: docker.APIClient, host_config: dict[str, object],
                             message: str) -> None:
-    res = api._post_json(api._url("/containers/create"),
-                         data={"Image": "busybox", "Cmd": ["true"], "HostConfig": host_config})
+    res = api.post(url(api, "/containers/create"),
+                         json={"Image": "busybox", "Cmd": ["true"], "HostConfig": host_config})
     assert res.status_code in (400, 404), res.text
     assert message in res.json()["message"]
     assert not [v for v in (api.volumes()["Volumes"] or []) if v["Name"] in ("v1", "v2")]

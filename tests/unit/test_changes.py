@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stowd.engine.changes import ADDED, DELETED, MODIFIED, collect_changes
-from stowd.engine.diskusage import dir_size
+from stowd.engine.dirsize import dir_size
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="whiteouts (char 0:0) and trusted.* xattrs need root")

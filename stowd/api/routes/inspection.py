@@ -3,7 +3,6 @@
 import asyncio
 import base64
 import contextlib
-import json
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from stowd.api.params import api_version, bool_param
 from stowd.api.routes.volumes import volume_shape
 from stowd.api.streams import BodyReader
 from stowd.engine.archive_path import PathStat
-from stowd.engine.core.container import PAUSED, RUNNING, ZERO_TIME, Container, rfc3339_nano
+from stowd.engine.core.container import ZERO_TIME, Container, rfc3339_nano
 from stowd.engine.errors import EngineError, InvalidParameter
 from stowd.engine.stats import BLKIO_LISTS, CpuSample, Sample
 
@@ -98,7 +97,7 @@ async def stats(request: web.Request) -> web.StreamResponse:
     one_shot = bool_param(request, "one-shot") and api_version(request) >= (1, 41)
     if stream and one_shot:
         raise InvalidParameter("cannot have stream=true and one-shot=true")
-    running = c.state.status in (RUNNING, PAUSED)
+    running = c.state.live
     if not stream:
         if not running:
             body = stats_json(c, None, None)
@@ -155,8 +154,7 @@ async def export(request: web.Request) -> web.StreamResponse:
 
 
 def _stat_header(st: PathStat) -> str:
-    raw = json.dumps(st.to_json(), separators=(",", ":")).encode()
-    return base64.b64encode(raw).decode()
+    return base64.b64encode(json_bytes(st.to_json())[:-1]).decode()
 
 
 def _path(request: web.Request) -> str:

@@ -1,7 +1,6 @@
 """Network routes: /networks, /networks/{id}, create, connect, disconnect, prune."""
 
 import re
-import time
 from typing import Any
 
 from aiohttp import web
@@ -10,8 +9,8 @@ from stowd.api.backend import NetworksBackend
 from stowd.api.common import Router, backend_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import json_body
-from stowd.engine.core.container import PAUSED, RUNNING, parse_time
 from stowd.engine.errors import InvalidParameter
+from stowd.engine.labels import labels_match
 from stowd.engine.network.manager import Network
 
 LIST_FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
@@ -27,7 +26,7 @@ def network_shape(manager: NetworksBackend, net: Network, containers: bool) -> d
     attached: dict[str, Any] = {}
     if containers:
         for c in manager.containers_on(net):
-            if c.state.status not in (RUNNING, PAUSED):
+            if not c.state.live:
                 continue
             ep = (c.network.get("endpoints") or {}).get(net.name)
             if ep is None and net.driver == "bridge":
@@ -72,12 +71,8 @@ def _selected(manager: NetworksBackend, net: Network, filters: dict[str, list[st
         kind = "builtin" if net.predefined else "custom"
         if kind not in filters["type"]:
             return False
-    if "label" in filters:
-        labels = net.record.get("Labels") or {}
-        for want in filters["label"]:
-            key, sep, value = want.partition("=")
-            if key not in labels or (sep and labels[key] != value):
-                return False
+    if "label" in filters and not labels_match(net.record.get("Labels"), filters["label"]):
+        return False
     if "dangling" in filters:
         value = filters["dangling"][-1].lower()
         if value not in ("true", "false", "1", "0"):
@@ -138,27 +133,9 @@ async def remove(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _until(value: str) -> float:
-    """Docker's `until`: a Unix time, an RFC 3339 time, or a duration before now."""
-    value = value.strip()
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    units = {"s": 1, "m": 60, "h": 3600}
-    if value and value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
-        return time.time() - float(value[:-1]) * units[value[-1]]
-    try:
-        return parse_time(value)
-    except ValueError:
-        raise InvalidParameter(f"invalid filter 'until={value}'") from None
-
-
 async def prune(request: web.Request) -> web.Response:
     filters = parse_filters(request.query.get("filters"), PRUNE_FILTERS)
-    until = _until(filters["until"][-1]) if filters.get("until") else None
-    labels = filters.get("label", []) + ["!" + v for v in filters.get("label!", [])]
-    deleted = await backend_of(request).network.prune(until, labels)
+    deleted = await backend_of(request).network.prune(filters)
     return json_ok({"NetworksDeleted": deleted or None})
 
 

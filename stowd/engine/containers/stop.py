@@ -56,11 +56,8 @@ async def stop_with(x: Ctx, c: Container, signum: int, timeout: float) -> None:
     except RuntimeError_:
         timeout = min(timeout, 2) if timeout >= 0 else 2
     await fault_point("stop:signalled")
-    try:
-        await asyncio.wait_for(asyncio.shield(exited), None if timeout < 0 else timeout)
+    if await exit_within(exited, None if timeout < 0 else timeout):
         return
-    except TimeoutError:
-        pass
     if not await kill_and_wait(x, c, exited):
         raise SystemError_(f"cannot stop container: {c.name}: tried to kill container, "
                            "but did not receive an exit event")
@@ -74,8 +71,14 @@ async def kill_and_wait(x: Ctx, c: Container,
         exited = x.core.handles.of(c).exit_future()
     with contextlib.suppress(RuntimeError_):
         await send_signal(x, c, signal.SIGKILL)
+    return await exit_within(exited, KILL_WAIT)
+
+
+async def exit_within(exited: "asyncio.Future[ExitStatus]", seconds: float | None) -> bool:
+    """Whether the exit came within `seconds` (None: however long it takes); the waiter
+    stays registered either way."""
     try:
-        await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
+        await asyncio.wait_for(asyncio.shield(exited), seconds)
     except TimeoutError:
         return False
     return True
@@ -103,8 +106,7 @@ async def kill(x: Ctx, ref: str, sig: str | None = None) -> None:
     except RuntimeError_ as exc:
         raise SystemError_(f"cannot kill container: {c.name}: {exc.message}") from exc
     if signum == signal.SIGKILL:  # a slow exit is not kill's failure: it was signalled
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), KILL_WAIT)
+        await exit_within(exited, KILL_WAIT)
 
 
 async def restart(x: Ctx, ref: str, timeout: int | None = None, sig: str | None = None) -> None:

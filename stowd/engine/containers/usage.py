@@ -6,13 +6,14 @@ import collections
 from stowd.engine import diskusage
 from stowd.engine.containers.context import Ctx
 from stowd.engine.core.container import Container
+from stowd.engine.dirsize import dir_size
 from stowd.engine.volumes import Volume
 
 
 async def container_sizes(x: Ctx, c: Container) -> tuple[int, int]:
     """(SizeRw, SizeRootFs): bytes in the writable layer, and with the image."""
     image = await asyncio.to_thread(x.images.find, c.image_id)
-    rw = await asyncio.to_thread(diskusage.dir_size, x.core.dir(c).upper)
+    rw = await asyncio.to_thread(dir_size, x.core.dir(c).upper)
     return rw, rw + (image.size if image else 0)
 
 
@@ -36,6 +37,6 @@ async def disk_usage(x: Ctx, kinds: set[str]) -> tuple[
     volumes = []
     if "volume" in kinds:
         for vol in x.volumes.all():
-            size = await asyncio.to_thread(diskusage.dir_size, x.volumes.mountpoint(vol.name))
+            size = await asyncio.to_thread(dir_size, x.volumes.mountpoint(vol.name))
             volumes.append((vol, size, len(x.volumes.users(vol.name))))
     return layers_size, images, containers, volumes

@@ -34,6 +34,15 @@ class Database:
         state never goes back), and SQLite never blocks the event loop."""
         return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """From a worker thread: run a store call on the database thread and wait for it,
+        so writes made in threads (networks, volumes) are ordered with the loop's."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._thread.submit(fn, *args).result()
+        raise RuntimeError("Database.call blocks: on the event loop, await run() instead")
+
     def persist(self, c: Container) -> "asyncio.Future[None]":
         """Commit the container's record as it is now; await it before answering."""
         future = self.run(self.opened.update_container, c.id, c.to_record())

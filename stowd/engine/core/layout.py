@@ -1,6 +1,7 @@
 """The one place that knows where a container's files live under the data root."""
 
 import os
+import secrets
 import shutil
 import threading
 from pathlib import Path
@@ -68,8 +69,7 @@ class Layout:
 
     def sweep_trash(self) -> None:
         """Blocking: finish deleting what a crash left renamed away."""
-        for trash in self.containers_root.glob(".trash-*"):
-            shutil.rmtree(trash, ignore_errors=True)
+        sweep_trash(self.containers_root)
 
     def unknown(self, known: set[str]) -> list[str]:
         """Blocking: container directories with no record and no rootfs mounted (a crash
@@ -87,12 +87,18 @@ class Layout:
 
 
 def remove_tree(path: Path) -> None:
-    """Rename now (atomic), delete the tree in the background: rmtree takes milliseconds
-    and nobody waits for it. What a crash leaves is swept at the next start."""
-    trash = path.parent / f".trash-{path.name}"
+    """Blocking: rename now (atomic: the name is free at once), delete the tree in the
+    background (rmtree takes milliseconds, or much longer for a volume, and nobody waits
+    for it). What a crash leaves is swept by sweep_trash at the next start."""
+    trash = path.parent / f".trash-{path.name}-{secrets.token_hex(4)}"
     try:
         os.rename(path, trash)
     except FileNotFoundError:
         return
     threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
 
+
+def sweep_trash(root: Path) -> None:
+    """Blocking: delete what remove_tree renamed away under root and a crash left."""
+    for trash in root.glob(".trash-*"):
+        shutil.rmtree(trash, ignore_errors=True)

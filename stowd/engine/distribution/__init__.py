@@ -1,0 +1,1 @@
+"""Registries: pull and push (auth, transport, manifests), wired by engine.py."""

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from stowd.engine import rootfs
-from stowd.engine.core.container import PAUSED, RUNNING, Container, rfc3339_nano
+from stowd.engine.core.container import Container, parse_time, rfc3339_nano
 from stowd.engine.core.core import Core
 from stowd.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
 from stowd.engine.labels import labels_match
 from stowd.engine.network import dns, ipam, links, netns, ports
 from stowd.engine.network.iptables import Firewall
 from stowd.engine.options import HOST_GATEWAY
+from stowd.engine.timespec import parse_until
 
 log = logging.getLogger("stowd.network")
 
@@ -111,10 +112,6 @@ def _endpoint_id(cid: str, network_id: str, started: str) -> str:
     return hashlib.sha256(f"{cid}/{network_id}/{started}".encode()).hexdigest()
 
 
-def _running(c: Container) -> bool:
-    return c.state.status in (RUNNING, PAUSED)
-
-
 def check_settings(bridge: str, bridge_subnet: str, chain_prefix: str, pool: str) -> None:
     """Refuse bad networking flags before anything is set up."""
     if not 0 < len(bridge) <= 15 or not NAME_RE.match(bridge):
@@ -171,7 +168,7 @@ class NetworkManager:
                                                    cfg.get("IPRange", ""))
         # Leases of containers that were running: before anything can allocate again.
         for c in self.core.handles.containers():
-            if _running(c):
+            if c.state.live:
                 for ep in (c.network.get("endpoints") or {}).values():
                     pool = self._pools.get(ep.get("NetworkID", ""))
                     if pool is not None and ep.get("IPAddress"):
@@ -211,7 +208,7 @@ class NetworkManager:
         for server in servers:
             server.close()
         ports.close_all(bindings)
-        if not any(_running(c) for c in self.core.handles.containers()):
+        if not any(c.state.live for c in self.core.handles.containers()):
             try:
                 await asyncio.to_thread(self._remove_infrastructure)
             except Exception:
@@ -276,7 +273,9 @@ class NetworkManager:
         return record
 
     def _put(self, record: dict[str, Any]) -> Network:
-        self.core.db.opened.put_network(record["Id"], record["Name"], time.time(), record)
+        # Blocking (worker threads): through the database thread, as every record write.
+        self.core.db.call(self.core.db.opened.put_network, record["Id"], record["Name"],
+                          time.time(), record)
         net = Network(record)
         self._networks[net.id] = net
         return net
@@ -323,7 +322,7 @@ class NetworkManager:
         out = []
         for c in self.core.handles.containers():
             ep = (c.network.get("endpoints") or {}).get(net.name)
-            if ep and _running(c) and ep.get("NetworkID") == net.id:
+            if ep and c.state.live and ep.get("NetworkID") == net.id:
                 out.append((c, ep))
         return out
 
@@ -421,16 +420,19 @@ class NetworkManager:
                 self.firewall.remove_network(net.bridge)
                 links.delete_link(net.bridge)
 
-    async def prune(self, until: float | None, labels: list[str]) -> list[str]:
+    async def prune(self, filters: dict[str, list[str]]) -> list[str]:
+        """`docker network prune`: unused user networks, narrowed by until and label."""
+        until = parse_until(filters["until"][-1]) if filters.get("until") else None
         deleted = []
         for net in self.networks():
             if net.predefined or self.active_endpoints(net):
                 continue
-            if any(_running(c) for c in self.containers_on(net)):
+            if any(c.state.live for c in self.containers_on(net)):
                 continue
             if until is not None and _created(net) >= until:
                 continue
-            if not _labels_match(net, labels):
+            if not labels_match(net.record.get("Labels"), filters.get("label", []),
+                                filters.get("label!", [])):
                 continue
             try:
                 await self.remove_network(net.id)
@@ -579,18 +581,17 @@ class NetworkManager:
             target = self.core.handles.get(ref)
         except NotFound:
             raise NotFound(f"No such container: {ref}") from None
-        if not _running(target):
+        if not target.state.live:
             raise Conflict(f"cannot join network of a non running container: {target.id}")
         path = target.network.get("netns_path") or f"/proc/{target.state.pid}/ns/net"
         c.config["Hostname"] = target.config.get("Hostname") or c.config.get("Hostname")
         c.config["Domainname"] = target.config.get("Domainname") or ""
-        src = self.core.dir(target).base
-        dst = self.core.dir(c).base
+        src, dst = self.core.dir(target), self.core.dir(c)
 
         def copy() -> None:
-            for name in ("hosts", "resolv.conf", "hostname"):
+            for name in dst.ETC_FILES:
                 with contextlib.suppress(OSError):
-                    shutil.copyfile(src / name, dst / name)
+                    shutil.copyfile(src.etc_file(name), dst.etc_file(name))
 
         await asyncio.to_thread(copy)
         c.network = {"mode": "container", "netns_path": path, "container": target.id,
@@ -786,9 +787,9 @@ class NetworkManager:
         A restart policy may start a container meanwhile; its record names what it sets up
         before it sets anything up, so ownership is read from the records at each step."""
         for c in self.core.handles.containers():
-            if not _running(c) and c.network:
+            if not c.state.live and c.network:
                 async with self.core.handles.lock(c.id):  # no start is half-way while we hold it
-                    if not _running(c) and c.network:
+                    if not c.state.live and c.network:
                         await asyncio.to_thread(self.release, c)
                         await self._save(c)
         bridges = [n.bridge for n in self._networks.values() if n.bridge]
@@ -824,7 +825,7 @@ class NetworkManager:
                 self.firewall.remove_ports(cid)
             for c in self.core.handles.containers():
                 lines = c.network.get("port_rules") or []
-                if lines and _running(c) and c.id not in have:  # iptables was flushed?
+                if lines and c.state.live and c.id not in have:  # iptables was flushed?
                     log.info("restoring the DNAT rules of %s", c.short_id)
                     self.firewall.add_lines(lines)
 
@@ -851,7 +852,7 @@ class NetworkManager:
                 raise Forbidden(f"endpoint with name {c.name} already exists in network "
                                 f"{net.name}")
             ep_cfg = self._endpoint_config(net, endpoint or {})
-            if _running(c) and c.network.get("sandbox"):
+            if c.state.live and c.network.get("sandbox"):
                 await self._connect_running(c, net, ep_cfg)
             eps[net.name] = ep_cfg
             c.networking_config = dict(c.networking_config or {}, EndpointsConfig=eps)
@@ -966,8 +967,8 @@ class NetworkManager:
 
     def _etc_host(self, c: Container) -> None:
         """Host mode: the host's name, hosts (plus ExtraHosts) and resolv.conf."""
-        base = self.core.dir(c).base
-        (base / "hostname").write_text(self._hostname(c) + "\n")
+        d = self.core.dir(c)
+        d.etc_file("hostname").write_text(self._hostname(c) + "\n")
         try:
             hosts = Path("/etc/hosts").read_text()
         except OSError:
@@ -975,24 +976,24 @@ class NetworkManager:
         for entry in self.extra_hosts(c):
             host, _, addr = entry.partition(":")
             hosts = hosts.rstrip("\n") + f"\n{addr}\t{host}\n"
-        (base / "hosts").write_text(hosts)
+        d.etc_file("hosts").write_text(hosts)
         try:
             resolv = Path("/etc/resolv.conf").read_text()
         except OSError:
             resolv = ""
-        (base / "resolv.conf").write_text(resolv)
+        d.etc_file("resolv.conf").write_text(resolv)
 
     def _write_hosts(self, c: Container) -> None:
-        base = self.core.dir(c).base
+        d = self.core.dir(c)
         text = rootfs.hosts_file(self._hostname(c), None, self.extra_hosts(c))
         for ep in (c.network.get("endpoints") or {}).values():
             if ep.get("IPAddress"):
                 text += f"{ep['IPAddress']}\t{self._hostname(c)}\n"
-        (base / "hosts").write_text(text)
+        d.etc_file("hosts").write_text(text)
 
     def _write_etc(self, c: Container) -> None:
-        base = self.core.dir(c).base
-        (base / "hostname").write_text(self._hostname(c) + "\n")
+        d = self.core.dir(c)
+        d.etc_file("hostname").write_text(self._hostname(c) + "\n")
         self._write_hosts(c)
         hc = c.host_config
         if c.network.get("dns"):
@@ -1004,7 +1005,7 @@ class NetworkManager:
             text = "\n".join(lines) + "\n"
         else:
             text = rootfs.resolv_conf(hc.get("Dns"), hc.get("DnsSearch"), hc.get("DnsOptions"))
-        (base / "resolv.conf").write_text(text)
+        d.etc_file("resolv.conf").write_text(text)
 
     # embedded DNS -------------------------------------------------------------------------
 
@@ -1018,7 +1019,7 @@ class NetworkManager:
                 if (net := self._networks.get(ep.get("NetworkID", ""))) and net.user_defined}
         out = []
         for c in self.core.handles.containers():
-            if not _running(c):
+            if not c.state.live:
                 continue
             for name, ep in (c.network.get("endpoints") or {}).items():
                 if name in mine and ep.get("IPAddress"):
@@ -1069,15 +1070,7 @@ def _host_search() -> list[str]:
 
 
 def _created(net: Network) -> float:
-    from stowd.engine.core.container import parse_time
-
     return parse_time(str(net.record.get("Created") or ""))
-
-
-def _labels_match(net: Network, filters: list[str]) -> bool:
-    """Network filters write `label!` as a `!`-prefixed label value."""
-    return labels_match(net.record.get("Labels"), [f for f in filters if not f.startswith("!")],
-                        [f[1:] for f in filters if f.startswith("!")])
 
 
 def _primary_network(c: Container) -> str:

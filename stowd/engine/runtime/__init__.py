@@ -1,0 +1,1 @@
+"""The OCI runtime side: runc/crun under conmon, the OCI spec, seccomp, mounts, libc."""
