@@ -80,7 +80,7 @@ def select(
             continue
         if since is not None and c.created <= since.created:
             continue
-        if not show_all and c.state.status not in ("running", "paused", "restarting"):
+        if not show_all and not c.state.running:
             continue
         if "id" in filters and not any(c.id.startswith(v) for v in filters["id"]):
             continue

@@ -5,7 +5,7 @@ import asyncio
 
 from stowd.engine.containers import restarting, stop, task, usage
 from stowd.engine.containers.context import Ctx
-from stowd.engine.core.container import REMOVING, Container, parse_time
+from stowd.engine.core.container import PAUSED, REMOVING, Container, parse_time
 from stowd.engine.core.handles import ExitStatus, resolve
 from stowd.engine.errors import Conflict, NotFound, SystemError_
 from stowd.engine.faults import fault_point
@@ -19,7 +19,7 @@ async def remove(x: Ctx, ref: str, force: bool = False, volumes: bool = False) -
     if c.state.status == REMOVING:
         raise Conflict(f"removal of container {c.name} is already in progress")
     if c.state.running and not force:
-        if c.state.status == "paused":
+        if c.state.status == PAUSED:
             raise Conflict(f'cannot remove container "/{c.name}": container is paused and '
                            "must be unpaused first")
         raise Conflict(f'cannot remove container "/{c.name}": container is running: stop '
