@@ -138,14 +138,38 @@ def run_dockerd(body: bytes, n: int, host: str) -> dict[str, Any] | None:
     repo, _, tag = IMAGE.partition(":")
     api.call("POST", "/images/create", raw=busybox_tar(), content_type="application/x-tar",
              params={"fromSrc": "-", "repo": repo, "tag": tag})
+    base = api.json("GET", f"/images/{IMAGE}/json")["Id"]
     try:
         return measure(api, body, n, "dockerd")
     finally:
-        try:
-            api.call("DELETE", f"/images/{IMAGE}", params={"force": "1"})
-        except APIError as exc:
-            log(f"dockerd: removing {IMAGE}: {exc}")
+        remove_descendants(api, base)
         api.close()
+
+
+def remove_descendants(api: Api, base: str) -> None:
+    """Every image built on base in this run (the cold builds' steps stay in dockerd as
+    dangling chains), newest first, then base: nobody else's images."""
+    images = api.json("GET", "/images/json", params={"all": "1"})
+    parent = {i["Id"]: i.get("ParentId") or "" for i in images}
+    created = {i["Id"]: i.get("Created", 0) for i in images}
+
+    def on_base(image_id: str) -> bool:
+        seen = set()
+        while image_id and image_id not in seen:
+            if image_id == base:
+                return True
+            seen.add(image_id)
+            image_id = parent.get(image_id, "")
+        return False
+
+    mine = sorted((i for i in parent if i != base and on_base(i)), key=lambda i: created[i],
+                  reverse=True)
+    for image_id in [*mine, base]:
+        try:
+            api.call("DELETE", f"/images/{image_id}", params={"force": "1"})
+        except APIError as exc:
+            if exc.status != 404:
+                log(f"dockerd: removing {image_id[:19]}: {exc}")
 
 
 def main() -> int:
