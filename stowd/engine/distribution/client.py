@@ -373,6 +373,9 @@ class RegistryClient:
                         continue
                     await self.check(resp, f'Get "{source}"', f"blob {digest} not found")
                 skip = offset if offset and resp.status != 206 else 0
+                # Pieces of about CHUNK bytes: the socket gives 64 KiB at a time, and each
+                # piece costs the extraction thread a wake-up.
+                pending = bytearray()
                 try:
                     while chunk := await resp.content.read(CHUNK):
                         if skip:
@@ -383,10 +386,17 @@ class RegistryClient:
                             if not chunk:
                                 continue
                         offset += len(chunk)
-                        yield chunk
+                        pending += chunk
+                        if len(pending) >= CHUNK:
+                            yield bytes(pending)
+                            pending.clear()
+                    if pending:
+                        yield bytes(pending)
                     return
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                         OSError, TimeoutError) as exc:
+                    if pending:
+                        yield bytes(pending)  # good bytes: the retry resumes after them
                     attempt += 1
                     if attempt >= DOWNLOAD_ATTEMPTS:
                         raise Unavailable(f"downloading {digest}: {exc or type(exc).__name__}"
