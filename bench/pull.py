@@ -108,12 +108,12 @@ def file_digest(path: Path) -> str:
 
 def put_blob_file(reg: Registry, repo: str, path: Path) -> tuple[str, int]:
     digest = file_digest(path)
-    if reg._req("HEAD", f"/v2/{repo}/blobs/{digest}").status_code != 200:
-        r = reg._req("POST", f"/v2/{repo}/blobs/uploads/")
+    if reg.request("HEAD", f"/v2/{repo}/blobs/{digest}").status_code != 200:
+        r = reg.request("POST", f"/v2/{repo}/blobs/uploads/")
         location = r.headers["Location"]
         sep = "&" if "?" in location else "?"
         with open(path, "rb") as f:
-            r = reg._req("PUT", f"{location}{sep}digest={digest}", data=f,
+            r = reg.request("PUT", f"{location}{sep}digest={digest}", data=f,
                          headers={"Content-Type": "application/octet-stream",
                                   "Content-Length": str(path.stat().st_size)})
         assert r.status_code == 201, r.text

@@ -111,27 +111,27 @@ class Registry:
 
     # writing content over the registry API ------------------------------------------------
 
-    def _req(self, method: str, url: str, **kw: Any) -> requests.Response:
+    def request(self, method: str, url: str, **kw: Any) -> requests.Response:
         if not url.startswith("http"):
             url = self.url + url
         return self.session.request(method, url, verify=self.verify, timeout=60, **kw)
 
     def put_blob(self, repo: str, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if self._req("HEAD", f"/v2/{repo}/blobs/{digest}").status_code == 200:
+        if self.request("HEAD", f"/v2/{repo}/blobs/{digest}").status_code == 200:
             return digest
-        r = self._req("POST", f"/v2/{repo}/blobs/uploads/")
+        r = self.request("POST", f"/v2/{repo}/blobs/uploads/")
         assert r.status_code == 202, r.text
         location = r.headers["Location"]
         sep = "&" if "?" in location else "?"
-        r = self._req("PUT", f"{location}{sep}digest={digest}", data=data,
+        r = self.request("PUT", f"{location}{sep}digest={digest}", data=data,
                       headers={"Content-Type": "application/octet-stream"})
         assert r.status_code == 201, r.text
         return digest
 
     def put_manifest(self, repo: str, ref: str, doc: dict[str, Any]) -> str:
         body = json.dumps(doc, indent=3).encode()
-        r = self._req("PUT", f"/v2/{repo}/manifests/{ref}", data=body,
+        r = self.request("PUT", f"/v2/{repo}/manifests/{ref}", data=body,
                       headers={"Content-Type": doc["mediaType"]})
         assert r.status_code == 201, r.text
         return "sha256:" + hashlib.sha256(body).hexdigest()

@@ -3,8 +3,8 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import BinaryIO, cast
+from collections.abc import AsyncGenerator, Callable
+from typing import BinaryIO, TypeVar, cast
 
 from aiohttp import web
 
@@ -22,6 +22,8 @@ from stowd.engine.images.load import LayerProgress, LoadMessage
 from stowd.engine.images.store import Image
 
 log = logging.getLogger("stowd.api")
+
+T = TypeVar("T")
 
 _PROGRESS_WIDTH = 50
 _SIZE_UNITS = ["B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"]
@@ -78,7 +80,7 @@ async def _pull(request: web.Request, name: str, tag: str) -> web.StreamResponse
                               default_tag=False)
     creds = decode_registry_auth(request.headers.get("X-Registry-Auth"))
     lines = engine.distribution.pull(ref, request.query.get("platform", ""), creds)
-    return await _progress_stream(request, lines, "pulling " + ref.familiar())
+    return await _progress_stream(request, lines, progress_line, "pulling " + ref.familiar())
 
 
 async def push(request: web.Request) -> web.StreamResponse:
@@ -92,7 +94,7 @@ async def push(request: web.Request) -> web.StreamResponse:
         ref = reference.tag_reference(ref.repository, tag)
     creds = decode_registry_auth(request.headers.get("X-Registry-Auth"))
     lines = engine.distribution.push(ref, creds)
-    return await _progress_stream(request, lines, "pushing " + ref.familiar())
+    return await _progress_stream(request, lines, progress_line, "pushing " + ref.familiar())
 
 
 async def auth(request: web.Request) -> web.Response:
@@ -104,23 +106,27 @@ async def auth(request: web.Request) -> web.Response:
     return json_ok({"Status": "Login Succeeded", "IdentityToken": ""})
 
 
-async def _progress_stream(request: web.Request, lines: AsyncIterator[Progress | Aux],
-                           what: str) -> web.StreamResponse:
-    """Docker's JSON progress: an error before the first line is an HTTP error, after it an
-    errorDetail line. A client that goes away stops following (and cancels the work when it
-    was the last one)."""
+async def _progress_stream(request: web.Request, lines: AsyncGenerator[T, None],
+                           render: Callable[[T], bytes], what: str, drain: bool = False
+                           ) -> web.StreamResponse:
+    """Docker's JSON progress (load, pull, push): an error before the first line is an HTTP
+    error (the rest of the request body read first when drain), after it an errorDetail
+    line. A client that goes away stops following (a pull is cancelled when it was the
+    last one)."""
     response: web.StreamResponse | None = None
     try:
-        async with contextlib.aclosing(lines):  # type: ignore[type-var]
+        async with contextlib.aclosing(lines):
             async for line in lines:
                 if response is None:
                     response = await _json_stream(request)
-                await response.write(progress_line(line))
+                await response.write(render(line))
     except ConnectionError:
         log.debug("the client of %s went away", request.path)
         return response or web.Response()
     except Exception as exc:
         if response is None:
+            if drain:
+                await _drain(request)
             raise
         if isinstance(exc, EngineError):
             message = exc.message
@@ -187,31 +193,8 @@ async def load_images(request: web.Request) -> web.StreamResponse:
     quiet = bool_param(request, "quiet") if request.query.get("quiet") else True
     # A raw stream read as a binary file by the worker threads that unpack it.
     source = cast(BinaryIO, BodyReader(request.content, asyncio.get_running_loop()))
-    response: web.StreamResponse | None = None
-    lines = engine.images.load_images(source, quiet)
-    try:
-        async with contextlib.aclosing(lines):
-            async for line in lines:
-                if response is None:
-                    response = await _json_stream(request)
-                await response.write(_load_line(line))
-    except ConnectionError:
-        log.debug("the client of %s went away", request.path)
-        return response or web.Response()
-    except Exception as exc:
-        if response is None:
-            await _drain(request)
-            raise
-        if isinstance(exc, EngineError):
-            message = exc.message
-        else:
-            log.exception("loading images failed")
-            message = f"{type(exc).__name__}: {exc}"
-        await response.write(error_line(message))
-    if response is None:
-        response = await _json_stream(request)
-    await response.write_eof()
-    return response
+    return await _progress_stream(request, engine.images.load_images(source, quiet),
+                                  _load_line, "loading images", drain=True)
 
 
 async def save_image(request: web.Request) -> web.StreamResponse:

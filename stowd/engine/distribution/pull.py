@@ -110,13 +110,17 @@ def _store(images: ImageStore, source: _Verified, parent: str | None,
         raise
 
 
-class Puller:
-    def __init__(self, images: ImageStore, blobsums: BlobSums, client: RegistryClient,
-                 emit: Emit) -> None:
-        self.images = images
-        self.blobsums = blobsums
-        self.client = client
-        self.emit = emit
+@dataclass
+class Transfer:
+    """What a pull or a push works with: the store, the blob memory, one registry client,
+    and where its progress lines go."""
+    images: ImageStore
+    blobsums: BlobSums
+    client: RegistryClient
+    emit: Emit
+
+
+class Puller(Transfer):
 
     async def resolve(self, ref: reference.Reference, platform: mf.Platform
                       ) -> tuple[mf.ImageManifest, str]:

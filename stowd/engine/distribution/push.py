@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from stowd.engine.distribution import manifest as mf
-from stowd.engine.distribution.client import RegistryClient
-from stowd.engine.distribution.metadata import BlobSource, BlobSums
-from stowd.engine.distribution.pull import PROGRESS_EVERY, Aux, Emit, Progress
+from stowd.engine.distribution.metadata import BlobSource
+from stowd.engine.distribution.pull import PROGRESS_EVERY, Aux, Progress, Transfer
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images import reference, tarsplit
 from stowd.engine.images.load import MEDIA_DOCKER_MANIFEST, MEDIA_OCI_MANIFEST
 from stowd.engine.images.pipe import ThreadPipe
-from stowd.engine.images.store import Image, ImageStore
+from stowd.engine.images.store import Image
 
 log = logging.getLogger("stowd.distribution")
 
@@ -44,13 +43,7 @@ class PushedTag:
     size: int
 
 
-class Pusher:
-    def __init__(self, images: ImageStore, blobsums: BlobSums, client: RegistryClient,
-                 emit: Emit) -> None:
-        self.images = images
-        self.blobsums = blobsums
-        self.client = client
-        self.emit = emit
+class Pusher(Transfer):
 
     async def push(self, ref: reference.Reference, image: Image) -> PushedTag:
         diff_ids: list[str] = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
