@@ -61,6 +61,7 @@ from bench.lifecycle import (  # noqa: E402 - after the path fix above
 MB = 1_000_000
 LINE = ("0123456789abcdef" * 4)[:63]  # `yes` adds the newline: 64-byte lines
 SECTIONS = ("rate", "logs", "idle")
+DOCKERD_IMAGE = "stowd-speed-busybox:latest"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -117,6 +118,7 @@ class Engine:
                  helpers: Any) -> None:
         self.label, self.host, self.a = label, host, a
         self.api = Api(host, a.api_version)
+        self.image = a.image
         self.daemon_pids = daemon_pids
         self.helpers = helpers  # () -> pids of the helper processes now
         self.run_id = uuid.uuid4().hex[:12]
@@ -127,7 +129,7 @@ class Engine:
         log(f"  [{self.label}] {metric:<34} {fmt(value)}")
 
     def create(self, cmd: list[str], host_config: dict[str, Any] | None = None) -> str:
-        body = {"Image": self.a.image, "Cmd": cmd,
+        body = {"Image": self.image, "Cmd": cmd,
                 "Labels": {HARNESS_LABEL: "1", RUN_LABEL: self.run_id},
                 "HostConfig": host_config or {}}
         return str(self.api.json("POST", "/containers/create", body)["Id"])
@@ -148,6 +150,8 @@ class Engine:
         # Something to list: --list-containers of ours (dockerd also lists others').
         for _ in range(self.a.list_containers):
             self.create(["true"])
+        self.add("rate.containers_listed",
+                 len(self.api.json("GET", "/containers/json", params={"all": "1"})))
         for name, path, versioned in (("ping", "/_ping", False),
                                       ("list_all", "/containers/json?all=1", True)):
             for clients in (1, 8):
@@ -296,6 +300,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--api-version", default="1.41")
     p.add_argument("--dockerd-host", default=DOCKERD_HOST)
     p.add_argument("--no-dockerd", action="store_true")
+    p.add_argument("--dockerd-image", help="an image with busybox's sh, yes and head already "
+                   "in dockerd (default: import busybox-static as " + DOCKERD_IMAGE + ")")
     p.add_argument("--tmp-dir", default="/tmp")
     p.add_argument("--daemon-log-level", default="warning")
     p.add_argument("--quiet-threshold", type=float, default=0.2)
@@ -316,14 +322,19 @@ def main(argv: list[str] | None = None) -> int:
         exec_root = str(Path(url.removeprefix("unix://")).parent / "exec")
         engines.append(Engine("stowd", url, a, [pid],
                               lambda: children_named(exec_root, "conmon")))
-        had_image = _has_image(a.dockerd_host, a.image)
-        reason = None if a.no_dockerd else dockerd_ready(a)
+        # dockerd gets a busybox-static image of its own (what others left as "busybox"
+        # in the shared dockerd may be anything), removed at the end.
+        image = a.dockerd_image or DOCKERD_IMAGE
+        dargs = argparse.Namespace(**{**vars(a), "image": image})
+        had_image = _has_image(a.dockerd_host, image)
+        reason = None if a.no_dockerd else dockerd_ready(dargs)
         if not a.no_dockerd and reason is None:
-            if not had_image:  # dockerd_ready imported it: remove it at the end
-                stack.callback(_remove_image, a.dockerd_host, a.image)
+            if not had_image:
+                stack.callback(_remove_image, a.dockerd_host, image)
             engines.append(Engine("dockerd", a.dockerd_host, a, pids_named("dockerd"),
                                   lambda: pids_named("containerd", "containerd-shim",
                                                      "containerd-shim-runc-v2")))
+            engines[-1].image = image
         if reason:
             log(f"dockerd skipped: {reason}")
         for _ in range(a.repeat):

@@ -22,6 +22,8 @@ from stowd.engine.logwatch import LogWatch
 
 log = logging.getLogger("stowd.api")
 
+FOLLOW_GATHER = 0.02  # seconds a woken follower lets output gather before it reads
+
 
 async def list_containers(request: web.Request) -> web.Response:
     engine = backend_of(request)
@@ -228,6 +230,10 @@ async def logs(request: web.Request) -> web.StreamResponse:
             if stopped is not None and watch is not None and not stopped.done() \
                     and not reader.done:
                 await watch.changed(stopped)
+                if not stopped.done():
+                    # Let a busy writer write a block's worth before reading: one read per
+                    # write of conmon's would cost the follower more than the writer.
+                    await asyncio.wait([stopped], timeout=FOLLOW_GATHER)
                 continue
             if stopped is not None and not reader.done and (chunk := await asyncio.to_thread(read)):
                 await response.write(chunk)  # written just before the container stopped
