@@ -48,7 +48,10 @@ def on_conmon_exit(x: Ctx, cid: str, conmon_pid: int) -> None:
     x.core.tasks.spawn(handle_exit(x, cid, conmon_pid))
 
 
-async def handle_exit(x: Ctx, cid: str, conmon_pid: int) -> None:
+async def handle_exit(x: Ctx, cid: str, conmon_pid: int, at_daemon_start: bool = False) -> None:
+    """Record an exit, then restart, remove or leave the container. An exit found while the
+    daemon starts is left `exited` for revive_at_daemon_start, which starts it as dockerd's
+    restore does (a user's start: count reset)."""
     handle = x.core.handles.find(cid)
     if handle is None:
         return
@@ -66,7 +69,7 @@ async def handle_exit(x: Ctx, cid: str, conmon_pid: int) -> None:
         st.conmon_pid = 0
         st.oom_killed = oom
         # Decided now, with the exit, so nobody sees it "exited" before it restarts.
-        st.status = RESTARTING if should_restart(c) else EXITED
+        st.status = RESTARTING if should_restart(c) and not at_daemon_start else EXITED
         await x.core.db.persist(c)
         duration = max(0.0, time.time() - parse_time(started))
         x.core.event(c, "die", exitCode=str(st.exit_code), execDuration=str(int(duration)))
@@ -74,7 +77,8 @@ async def handle_exit(x: Ctx, cid: str, conmon_pid: int) -> None:
         # Waiters already have the exit; the teardown (runtime state, cgroups, rootfs
         # mount) finishes under the lock, before anything can start or remove it.
         await asyncio.to_thread(task.teardown_task, x, c, True)
-    restarting.after_exit(x, c)
+    if not (at_daemon_start and should_restart(c, daemon_start=True)):
+        restarting.after_exit(x, c)
 
 
 async def recover(x: Ctx, c: Container) -> None:
@@ -85,11 +89,11 @@ async def recover(x: Ctx, c: Container) -> None:
         if alive and watch(x, c):
             await x.network.reattach(c)  # networking: hold its ports, serve its DNS
             return
-        await handle_exit(x, c.id, c.state.conmon_pid)
+        await handle_exit(x, c.id, c.state.conmon_pid, at_daemon_start=True)
     elif status == RESTARTING:
+        # Its pending restart died with the old daemon: revive_at_daemon_start decides.
         c.state.status = EXITED
         await x.core.db.persist(c)
-        restarting.after_exit(x, c, daemon_start=True)
     elif status == REMOVING:
         await delete.finish_remove(x, c)
     elif await asyncio.to_thread(_holds_task, x, c):
