@@ -3,6 +3,7 @@
 import time
 from typing import Any
 
+from stowd.engine import health
 from stowd.engine.core.container import (
     CREATED,
     DEAD,
@@ -51,7 +52,8 @@ def status_text(c: Container, now: float | None = None) -> str:
     now = time.time() if now is None else now
     st = c.state
     if st.status == RUNNING:
-        return "Up " + human_duration(now - parse_time(st.started_at))
+        return ("Up " + human_duration(now - parse_time(st.started_at))
+                + health.status_suffix(st.health))
     if st.status == PAUSED:
         return "Up " + human_duration(now - parse_time(st.started_at)) + " (Paused)"
     if st.status == RESTARTING:
@@ -187,6 +189,7 @@ def state_of(c: Container) -> dict[str, Any]:
         "Error": st.error,
         "StartedAt": st.started_at,
         "FinishedAt": st.finished_at,
+        **({"Health": st.health} if st.health is not None else {}),
     }
 
 

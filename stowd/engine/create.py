@@ -7,7 +7,7 @@ import os
 import re
 from typing import Any
 
-from stowd.engine import mountspec
+from stowd.engine import health, mountspec
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.logs import parse_log_options
 from stowd.engine.resources import check_resources
@@ -178,6 +178,9 @@ def normalize_config(body: dict[str, Any]) -> dict[str, Any]:
         raise InvalidParameter(
             f"the working directory '{wd}' is invalid, it needs to be an absolute path"
         )
+    if "Healthcheck" in config:
+        config["Healthcheck"] = health.normalize(config["Healthcheck"])
+        health.validate(config["Healthcheck"])
     hostname = config.get("Hostname") or ""
     if len(hostname) > 63:
         raise InvalidParameter("invalid hostname format, must be at most 63 characters")
@@ -223,7 +226,7 @@ def normalize_host_config(host_config: dict[str, Any] | None, runtime: str) -> d
 def merge_image_defaults(config: dict[str, Any], image_config: dict[str, Any]) -> dict[str, Any]:
     """Fill a container's Config from its image's, as Docker merges them."""
     merged = dict(config)
-    for field in ("User", "WorkingDir", "StopSignal"):
+    for field in ("User", "WorkingDir", "StopSignal", "Shell"):
         if not merged.get(field) and image_config.get(field):
             merged[field] = image_config[field]
     image_env = list(image_config.get("Env") or [])
@@ -242,8 +245,8 @@ def merge_image_defaults(config: dict[str, Any], image_config: dict[str, Any]) -
             merged["Cmd"] = image_config.get("Cmd")
         if merged.get("Entrypoint") is None:
             merged["Entrypoint"] = image_config.get("Entrypoint")
-    if not merged.get("Healthcheck") and image_config.get("Healthcheck"):
-        merged["Healthcheck"] = image_config["Healthcheck"]
+    merged["Healthcheck"] = health.merge(merged.get("Healthcheck"),
+                                         image_config.get("Healthcheck"))
     if merged.get("OnBuild") is None:
         merged["OnBuild"] = image_config.get("OnBuild")
     return merged
@@ -271,7 +274,8 @@ def full_config(config: dict[str, Any]) -> dict[str, Any]:
         "StdinOnce": bool(config.get("StdinOnce")),
         "Env": config.get("Env") or None,
         "Cmd": config.get("Cmd"),
-        **({"Healthcheck": config["Healthcheck"]} if config.get("Healthcheck") else {}),
+        **({"Healthcheck": config["Healthcheck"]} if config.get("Healthcheck") is not None
+           else {}),
         **({"ArgsEscaped": True} if config.get("ArgsEscaped") else {}),
         "Image": config.get("Image") or "",
         "Volumes": config.get("Volumes") or None,

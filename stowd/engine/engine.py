@@ -17,6 +17,7 @@ from stowd.engine.core.core import Core
 from stowd.engine.core.events import EventBus
 from stowd.engine.distribution.service import Distribution
 from stowd.engine.distribution.transport import RegistrySettings
+from stowd.engine.healthmon import HealthMonitor
 from stowd.engine.images.service import ImageService
 from stowd.engine.images.store import ImageStore
 from stowd.engine.network.manager import NetworkManager
@@ -43,6 +44,7 @@ class Engine:
         self.containers: ContainerService
         self.distribution: Distribution
         self.builder: Builder
+        self.health: HealthMonitor
 
     @property
     def data_root(self) -> Path:
@@ -55,6 +57,7 @@ class Engine:
         ctx = Ctx(self.core, image_store, self.runtime, self.network, self.volumes,
                   self.host_security)
         self.containers = ContainerService(ctx)
+        self.health = ctx.health
         self.builder = Builder(self.containers, self.images, self.distribution)
         for c in found:
             self.core.handles.add(c)
@@ -96,6 +99,7 @@ class Engine:
         self.core.handles.close()
         self.core.tasks.cancel_all()
         if self._opened:
+            await self.health.close()
             await self.distribution.close()
             await self.network.close()
         await self.core.db.close()

@@ -101,6 +101,12 @@ def new_exec_id() -> str:
     return secrets.token_hex(32)
 
 
+def event_command(cmd: list[str]) -> str:
+    """The command as exec events name it: dockerd writes the entrypoint, a space, and the
+    arguments joined by spaces (so `ps` alone reads "ps ")."""
+    return f"{cmd[0]} {' '.join(cmd[1:])}" if cmd else ""
+
+
 def process_spec(container_spec: dict[str, Any], inst: ExecInstance, user: dict[str, Any],
                  privileged_caps: list[str] | None) -> dict[str, Any]:
     """The exec's process.json: the container's process with the exec's changes."""

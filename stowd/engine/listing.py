@@ -3,6 +3,7 @@
 import re
 from collections.abc import Callable
 
+from stowd.engine import health
 from stowd.engine.core.container import STATUSES, Container
 from stowd.engine.errors import InvalidParameter, NotFound
 from stowd.engine.labels import labels_match
@@ -51,6 +52,7 @@ def select(
     ancestors: Callable[[str], set[str]],
 ) -> list[Container]:
     """containers (newest first) narrowed by Docker's rules; keys are ANDed, values ORed."""
+    health.validate_filter(filters.get("health", []))
     for value in filters.get("status", []):
         if value not in STATUSES:
             raise InvalidParameter(
@@ -115,7 +117,7 @@ def select(
             keys |= {p for b in c.host_config.get("Binds") or [] for p in b.split(":")[:2]}
             if not keys & set(filters["volume"]):
                 continue
-        if "health" in filters and "none" not in filters["health"]:
+        if "health" in filters and health.filter_status(c.state.health) not in filters["health"]:
             continue
         if "is-task" in filters and "false" not in filters["is-task"]:
             continue

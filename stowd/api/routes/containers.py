@@ -60,6 +60,8 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidParameter("the request body must be a JSON object")
     if api_version(request) < (1, 42) and isinstance(body.get("HostConfig"), dict):
         body["HostConfig"].pop("ConsoleSize", None)
+    if api_version(request) < (1, 44) and isinstance(body.get("Healthcheck"), dict):
+        body["Healthcheck"].pop("StartInterval", None)  # came with 1.44, as dockerd drops it
     cid, warnings = await engine.containers.create(request.query.get("name"), body)
     return json_ok({"Id": cid, "Warnings": warnings}, status=201)
 

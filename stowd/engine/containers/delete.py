@@ -39,6 +39,7 @@ async def remove(x: Ctx, ref: str, force: bool = False, volumes: bool = False) -
 
 
 async def finish_remove(x: Ctx, c: Container, volumes: bool = False) -> None:
+    x.health.forget(c.id)
     await asyncio.to_thread(remove_files, x, c)
     await fault_point("remove:files-gone")
     await x.core.db.run(x.core.db.opened.delete_container, c.id)

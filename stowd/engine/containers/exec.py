@@ -50,7 +50,7 @@ def create_exec(x: Ctx, ref: str, body: dict[str, Any]) -> str:
         else None,
     )
     x.core.handles.add_exec(x.core.handles.of(c), inst)
-    x.core.event(c, "exec_create: " + " ".join(cmd), execID=inst.id)
+    x.core.event(c, "exec_create: " + execs.event_command(cmd), execID=inst.id)
     return inst.id
 
 
@@ -70,7 +70,7 @@ async def start_exec(x: Ctx, exec_id: str, detach: bool, tty: bool | None = None
     inst.started = True
     spec_path = x.core.settings.exec_root / "execs" / f"{inst.id}.json"
     await asyncio.to_thread(write_exec_spec, x, c, inst, spec_path)
-    x.core.event(c, "exec_start: " + " ".join(inst.cmd), execID=inst.id)
+    x.core.event(c, "exec_start: " + execs.event_command(inst.cmd), execID=inst.id)
     await execs.run(inst, x.runtime.path, x.runtime.root, spec_path, detach)
     x.core.tasks.spawn(exec_finished(x, c, inst, spec_path))
     return inst

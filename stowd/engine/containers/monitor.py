@@ -12,6 +12,7 @@ from stowd.engine.core.container import (
     EXITED,
     REMOVING,
     RESTARTING,
+    RUNNING,
     Container,
     parse_time,
     rfc3339_nano,
@@ -68,6 +69,7 @@ async def handle_exit(x: Ctx, cid: str, conmon_pid: int, at_daemon_start: bool =
         st.pid = 0
         st.conmon_pid = 0
         st.oom_killed = oom
+        x.health.stop(c)  # healthchecks: no more probes; reads unhealthy as dockerd
         # Decided now, with the exit, so nobody sees it "exited" before it restarts.
         st.status = RESTARTING if should_restart(c) and not at_daemon_start else EXITED
         await x.core.db.persist(c)
@@ -88,6 +90,8 @@ async def recover(x: Ctx, c: Container) -> None:
         alive = await asyncio.to_thread(process_alive, c.state.conmon_pid, c.id)
         if alive and watch(x, c):
             await x.network.reattach(c)  # networking: hold its ports, serve its DNS
+            if status == RUNNING:
+                x.health.start(c, reset=False)  # healthchecks: probing goes on
             return
         await handle_exit(x, c.id, c.state.conmon_pid, at_daemon_start=True)
     elif status == RESTARTING:

@@ -78,6 +78,7 @@ async def start_locked(x: Ctx, c: Container, restarting_now: bool = False) -> No
     st.has_been_started = True
     if not restarting_now:
         st.manually_stopped = False
+    x.health.start(c)  # healthchecks: starting, first probe an interval from now
     await x.core.db.persist(c)
     x.core.event(c, "start")
     await fault_point("start:recorded")

@@ -131,6 +131,7 @@ async def pause(x: Ctx, ref: str) -> None:
             raise Conflict(f"Container {c.id} is not running")
         await asyncio.to_thread(x.runtime.pause, c.id)
         c.state.status = PAUSED
+        x.health.pause(c)
         await x.core.db.persist(c)
         x.core.event(c, "pause")
 
@@ -142,5 +143,6 @@ async def unpause(x: Ctx, ref: str) -> None:
             raise Conflict(f"Container {c.id} is not paused")
         await asyncio.to_thread(x.runtime.resume, c.id)
         c.state.status = RUNNING
+        x.health.resume(c)
         await x.core.db.persist(c)
         x.core.event(c, "unpause")

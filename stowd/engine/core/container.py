@@ -66,6 +66,8 @@ class State:
     # leave such a container alone.
     manually_stopped: bool = False
     has_been_started: bool = False
+    # Docker's State.Health (Status, FailingStreak, Log) once a probe was set up: health.py
+    health: dict[str, Any] | None = None
 
     @property
     def live(self) -> bool:

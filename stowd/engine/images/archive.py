@@ -99,7 +99,7 @@ def _healthcheck(rest: str) -> dict[str, Any]:
     words = rest.split(None, 1)
     check: dict[str, Any] = {}
     options = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod",
-               "retries": "Retries"}
+               "start-interval": "StartInterval", "retries": "Retries"}
     while words and words[0].startswith("--"):
         flag, _, value = words[0][2:].partition("=")
         if flag not in options:
