@@ -476,7 +476,8 @@ def test_events_of_a_lifecycle(client: docker.DockerClient, api: docker.APIClien
     t.start()
     t.join(15)
     actions = [e["Action"] for e in seen]
-    for want in ("create", "start", "exec_create: true", "exec_start: true", "exec_die",
+    # dockerd writes the entrypoint, a space and the arguments: "true " for a bare `true`
+    for want in ("create", "start", "exec_create: true ", "exec_start: true ", "exec_die",
                  "pause", "unpause", "rename", "kill", "die", "destroy"):
         assert want in actions, (want, actions)
     die = next(e for e in seen if e["Action"] == "die")
