@@ -107,12 +107,13 @@ async def auth(request: web.Request) -> web.Response:
 
 
 async def _progress_stream(request: web.Request, lines: AsyncGenerator[T, None],
-                           render: Callable[[T], bytes], what: str, drain: bool = False
-                           ) -> web.StreamResponse:
+                           render: Callable[[T], bytes], what: str, drain: bool = False,
+                           errors_in_band: bool = False) -> web.StreamResponse:
     """Docker's JSON progress (load, pull, push): an error before the first line is an HTTP
-    error (the rest of the request body read first when drain), after it an errorDetail
-    line. A client that goes away stops following (a pull is cancelled when it was the
-    last one)."""
+    error (the rest of the request body read first when drain) unless errors_in_band (load:
+    dockerd answers 200 and an errorDetail line, so docker-py raises ImageLoadError), after
+    it an errorDetail line. A client that goes away stops following (a pull is cancelled
+    when it was the last one)."""
     response: web.StreamResponse | None = None
     try:
         async with contextlib.aclosing(lines):
@@ -127,7 +128,9 @@ async def _progress_stream(request: web.Request, lines: AsyncGenerator[T, None],
         if response is None:
             if drain:
                 await _drain(request)
-            raise
+            if not errors_in_band:
+                raise
+            response = await _json_stream(request)
         if isinstance(exc, EngineError):
             message = exc.message
         else:
@@ -187,14 +190,17 @@ def _load_line(line: LayerProgress | LoadMessage) -> bytes:
 
 
 async def load_images(request: web.Request) -> web.StreamResponse:
-    """POST /images/load: a JSON stream; a failure before its first line is a plain error."""
+    """POST /images/load: a JSON stream; a failure, even before the first line, is an error
+    line in it (200, as dockerd answers: docker-py raises ImageLoadError, the CLI prints
+    the message)."""
     engine = backend_of(request)
     # quiet defaults to true, also when given empty (dockerd's BoolValueOrDefault).
     quiet = bool_param(request, "quiet") if request.query.get("quiet") else True
     # A raw stream read as a binary file by the worker threads that unpack it.
     source = cast(BinaryIO, BodyReader(request.content, asyncio.get_running_loop()))
     return await _progress_stream(request, engine.images.load_images(source, quiet),
-                                  _load_line, "loading images", drain=True)
+                                  _load_line, "loading images", drain=True,
+                                  errors_in_band=True)
 
 
 async def save_image(request: web.Request) -> web.StreamResponse:
