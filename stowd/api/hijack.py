@@ -79,8 +79,9 @@ class StdioSession(Protocol):
     async def close_stdin(self) -> None: ...
 
 
-async def relay(conn: HijackedConnection, session: StdioSession, tty: bool) -> None:
-    """Copy output to the client and the client's input to stdin until either side ends."""
+async def relay(conn: HijackedConnection, session: StdioSession, tty: bool) -> bool:
+    """Copy output to the client and the client's input to stdin until either side ends;
+    True when the client detached (its detach keys, or the end of its input on a TTY)."""
     # Detach keys apply only with a TTY, as in Docker: binary stdin must pass untouched.
     scanner = DetachScanner(session.detach_keys if tty else b"")
     detached = asyncio.Event()
@@ -123,6 +124,7 @@ async def relay(conn: HijackedConnection, session: StdioSession, tty: bool) -> N
     finally:
         for task in [*tasks, reader]:
             task.cancel()
+    return detached.is_set()
 
 
 

@@ -17,7 +17,7 @@ from stowd.engine.core.container import (
     parse_time,
 )
 from stowd.engine.images.store import Image
-from stowd.engine.network import ports
+from stowd.engine.network import legacy_links, ports
 
 
 def human_duration(seconds: float) -> str:
@@ -226,6 +226,9 @@ def container_inspect(c: Container, paths: dict[str, str], graph: dict[str, str]
     host_config = dict(c.host_config)
     if version < (1, 42):
         host_config["ConsoleSize"] = [0, 0]
+    # dockerd shows the links it registered (default bridge only), as /child:/parent/alias
+    host_config["Links"] = [legacy_links.inspect_form(link["name"], c.name, link["alias"])
+                            for link in c.links] or None
     out: dict[str, Any] = {
         "Id": c.id,
         "Created": c.created,

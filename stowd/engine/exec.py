@@ -43,6 +43,7 @@ class ExecInstance:
     working_dir: str = ""
     privileged: bool = False
     detach_keys: bytes = b""
+    detach_keys_given: bool = False
     console_size: tuple[int, int] | None = None
     running: bool = False
     started: bool = False
@@ -292,6 +293,12 @@ def _read_pid(path: Path) -> str:
                 return text
         time.sleep(0.002)
     raise FileNotFoundError(path)
+
+
+async def drain(inst: ExecInstance) -> None:
+    """Discard a detached exec's output until it ends (a full queue would stall it)."""
+    while await inst.output.get() is not None:
+        pass
 
 
 def kill(inst: ExecInstance, sig: int = signal.SIGKILL) -> None:

@@ -62,6 +62,12 @@ async def create(request: web.Request) -> web.Response:
         body["HostConfig"].pop("ConsoleSize", None)
     if api_version(request) < (1, 44) and isinstance(body.get("Healthcheck"), dict):
         body["Healthcheck"].pop("StartInterval", None)  # came with 1.44, as dockerd drops it
+    if api_version(request) < (1, 44):
+        networking = body.get("NetworkingConfig")
+        endpoints = networking.get("EndpointsConfig") if isinstance(networking, dict) else None
+        for ep in (endpoints or {}).values() if isinstance(endpoints, dict) else ():
+            if isinstance(ep, dict):
+                ep.pop("MacAddress", None)  # per-endpoint MACs came with API 1.44
     cid, warnings = await engine.containers.create(request.query.get("name"), body)
     return json_ok({"Id": cid, "Warnings": warnings}, status=201)
 
@@ -128,6 +134,9 @@ async def unpause(request: web.Request) -> web.Response:
 
 
 async def remove(request: web.Request) -> web.Response:
+    if bool_param(request, "link"):
+        await backend_of(request).containers.remove_link(request.match_info["id"])
+        return web.Response(status=204)
     await backend_of(request).containers.remove(request.match_info["id"],
                                                 force=bool_param(request, "force"),
                                                 volumes=bool_param(request, "v"))

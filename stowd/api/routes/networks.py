@@ -8,7 +8,7 @@ from aiohttp import web
 from stowd.api.backend import NetworksBackend
 from stowd.api.common import Router, backend_of, json_ok
 from stowd.api.filters import parse_filters
-from stowd.api.params import json_body
+from stowd.api.params import api_version, json_body
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.labels import labels_match
 from stowd.engine.network.manager import Network
@@ -115,8 +115,10 @@ def _container_ref(body: Any) -> str:
 async def connect(request: web.Request) -> web.Response:
     body = await json_body(request, required=True)
     ref = _container_ref(body)
-    await backend_of(request).network.connect(request.match_info["id"], ref,
-                                             body.get("EndpointConfig"))
+    endpoint = body.get("EndpointConfig")
+    if api_version(request) < (1, 44) and isinstance(endpoint, dict):
+        endpoint.pop("MacAddress", None)  # per-endpoint MACs came with API 1.44
+    await backend_of(request).network.connect(request.match_info["id"], ref, endpoint)
     return web.Response(status=200)
 
 

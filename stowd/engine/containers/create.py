@@ -8,6 +8,7 @@ from typing import Any
 
 from stowd.engine import create as rules
 from stowd.engine import names, options, rootfs
+from stowd.engine.containers import links
 from stowd.engine.containers.context import Ctx
 from stowd.engine.core.container import Container, rfc3339_nano
 from stowd.engine.errors import Conflict, InvalidParameter, NotFound
@@ -38,6 +39,7 @@ async def create_container(x: Ctx, name: str | None,
     if merged.get("NetworkDisabled"):
         host_config["NetworkMode"] = "none"  # as dockerd: no network at all but lo
     networking = x.network.prepare(merged, host_config, body.get("NetworkingConfig"))
+    linked = links.resolve(x, host_config)  # legacy links: their targets exist
     path, args = rules.entrypoint_and_args(merged)
     volume_mounts = await x.volumes.prepare(merged, host_config)  # volumes: resolved
     cid = names.new_id()
@@ -56,6 +58,7 @@ async def create_container(x: Ctx, name: str | None,
         path=path,
         args=args,
         networking_config=networking,
+        links=linked,
         mounts=volume_mounts,
     )
     await asyncio.to_thread(prepare_dirs, x, c, image)

@@ -46,6 +46,7 @@ def create_exec(x: Ctx, ref: str, body: dict[str, Any]) -> str:
         user=body.get("User") or "", working_dir=wd,
         privileged=bool(body.get("Privileged")),
         detach_keys=parse_detach_keys(body.get("DetachKeys")),
+        detach_keys_given=bool(body.get("DetachKeys")),
         console_size=(size[0], size[1]) if isinstance(size, list) and len(size) == 2
         else None,
     )

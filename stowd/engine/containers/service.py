@@ -17,6 +17,7 @@ from stowd.engine.containers import (
     delete,
     exec,
     inspect_fs,
+    links,
     monitor,
     start,
     stats,
@@ -91,6 +92,9 @@ class ContainerService:
     async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
         await delete.remove(self.ctx, ref, force, volumes)
 
+    async def remove_link(self, name: str) -> None:
+        await links.remove(self.ctx, name)
+
     async def prune(self, filters: dict[str, list[str]]) -> tuple[list[str], int]:
         return await delete.prune(self.ctx, filters)
 
@@ -122,6 +126,10 @@ class ContainerService:
     async def start_exec(self, exec_id: str, detach: bool, tty: bool | None = None,
                          console_size: list[int] | None = None) -> execs.ExecInstance:
         return await exec.start_exec(self.ctx, exec_id, detach, tty, console_size)
+
+    def detach_exec(self, inst: execs.ExecInstance) -> None:
+        """The client detached from a running exec: drain its output so it never blocks."""
+        self.ctx.core.tasks.spawn(execs.drain(inst))
 
     # looking inside
     async def top(self, ref: str, ps_args: str = "-ef") -> tuple[list[str], list[list[str]]]:

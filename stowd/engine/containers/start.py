@@ -4,7 +4,7 @@ lock; a failed start is undone and recorded."""
 import asyncio
 import logging
 
-from stowd.engine.containers import monitor, restarting, task
+from stowd.engine.containers import links, monitor, restarting, task
 from stowd.engine.containers.context import Ctx
 from stowd.engine.core.container import (
     CREATED,
@@ -52,6 +52,7 @@ async def start_locked(x: Ctx, c: Container, restarting_now: bool = False) -> No
     image = await asyncio.to_thread(x.images.find, c.image_id)
     if image is None:
         raise NotFound(f"No such image: {c.image_id}")
+    links.check(x, c)  # legacy links: their targets must run
     try:
         await x.network.attach(c)  # networking: namespace, addresses, ports, DNS
         await fault_point("start:network-attached")
@@ -81,6 +82,7 @@ async def start_locked(x: Ctx, c: Container, restarting_now: bool = False) -> No
     x.health.start(c)  # healthchecks: starting, first probe an interval from now
     await x.core.db.persist(c)
     x.core.event(c, "start")
+    await links.refresh_parents(x, c)  # legacy links: the parents' /etc/hosts follow
     await fault_point("start:recorded")
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from stowd.engine import options, rootfs
+from stowd.engine.containers import links
 from stowd.engine.containers.context import Ctx
 from stowd.engine.core.container import Container
 from stowd.engine.errors import Conflict, InvalidParameter, NotImplementedByEngine
@@ -68,6 +69,7 @@ def spec_input(x: Ctx, c: Container, root: Path) -> SpecInput:
         env.append("TERM=xterm")
     if "HOME" not in keys:
         env.append("HOME=" + home_of(root, user.uid))
+    env += [e for e in links.env(x, c) if e.split("=", 1)[0] not in keys]  # legacy links
     d = x.core.dir(c)
     binds, tmpfs = x.volumes.spec_mounts(c)
     size = hc.get("ConsoleSize") or [0, 0]

@@ -99,6 +99,8 @@ class Container:
     driver: str = "overlay2"
     # Resolved volumes, binds and tmpfs mounts (mountspec.MountPoint records): volumes.py
     mounts: list[dict[str, Any]] = field(default_factory=list)
+    # Legacy links on the default bridge: {"id", "name", "alias"} of each linked container
+    links: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def short_id(self) -> str:

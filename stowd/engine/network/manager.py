@@ -33,7 +33,7 @@ from stowd.engine.core.container import Container, parse_time, rfc3339_nano
 from stowd.engine.core.core import Core
 from stowd.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
 from stowd.engine.labels import labels_match
-from stowd.engine.network import dns, ipam, links, netns, ports
+from stowd.engine.network import dns, ipam, legacy_links, links, netns, ports
 from stowd.engine.network.iptables import Firewall
 from stowd.engine.options import HOST_GATEWAY
 from stowd.engine.timespec import parse_until
@@ -539,10 +539,16 @@ class NetworkManager:
                 if ip not in ipaddress.ip_network(net.subnet):
                     raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
                                            f"address {ip}")
+        legacy_links.parse_all(ep.get("Links"))  # the format: name:alias
+        mac = ep.get("MacAddress") or ""
+        if mac and (not isinstance(mac, str) or not _MAC.fullmatch(mac)):
+            raise InvalidParameter(f"invalid MAC address: {mac}")
         return {
             "IPAMConfig": ipam_cfg,
             "Links": ep.get("Links") or None,
             "Aliases": aliases,
+            # The endpoint's own MAC (API 1.44: at create and at connect)
+            **({"MacAddress": mac.lower()} if mac else {}),
             "NetworkID": net.id,
             "DriverOpts": ep.get("DriverOpts") or None,
         }
@@ -960,7 +966,27 @@ class NetworkManager:
             if addr == HOST_GATEWAY:
                 addr = self.by_name("bridge").gateway
             out.append(f"{host}:{addr}")
+        for link in c.links:  # legacy links: the running children's default-bridge address
+            try:
+                child = self.core.handles.get(link["id"])
+            except NotFound:
+                continue
+            if ip := self.bridge_address(child):
+                out.append(legacy_links.hosts_entry(link["alias"], child.name,
+                                                    self._hostname(child), ip))
         return out
+
+    async def refresh_hosts(self, c: Container) -> None:
+        """Rewrite a running container's /etc/hosts (its links changed or moved)."""
+        if c.state.live and c.network.get("mode") == "bridge":
+            await asyncio.to_thread(self._write_hosts, c)
+
+    def bridge_address(self, c: Container) -> str | None:
+        """c's address on the default bridge while it runs (what a legacy link points at)."""
+        if not c.state.live:
+            return None
+        ep = (c.network.get("endpoints") or {}).get("bridge") or {}
+        return ep.get("IPAddress") or None
 
     def _hostname(self, c: Container) -> str:
         return str(c.config.get("Hostname") or c.short_id)
@@ -1028,7 +1054,10 @@ class NetworkManager:
 
     def _dns_lookup(self, cid: str, qname: str) -> list[str] | None:
         found: list[str] = []
+        linked = self._link_aliases(cid, qname)
         for net_name, c, ep in self._peers(cid):
+            if (net_name, c.name) in linked and ep["IPAddress"] not in found:
+                found.append(ep["IPAddress"])
             eps_cfg = self._endpoints_config(c).get(net_name) or {}
             names = {c.name.lower(), c.short_id}
             names.update(a.lower() for a in eps_cfg.get("Aliases") or [])
@@ -1040,6 +1069,22 @@ class NetworkManager:
                 found.append(ep["IPAddress"])
         return found or None
 
+    def _link_aliases(self, cid: str, qname: str) -> set[tuple[str, str]]:
+        """(network, container name) pairs that qname names through the querying
+        container's own `Links` on its user networks (`name:alias`, as dockerd's DNS)."""
+        try:
+            me = self.core.handles.get(cid)
+        except NotFound:
+            return set()
+        out = set()
+        for net_name, ep_cfg in self._endpoints_config(me).items():
+            for link in (ep_cfg or {}).get("Links") or []:
+                with contextlib.suppress(InvalidParameter):
+                    name, alias = legacy_links.parse(link)
+                    if qname in (alias.lower(), f"{alias.lower()}.{net_name.lower()}"):
+                        out.add((net_name, name))
+        return out
+
     def _dns_reverse(self, cid: str, ip: str) -> str | None:
         for net_name, c, ep in self._peers(cid):
             if ep["IPAddress"] == ip:
@@ -1048,6 +1093,9 @@ class NetworkManager:
 
     def _dns_upstreams(self, cid: str) -> list[str]:
         return self._upstreams.get(cid) or []
+
+
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 def _routes() -> str:
