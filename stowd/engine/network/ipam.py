@@ -9,8 +9,9 @@ a reused address comes back with the same MAC and neighbours' ARP caches stay ri
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from stowd.engine.errors import Conflict, InvalidParameter
+from stowd.engine.errors import Conflict, Forbidden, InvalidParameter
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
@@ -120,9 +121,12 @@ class Pool:
     gateway: IPv4Address
     ip_range: IPv4Network | None = None
     used: set[IPv4Address] = field(default_factory=set)
+    # IPAM.Config[].AuxiliaryAddresses: addresses kept from containers (routers, hosts …)
+    aux: set[IPv4Address] = field(default_factory=set)
 
     @classmethod
-    def of(cls, subnet: str, gateway: str = "", ip_range: str = "") -> "Pool":
+    def of(cls, subnet: str, gateway: str = "", ip_range: str = "",
+           aux: dict[str, str] | None = None) -> "Pool":
         net = network(subnet)
         gw = address(gateway, "gateway") if gateway else default_gateway(net)
         if gw not in net:
@@ -130,10 +134,10 @@ class Pool:
         rng = network(ip_range, "ip-range") if ip_range else None
         if rng is not None and not rng.subnet_of(net):
             raise InvalidParameter(f"ip-range {rng} is not in subnet {net}")
-        return cls(net, gw, rng)
+        return cls(net, gw, rng, aux=auxiliary_addresses(aux, net))
 
     def _reserved(self, ip: IPv4Address) -> bool:
-        if ip == self.gateway:
+        if ip == self.gateway or ip in self.aux:
             return True
         if self.subnet.prefixlen < 31:
             return ip in (self.subnet.network_address, self.subnet.broadcast_address)
@@ -168,6 +172,25 @@ class Pool:
 
     def release(self, ip: str) -> None:
         self.used.discard(ipaddress.ip_address(ip))
+
+
+def auxiliary_addresses(aux: Any, subnet: IPv4Network) -> set[IPv4Address]:
+    """dockerd's checks on IPAM.Config[].AuxiliaryAddresses (name → address in the subnet)."""
+    if not aux:
+        return set()
+    if not isinstance(aux, dict):
+        raise InvalidParameter("AuxiliaryAddresses must be a map of names to addresses")
+    out = set()
+    for name, text in aux.items():
+        try:
+            ip = ipaddress.ip_address(str(text))
+        except ValueError:
+            raise InvalidParameter(f"invalid auxiliary address {name}: {text!r}") from None
+        if not isinstance(ip, IPv4Address) or ip not in subnet:
+            raise Forbidden(f"auxiliary address: ({name}:{text}) must belong to the master "
+                            f"pool: {subnet}")
+        out.add(ip)
+    return out
 
 
 def default_gateway(net: IPv4Network) -> IPv4Address:

@@ -82,7 +82,7 @@ class Network:
         return self.driver == "bridge" and self.name != "bridge"
 
     @property
-    def ipam_config(self) -> dict[str, str]:
+    def ipam_config(self) -> dict[str, Any]:
         configs = (self.record.get("IPAM") or {}).get("Config") or []
         return configs[0] if configs else {}
 
@@ -165,7 +165,8 @@ class NetworkManager:
             if net.driver == "bridge" and net.subnet:
                 cfg = net.ipam_config
                 self._pools[net.id] = ipam.Pool.of(cfg["Subnet"], cfg.get("Gateway", ""),
-                                                   cfg.get("IPRange", ""))
+                                                   cfg.get("IPRange", ""),
+                                                   cfg.get("AuxiliaryAddresses"))
         # Leases of containers that were running: before anything can allocate again.
         for c in self.core.handles.containers():
             if c.state.live:
@@ -367,18 +368,21 @@ class NetworkManager:
             if ipam.overlaps(subnet, taken):
                 raise Forbidden("Pool overlaps with other one on this address space")
         else:
-            if cfg.get("Gateway") or cfg.get("IPRange"):
-                raise InvalidParameter("a Gateway or IPRange needs a Subnet")
+            if cfg.get("Gateway") or cfg.get("IPRange") or cfg.get("AuxiliaryAddresses"):
+                raise InvalidParameter("a Gateway, IPRange or AuxiliaryAddresses needs a Subnet")
             routes = await asyncio.to_thread(_routes)
             base, size = ipam.parse_pool(self.settings.default_address_pool)
             subnet = ipam.pick_subnet(ipam.pool_subnets(base, size),
                                       taken + ipam.parse_routes(routes))
         pool = ipam.Pool.of(str(subnet), str(cfg.get("Gateway") or ""),
-                            str(cfg.get("IPRange") or ""))
-        ipam_cfg = {"Subnet": str(subnet)}
+                            str(cfg.get("IPRange") or ""), cfg.get("AuxiliaryAddresses"))
+        ipam_cfg: dict[str, Any] = {"Subnet": str(subnet)}
         if cfg.get("IPRange"):
             ipam_cfg["IPRange"] = str(pool.ip_range)
         ipam_cfg["Gateway"] = str(pool.gateway)
+        if cfg.get("AuxiliaryAddresses"):
+            ipam_cfg["AuxiliaryAddresses"] = {str(k): str(v) for k, v in
+                                              cfg["AuxiliaryAddresses"].items()}
         record = self._new_record(name, "bridge", ipam_cfg, options, labels,
                                   internal=bool(body.get("Internal")),
                                   attachable=bool(body.get("Attachable")))
