@@ -1,5 +1,6 @@
 """Healthchecks through docker-py, the docker CLI and docker-compose, as dockerd runs them."""
 
+import io
 import json
 import subprocess
 import time
@@ -331,3 +332,18 @@ def test_compose_service_healthy_dependency(client: docker.DockerClient,
     started = [e["timeNano"] for e in events if e["Action"] == "start" and e["id"] == other.id]
     assert healthy and started and started[0] > healthy[0]
     print(json.dumps({"healthy": healthy[0], "client_started": started[0]}))
+
+
+def test_built_image_healthcheck_probes(client: docker.DockerClient) -> None:
+    """The builder keeps HEALTHCHECK in the image config; containers of it are probed."""
+    dockerfile = b"FROM busybox\nHEALTHCHECK --interval=200ms --retries=2 CMD test -e /bin/sh\n"
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag="hc-built:1", rm=True)
+    try:
+        assert image.attrs["Config"]["Healthcheck"] == {
+            "Test": ["CMD-SHELL", "test -e /bin/sh"], "Interval": FAST, "Retries": 2}
+        c = client.containers.run("hc-built:1", ["sleep", "300"], detach=True)
+        h = wait_health(client.api, c.id, status_is("healthy"))
+        assert h["Log"][-1]["ExitCode"] == 0
+        c.remove(force=True)
+    finally:
+        client.images.remove("hc-built:1", force=True)
