@@ -88,11 +88,11 @@ class Network:
 
     @property
     def subnet(self) -> str:
-        return self.ipam_config.get("Subnet", "")
+        return str(self.ipam_config.get("Subnet", ""))
 
     @property
     def gateway(self) -> str:
-        return self.ipam_config.get("Gateway", "")
+        return str(self.ipam_config.get("Gateway", ""))
 
     @property
     def prefixlen(self) -> int:
