@@ -13,6 +13,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,10 +42,26 @@ def _start(hosts_tail: list[str], extra_args: list[str] | None = None) -> Daemon
     d.hosts = [d.url, *hosts_tail]  # the unix socket too: wait_ready and cleanup use it
     try:
         d.start()
+        for host in hosts_tail:
+            _wait_listening(d, host)
     except BaseException:
         d.cleanup()
         raise
     return d
+
+
+def _wait_listening(d: Daemon, host: str, timeout: float = 20.0) -> None:
+    """wait_ready saw the unix socket; a TCP listener (TLS context loaded first) may come later."""
+    if not host.startswith("tcp://"):
+        return
+    addr, _, port = host.removeprefix("tcp://").rpartition(":")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert d.proc is not None and d.proc.poll() is None, d.log()
+        with contextlib.suppress(OSError), socket.create_connection((addr, int(port)), 1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"stowd did not listen on {host}:\n{d.log()}")
 
 
 def _wait_exit(d: Daemon, timeout: float = 20) -> int:
