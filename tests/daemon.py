@@ -221,12 +221,15 @@ def _bridges(d: Daemon) -> list[str]:
 
 
 def network_leftovers(d: Daemon) -> list[str]:
-    """What a stopped daemon left of its networking: bridges, iptables chains, namespaces."""
+    """What a stopped daemon left of its networking: bridges, iptables and ip6tables chains,
+    namespaces."""
     found = [f"bridge {b}" for b in _bridges(d) if os.path.exists(f"/sys/class/net/{b}")]
-    for table in ("filter", "nat"):
-        rules = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
-                               text=True, check=False).stdout
-        found += [f"{table}: {r}" for r in rules.splitlines() if d.chain_prefix + "-" in r]
+    for cmd in ("iptables", "ip6tables"):
+        for table in ("filter", "nat"):
+            rules = subprocess.run([cmd, "-w", "-t", table, "-S"], capture_output=True,
+                                   text=True, check=False).stdout
+            found += [f"{cmd} {table}: {r}" for r in rules.splitlines()
+                      if d.chain_prefix + "-" in r]
     netns = d.exec_root / "netns"
     if netns.is_dir():
         found += [f"netns {p}" for p in netns.iterdir()]
@@ -238,8 +241,8 @@ def remove_network_leftovers(d: Daemon) -> None:
     for bridge in _bridges(d):
         if os.path.exists(f"/sys/class/net/{bridge}"):
             subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
-    for table in ("filter", "nat"):
-        rules = subprocess.run(["iptables", "-w", "-t", table, "-S"], capture_output=True,
+    for cmd, table in [(c, t) for c in ("iptables", "ip6tables") for t in ("filter", "nat")]:
+        rules = subprocess.run([cmd, "-w", "-t", table, "-S"], capture_output=True,
                                text=True, check=False).stdout.splitlines()
         ours = [r for r in rules if d.chain_prefix + "-" in r]
         lines = ["-D" + r[2:] for r in ours if r.startswith("-A ")
@@ -247,6 +250,6 @@ def remove_network_leftovers(d: Daemon) -> None:
         chains = [r.split()[1] for r in ours if r.startswith("-N ")]
         lines += [f"-F {c}" for c in chains] + [f"-X {c}" for c in chains]
         if lines:
-            subprocess.run(["iptables-restore", "-w", "--noflush"], capture_output=True,
+            subprocess.run([f"{cmd}-restore", "-w", "--noflush"], capture_output=True,
                            input=f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n", text=True,
                            check=False)

@@ -109,9 +109,9 @@ def _endpoints(c: Container) -> dict[str, dict[str, Any]]:
             "Gateway": ep.get("Gateway", ""),
             "IPAddress": ep.get("IPAddress", ""),
             "IPPrefixLen": ep.get("IPPrefixLen", 0),
-            "IPv6Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
+            "IPv6Gateway": ep.get("IPv6Gateway", ""),
+            "GlobalIPv6Address": ep.get("GlobalIPv6Address", ""),
+            "GlobalIPv6PrefixLen": ep.get("GlobalIPv6PrefixLen", 0),
             "MacAddress": ep.get("MacAddress", ""),
             "DriverOpts": cfg.get("DriverOpts"),
         }

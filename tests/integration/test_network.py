@@ -211,7 +211,7 @@ def test_port_in_use_fails_start_cleanly(client: docker.DockerClient, api: docke
     squatter.bind(("0.0.0.0", 0))
     squatter.listen()
     port = squatter.getsockname()[1]
-    before = _host_state(daemon)
+    before = _wait_clean(daemon)  # the previous test's teardown may still be finishing
     ctr = client.containers.create("busybox", ["sleep", "300"], ports={"80/tcp": port})
     with pytest.raises(docker.errors.APIError) as err:
         ctr.start()

@@ -38,7 +38,8 @@ def network_shape(manager: NetworksBackend, net: Network, containers: bool) -> d
                 "MacAddress": ep.get("MacAddress", ""),
                 "IPv4Address": f"{ep['IPAddress']}/{ep['IPPrefixLen']}"
                 if ep.get("IPAddress") else "",
-                "IPv6Address": "",
+                "IPv6Address": f"{ep['GlobalIPv6Address']}/{ep['GlobalIPv6PrefixLen']}"
+                if ep.get("GlobalIPv6Address") else "",
             }
     out["Containers"] = attached
     out["Options"] = net.record.get("Options") or {}

@@ -106,13 +106,18 @@ def _header(query: Query, rcode: int, answers: int) -> bytes:
 
 
 def answer(query: Query, addresses: list[str], ttl: int = TTL) -> bytes:
-    """An answer for a name stowd knows: A records for A queries, no data for the rest."""
+    """An answer for a name stowd knows: its IPv4 addresses for A queries, its IPv6 ones
+    for AAAA, no data for other types (nor for a family the name has no address of)."""
     records = b""
     count = 0
-    if query.qtype == TYPE_A and query.qclass == CLASS_IN:
+    family = {TYPE_A: socket.AF_INET, TYPE_AAAA: socket.AF_INET6}.get(query.qtype)
+    if family is not None and query.qclass == CLASS_IN:
         for addr in addresses:
-            rdata = socket.inet_aton(addr)
-            records += struct.pack("!HHHIH", 0xC00C, TYPE_A, CLASS_IN, ttl, len(rdata)) + rdata
+            if (":" in addr) != (family == socket.AF_INET6):
+                continue
+            rdata = socket.inet_pton(family, addr)
+            records += struct.pack("!HHHIH", 0xC00C, query.qtype, CLASS_IN, ttl,
+                                   len(rdata)) + rdata
             count += 1
     return _header(query, RCODE_OK, count) + query.question + records
 
@@ -135,7 +140,15 @@ def formerr(data: bytes) -> bytes | None:
 
 
 def reverse_ip(name: str) -> str | None:
-    """The address a PTR query's in-addr.arpa name asks about."""
+    """The address a PTR query's in-addr.arpa (or ip6.arpa) name asks about."""
+    if name.endswith(".ip6.arpa"):
+        nibbles = name[: -len(".ip6.arpa")].split(".")
+        if len(nibbles) != 32 or not all(len(n) == 1 for n in nibbles):
+            return None
+        try:
+            return str(ipaddress.IPv6Address(int("".join(reversed(nibbles)), 16)))
+        except ValueError:
+            return None
     suffix = ".in-addr.arpa"
     if not name.endswith(suffix):
         return None

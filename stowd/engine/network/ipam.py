@@ -4,6 +4,10 @@ Subnets are chosen so they never overlap a route the host already has (`ip route
 another network of this engine. Addresses are handed out lowest-free first, as Docker's
 default IPAM does; since the MAC address is derived from the IP (Docker's 02:42:… scheme),
 a reused address comes back with the same MAC and neighbours' ARP caches stay right.
+
+An `EnableIPv6` network has a second pool, of the IPv6 subnet its `IPAM.Config` names: the
+same rules (gateway the first address unless given, lowest free first, auxiliary addresses
+kept), without a broadcast address to keep out.
 """
 
 import ipaddress
@@ -15,6 +19,10 @@ from stowd.engine.errors import Conflict, Forbidden, InvalidParameter
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
+IPv6Network = ipaddress.IPv6Network
+IPv6Address = ipaddress.IPv6Address
+AnyNetwork = IPv4Network | IPv6Network
+AnyAddress = IPv4Address | IPv6Address
 
 # Candidates for the default bridge when --bridge-subnet is not given, in order.
 DEFAULT_BRIDGE_CANDIDATES = ["10.88.0.0/16", "10.87.0.0/16", "10.86.0.0/16", "10.85.0.0/16",
@@ -23,26 +31,57 @@ DEFAULT_POOL = "10.89.0.0/16"
 DEFAULT_POOL_SIZE = 24
 
 
-def network(text: str, what: str = "subnet") -> IPv4Network:
-    """An IPv4 network from CIDR text; host bits must be zero (Docker refuses them too)."""
+def _cidr(text: str, what: str, version: int) -> AnyNetwork:
+    """A network of the given IP version from CIDR text; host bits must be zero (Docker
+    refuses them too)."""
     try:
         net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError as exc:
         raise InvalidParameter(f"invalid {what} {text!r}: {exc}") from None
-    if not isinstance(net, IPv4Network):
-        raise InvalidParameter(f"invalid {what} {text!r}: only IPv4 is supported")
-    if str(net) != text.strip() and "/" in text:
+    if net.version != version:
+        raise InvalidParameter(f"invalid {what} {text!r}: " + (
+            "only IPv4 is supported" if version == 4 else "not an IPv6 subnet"))
+    if net.network_address != ipaddress.ip_interface(text.strip()).ip:
         raise InvalidParameter(f"invalid {what} {text.strip()}: it should be {net}")
     return net
 
 
-def address(text: str, what: str = "address") -> IPv4Address:
+def network(text: str, what: str = "subnet") -> IPv4Network:
+    """An IPv4 network from CIDR text."""
+    net = _cidr(text, what, 4)
+    assert isinstance(net, IPv4Network)
+    return net
+
+
+def network6(text: str, what: str = "subnet") -> IPv6Network:
+    """An IPv6 network from CIDR text."""
+    net = _cidr(text, what, 6)
+    assert isinstance(net, IPv6Network)
+    if net.prefixlen > 126:  # a gateway and at least one container
+        raise InvalidParameter(f"invalid {what} {net}: the prefix is too long")
+    return net
+
+
+def _ip(text: str, what: str, version: int) -> AnyAddress:
     try:
         ip = ipaddress.ip_address(text.strip())
     except ValueError:
         raise InvalidParameter(f"invalid {what}: {text!r}") from None
-    if not isinstance(ip, IPv4Address):
-        raise InvalidParameter(f"invalid {what} {text!r}: only IPv4 is supported")
+    if ip.version != version:
+        raise InvalidParameter(f"invalid {what}: {text!r}" + (
+            ": only IPv4 is supported" if version == 4 else ""))
+    return ip
+
+
+def address(text: str, what: str = "address") -> IPv4Address:
+    ip = _ip(text, what, 4)
+    assert isinstance(ip, IPv4Address)
+    return ip
+
+
+def address6(text: str, what: str = "IPv6 address") -> IPv6Address:
+    ip = _ip(text, what, 6)
+    assert isinstance(ip, IPv6Address)
     return ip
 
 
@@ -67,8 +106,8 @@ def parse_routes(text: str) -> list[IPv4Network]:
     return out
 
 
-def overlaps(net: IPv4Network, others: Iterable[IPv4Network]) -> bool:
-    return any(net.overlaps(o) for o in others)
+def overlaps(net: AnyNetwork, others: Iterable[AnyNetwork]) -> bool:
+    return any(net.version == o.version and net.overlaps(o) for o in others)
 
 
 def parse_pool(text: str) -> tuple[IPv4Network, int]:
@@ -115,14 +154,14 @@ def mac_for(ip: IPv4Address) -> str:
 
 @dataclass
 class Pool:
-    """The addresses of one network: who holds which, lowest free first."""
+    """The addresses of one subnet of a network: who holds which, lowest free first."""
 
-    subnet: IPv4Network
-    gateway: IPv4Address
-    ip_range: IPv4Network | None = None
-    used: set[IPv4Address] = field(default_factory=set)
+    subnet: AnyNetwork
+    gateway: AnyAddress
+    ip_range: AnyNetwork | None = None
+    used: set[AnyAddress] = field(default_factory=set)
     # IPAM.Config[].AuxiliaryAddresses: addresses kept from containers (routers, hosts …)
-    aux: set[IPv4Address] = field(default_factory=set)
+    aux: set[AnyAddress] = field(default_factory=set)
 
     @classmethod
     def of(cls, subnet: str, gateway: str = "", ip_range: str = "",
@@ -136,16 +175,36 @@ class Pool:
             raise InvalidParameter(f"ip-range {rng} is not in subnet {net}")
         return cls(net, gw, rng, aux=auxiliary_addresses(aux, net))
 
-    def _reserved(self, ip: IPv4Address) -> bool:
+    @classmethod
+    def of6(cls, subnet: str, gateway: str = "", ip_range: str = "",
+            aux: dict[str, str] | None = None) -> "Pool":
+        """The IPv6 pool of an EnableIPv6 network (its IPAM.Config entry of an IPv6 Subnet)."""
+        net = network6(subnet)
+        gw = address6(gateway, "gateway") if gateway else net.network_address + 1
+        if gw not in net:
+            raise InvalidParameter(f"gateway {gw} is not in subnet {net}")
+        rng = network6(ip_range, "ip-range") if ip_range else None
+        if rng is not None and not rng.subnet_of(net):
+            raise InvalidParameter(f"ip-range {rng} is not in subnet {net}")
+        return cls(net, gw, rng, aux=auxiliary_addresses(aux, net))
+
+    @property
+    def version(self) -> int:
+        return self.subnet.version
+
+    def _reserved(self, ip: AnyAddress) -> bool:
         if ip == self.gateway or ip in self.aux:
             return True
+        if self.version == 6:  # the subnet-router anycast address; IPv6 has no broadcast
+            return ip == self.subnet.network_address
         if self.subnet.prefixlen < 31:
             return ip in (self.subnet.network_address, self.subnet.broadcast_address)
         return False
 
-    def allocate(self, want: str = "") -> IPv4Address:
+    def allocate(self, want: str = "") -> AnyAddress:
         if want:
-            ip = address(want, "IPv4 address")
+            ip: AnyAddress = (address6(want) if self.version == 6
+                              else address(want, "IPv4 address"))
             if ip not in self.subnet:
                 raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
                                        f"address {ip}")
@@ -154,39 +213,38 @@ class Pool:
             self.used.add(ip)
             return ip
         scope = self.ip_range or self.subnet
-        first = int(scope.network_address)
-        last = int(scope.broadcast_address)
-        for value in range(first, last + 1):
-            ip = IPv4Address(value)
+        # Lowest free first: a /64 is never walked far, the first free address ends the loop.
+        for offset in range(scope.num_addresses):
+            ip = scope.network_address + offset
             if ip not in self.used and not self._reserved(ip):
                 self.used.add(ip)
                 return ip
-        raise Conflict(f"no available IPv4 addresses on this network's address pools: "
-                       f"{self.subnet}")
+        raise Conflict(f"no available IPv{self.version} addresses on this network's address "
+                       f"pools: {self.subnet}")
 
     def mark(self, ip: str) -> None:
         """Record an address held since before a restart."""
         with_ip = ipaddress.ip_address(ip)
-        if isinstance(with_ip, IPv4Address) and with_ip in self.subnet:
+        if with_ip.version == self.version and with_ip in self.subnet:
             self.used.add(with_ip)
 
     def release(self, ip: str) -> None:
         self.used.discard(ipaddress.ip_address(ip))
 
 
-def auxiliary_addresses(aux: Any, subnet: IPv4Network) -> set[IPv4Address]:
+def auxiliary_addresses(aux: Any, subnet: AnyNetwork) -> set[AnyAddress]:
     """dockerd's checks on IPAM.Config[].AuxiliaryAddresses (name → address in the subnet)."""
     if not aux:
         return set()
     if not isinstance(aux, dict):
         raise InvalidParameter("AuxiliaryAddresses must be a map of names to addresses")
-    out = set()
+    out: set[AnyAddress] = set()
     for name, text in aux.items():
         try:
             ip = ipaddress.ip_address(str(text))
         except ValueError:
             raise InvalidParameter(f"invalid auxiliary address {name}: {text!r}") from None
-        if not isinstance(ip, IPv4Address) or ip not in subnet:
+        if ip.version != subnet.version or ip not in subnet:
             raise Forbidden(f"auxiliary address: ({name}:{text}) must belong to the master "
                             f"pool: {subnet}")
         out.add(ip)

@@ -19,6 +19,11 @@ nat:
 Every rule carries a comment tag (`net <bridge>` or `ctr <id>`), so rules are found by tag
 and removed by what `iptables -S` prints: idempotent, and a crash half-way is repaired by
 running the same call again. All calls go through iptables(-restore) -w, under one lock.
+
+IPv6 networks get the same chains and rules from ip6tables (a Firewall with ipv6=True), made
+when the first IPv6 network is set up, without the 127.0.0.0/8 ones: there is no
+route_localnet for ::1, so local traffic to [::1] is left out of P-DNAT (as dockerd's
+`! -d ::1/128`) and meets the port's reserving socket, which refuses it.
 """
 
 import logging
@@ -41,14 +46,14 @@ def _run(args: list[str], stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def _list(table: str, chain: str | None = None) -> list[str]:
-    args = ["iptables", "-w", "-t", table, "-S"] + ([chain] if chain else [])
+def _list(cmd: str, table: str, chain: str | None = None) -> list[str]:
+    args = [cmd, "-w", "-t", table, "-S"] + ([chain] if chain else [])
     return _run(args).splitlines()
 
 
-def _restore(table: str, lines: list[str]) -> None:
+def _restore(cmd: str, table: str, lines: list[str]) -> None:
     if lines:
-        _run(["iptables-restore", "-w", "--noflush"],
+        _run([f"{cmd}-restore", "-w", "--noflush"],
              f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
 
 
@@ -61,8 +66,10 @@ def _deletes(lines: Iterable[str]) -> list[str]:
 
 
 class Firewall:
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, ipv6: bool = False) -> None:
         self.prefix = prefix
+        self.ipv6 = ipv6
+        self.cmd = "ip6tables" if ipv6 else "iptables"
         self.forward = f"{prefix}-FORWARD"
         self.iso1 = f"{prefix}-ISOLATION-1"
         self.iso2 = f"{prefix}-ISOLATION-2"
@@ -72,8 +79,27 @@ class Firewall:
 
     # base chains and jumps -------------------------------------------------------------------
 
+    def _list(self, table: str, chain: str | None = None) -> list[str]:
+        return _list(self.cmd, table, chain)
+
+    def _restore(self, table: str, lines: list[str]) -> None:
+        _restore(self.cmd, table, lines)
+
     def _base(self) -> dict[str, tuple[list[str], list[tuple[str, str]]]]:
         """table → (our chains, [(rule as -S prints it, how to add it)])."""
+        if self.ipv6:
+            local = "! -d ::1/128 -m addrtype --dst-type LOCAL"
+            return {
+                "filter": ([self.forward, self.iso1, self.iso2], [
+                    (f"-A FORWARD -j {self.forward}", f"-I FORWARD 1 -j {self.forward}"),
+                    (f"-A {self.forward} -j {self.iso1}", f"-I {self.forward} 1 -j {self.iso1}"),
+                ]),
+                "nat": ([self.dnat, self.postrouting], [
+                    (f"-A PREROUTING -m addrtype --dst-type LOCAL -j {self.dnat}",) * 2,
+                    (f"-A OUTPUT {local} -j {self.dnat}",) * 2,
+                    (f"-A POSTROUTING -j {self.postrouting}",) * 2,
+                ]),
+            }
         return {
             "filter": ([self.forward, self.iso1, self.iso2, self.input], [
                 (f"-A FORWARD -j {self.forward}", f"-I FORWARD 1 -j {self.forward}"),
@@ -90,16 +116,16 @@ class Firewall:
     def ensure_base(self) -> None:
         with _lock:
             for table, (chains, jumps) in self._base().items():
-                current = set(_list(table))
+                current = set(self._list(table))
                 lines = [f"-N {c}" for c in chains if f"-N {c}" not in current]
                 lines += [add for shown, add in jumps if shown not in current]
-                _restore(table, lines)
+                self._restore(table, lines)
 
     def remove_all(self) -> None:
         """Every rule and chain of this prefix, and the jumps to them."""
         with _lock:
             for table, (chains, _) in self._base().items():
-                current = _list(table)
+                current = self._list(table)
                 ours = set(chains)
                 lines = [
                     "-D" + line[2:] for line in current
@@ -107,11 +133,11 @@ class Firewall:
                     and line.split()[-1] in ours]
                 lines += [f"-F {c}" for c in chains if f"-N {c}" in current]
                 lines += [f"-X {c}" for c in chains if f"-N {c}" in current]
-                _restore(table, lines)
+                self._restore(table, lines)
 
     def present(self) -> bool:
         with _lock:
-            return f"-N {self.forward}" in _list("filter")
+            return f"-N {self.forward}" in self._list("filter")
 
     # networks ----------------------------------------------------------------------------
 
@@ -131,11 +157,13 @@ class Firewall:
         if not internal:
             f += [f"-A {self.forward} -o {bridge} -m conntrack --ctstate DNAT {t} -j ACCEPT",
                   f"-A {self.forward} -i {bridge} ! -o {bridge} {t} -j ACCEPT"]
-        f += [f"-A {self.input} -d 127.0.0.0/8 -i {bridge} -m conntrack ! --ctstate "
-              f"RELATED,ESTABLISHED {t} -j DROP"]
-        n = [f"-A {self.postrouting} -s 127.0.0.0/8 -o {bridge} {t} -j MASQUERADE",
-             f"-A {self.postrouting} -s {subnet} -o {bridge} -m conntrack --ctstate DNAT {t} "
-             "-j MASQUERADE"]
+        n = []
+        if not self.ipv6:  # 127.0.0.1 DNATed into the bridge (route_localnet): IPv4 only
+            f += [f"-A {self.input} -d 127.0.0.0/8 -i {bridge} -m conntrack ! --ctstate "
+                  f"RELATED,ESTABLISHED {t} -j DROP"]
+            n += [f"-A {self.postrouting} -s 127.0.0.0/8 -o {bridge} {t} -j MASQUERADE"]
+        n += [f"-A {self.postrouting} -s {subnet} -o {bridge} -m conntrack --ctstate DNAT {t} "
+              "-j MASQUERADE"]
         if not internal:
             n += [f"-A {self.postrouting} -s {subnet} ! -o {bridge} {t} -j MASQUERADE"]
         return {"filter": f, "nat": n}
@@ -145,26 +173,27 @@ class Firewall:
         tag = _tag(f"net {bridge}")
         with _lock:
             for table, rules in wanted.items():
-                have = [line for line in _list(table) if tag in line]
+                have = [line for line in self._list(table) if tag in line]
                 if have == rules:
                     continue
-                _restore(table, _deletes(have) + rules)
+                self._restore(table, _deletes(have) + rules)
 
     def remove_network(self, bridge: str) -> None:
         tag = _tag(f"net {bridge}")
         with _lock:
             for table in ("filter", "nat"):
-                _restore(table, _deletes(line for line in _list(table) if tag in line))
+                self._restore(table, _deletes(line for line in self._list(table) if tag in line))
 
     # published ports ---------------------------------------------------------------------
 
     def port_rules(self, cid: str, container_ip: str, bindings: list[Binding]) -> list[str]:
         t = _tag(f"ctr {cid}")
         out = []
+        host_bits, to = (128, f"[{container_ip}]") if self.ipv6 else (32, container_ip)
         for b in bindings:
-            dest = "" if b.host_ip in ("", "0.0.0.0") else f"-d {b.host_ip}/32 "
+            dest = "" if b.host_ip in ("", "0.0.0.0", "::") else f"-d {b.host_ip}/{host_bits} "
             out.append(f"-A {self.dnat} {dest}-p {b.proto} -m {b.proto} --dport {b.host_port} "
-                       f"{t} -j DNAT --to-destination {container_ip}:{b.container_port}")
+                       f"{t} -j DNAT --to-destination {to}:{b.container_port}")
         return out
 
     def add_ports(self, cid: str, container_ip: str, bindings: list[Binding]) -> None:
@@ -173,23 +202,23 @@ class Firewall:
             return
         with _lock:
             try:
-                _restore("nat", rules)
+                self._restore("nat", rules)
             except SystemError_:
                 # A leftover of an earlier life in the way? Start from a clean slate.
                 self._remove_ports_locked(cid)
-                _restore("nat", rules)
+                self._restore("nat", rules)
 
     def add_lines(self, lines: list[str]) -> None:
         """Rules recorded earlier by port_rules(), added back."""
         with _lock:
-            _restore("nat", lines)
+            self._restore("nat", lines)
 
     def remove_ports(self, cid: str, expected: list[str] | None = None) -> None:
         """Drop a container's DNAT rules; `expected` (what add_ports wrote) saves a listing."""
         with _lock:
             if expected:
                 try:
-                    _restore("nat", _deletes(expected))
+                    self._restore("nat", _deletes(expected))
                     return
                 except SystemError_:
                     pass  # some were gone already: find the others by their tag
@@ -197,13 +226,13 @@ class Firewall:
 
     def _remove_ports_locked(self, cid: str) -> None:
         tag = _tag(f"ctr {cid}")
-        _restore("nat", _deletes(line for line in _list("nat", self.dnat) if tag in line))
+        self._restore("nat", _deletes(line for line in self._list("nat", self.dnat) if tag in line))
 
     def port_owners(self) -> set[str]:
         """IDs of the containers that have DNAT rules (for the start-up sweep)."""
         with _lock:
             try:
-                lines = _list("nat", self.dnat)
+                lines = self._list("nat", self.dnat)
             except SystemError_:
                 return set()
         owners = set()

@@ -47,14 +47,30 @@ def ensure_forwarding() -> None:
     _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
 
 
-def ensure_bridge(name: str, gateway: str, prefixlen: int) -> None:
-    """The bridge device with the gateway address, up, and 127.0.0.1 routable to it."""
+def ensure_forwarding6() -> None:
+    """The same for IPv6, set when an IPv6 network is first set up, as dockerd's bridge
+    driver does (published ports reached from a container and traffic between bridges are
+    forwarded)."""
+    _sysctl("/proc/sys/net/ipv6/conf/default/forwarding", "1")
+    _sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+
+
+def ensure_bridge(name: str, gateway: str, prefixlen: int, gateway6: str = "",
+                  prefixlen6: int = 0) -> None:
+    """The bridge device with the gateway address(es), up, and 127.0.0.1 routable to it."""
     batch = []
     if not link_exists(name):
         # A fixed MAC: else the bridge takes its ports' and changes as they come and go.
         digest = hashlib.sha256(name.encode()).digest()
         mac = "02:" + ":".join(f"{b:02x}" for b in digest[:5])
         batch.append(f"link add name {name} address {mac} type bridge")
+    if gateway6:
+        if batch:  # the device must exist for its IPv6 setting
+            _ip(batch)
+            batch = []
+        _sysctl(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "0")
+        # nodad: usable at once, not after a second of duplicate detection on our own bridge
+        batch.append(f"addr replace {gateway6}/{prefixlen6} dev {name} nodad")
     batch += [f"addr replace {gateway}/{prefixlen} dev {name}", f"link set {name} up"]
     _ip(batch)
     # DNAT of 127.0.0.1:port to a container sends packets from 127.0.0.1 out of the bridge;
@@ -76,8 +92,10 @@ def bridge_ports(bridge: str) -> list[str]:
 
 
 def add_endpoint(ns_path: str, bridge: str, veth: str, ifname: str, address: str,
-                 prefixlen: int, mac: str, gateway: str | None) -> None:
-    """A veth pair: `veth` on the bridge, `ifname` with the address inside the namespace."""
+                 prefixlen: int, mac: str, gateway: str | None, address6: str = "",
+                 prefixlen6: int = 0, gateway6: str | None = None) -> None:
+    """A veth pair: `veth` on the bridge, `ifname` with the address(es) inside the
+    namespace, and the default route(s) through the gateway(s) given."""
     delete_link(veth)  # a leftover of a crash: its peer goes with it
     _ip([f"link add {veth} type veth peer name {ifname} netns {ns_path}",
          f"link set {veth} master {bridge}",
@@ -85,8 +103,12 @@ def add_endpoint(ns_path: str, bridge: str, veth: str, ifname: str, address: str
          f"link set {veth} up"])
     inside = ["link set lo up", f"link set {ifname} address {mac}",
               f"addr add {address}/{prefixlen} dev {ifname}", f"link set {ifname} up"]
+    if address6:
+        inside.insert(-1, f"addr add {address6}/{prefixlen6} dev {ifname} nodad")
     if gateway:
         inside.append(f"route replace default via {gateway} dev {ifname}")
+    if gateway6:
+        inside.append(f"route replace default via {gateway6} dev {ifname}")
     try:
         netns.run_in(ns_path, lambda: _ip(inside))
     except BaseException:

@@ -81,10 +81,43 @@ class Network:
         """Docker's embedded DNS and aliases work on these, not on the default bridge."""
         return self.driver == "bridge" and self.name != "bridge"
 
+    def ipam_configs(self, v6: bool) -> list[dict[str, Any]]:
+        configs = (self.record.get("IPAM") or {}).get("Config") or []
+        return [c for c in configs if (":" in str(c.get("Subnet") or "")) == v6]
+
     @property
     def ipam_config(self) -> dict[str, Any]:
-        configs = (self.record.get("IPAM") or {}).get("Config") or []
+        """The IPv4 entry of IPAM.Config."""
+        configs = self.ipam_configs(v6=False)
         return configs[0] if configs else {}
+
+    @property
+    def ipam_config6(self) -> dict[str, Any]:
+        """The IPv6 entry of IPAM.Config, used only when EnableIPv6 (as dockerd: an IPv6
+        subnet on a network without it is kept in the record and given to no one)."""
+        configs = self.ipam_configs(v6=True)
+        return configs[0] if configs and self.record.get("EnableIPv6") else {}
+
+    @property
+    def ipv6(self) -> bool:
+        return bool(self.ipam_config6)
+
+    @property
+    def subnet6(self) -> str:
+        return str(self.ipam_config6.get("Subnet", ""))
+
+    @property
+    def gateway6(self) -> str:
+        """The IPv6 gateway: as given, else the subnet's first address (dockerd shows a
+        given one only, in IPAM.Config)."""
+        if not self.ipv6:
+            return ""
+        given = str(self.ipam_config6.get("Gateway") or "")
+        return given or str(ipaddress.ip_network(self.subnet6).network_address + 1)
+
+    @property
+    def prefixlen6(self) -> int:
+        return ipaddress.ip_network(self.subnet6).prefixlen if self.ipv6 else 0
 
     @property
     def subnet(self) -> str:
@@ -133,10 +166,14 @@ class NetworkManager:
                        self.settings.chain_prefix, self.settings.default_address_pool)
         self.netns_dir = core.settings.exec_root / "netns"
         self.firewall = Firewall(self.settings.chain_prefix)
+        # The same chains in ip6tables, made when the first IPv6 network is set up.
+        self.firewall6 = Firewall(self.settings.chain_prefix, ipv6=True)
         self._networks: dict[str, Network] = {}
         self._pools: dict[str, ipam.Pool] = {}
+        self._pools6: dict[str, ipam.Pool] = {}  # networks with EnableIPv6
         self._ready: set[str] = set()  # networks whose bridge and rules are in place
         self._base_ready = False
+        self._base6_ready = False
         self._bindings: dict[str, list[ports.Binding]] = {}
         self._dns: dict[str, dns.DnsServer] = {}
         self._lock = threading.Lock()  # pools, bindings, DNS servers: touched by threads too
@@ -167,13 +204,14 @@ class NetworkManager:
                 self._pools[net.id] = ipam.Pool.of(cfg["Subnet"], cfg.get("Gateway", ""),
                                                    cfg.get("IPRange", ""),
                                                    cfg.get("AuxiliaryAddresses"))
+            if net.driver == "bridge" and net.ipv6:
+                self._pools6[net.id] = _pool6(net.ipam_config6)
         # Leases of containers that were running: before anything can allocate again.
         for c in self.core.handles.containers():
             if c.state.live:
                 for ep in (c.network.get("endpoints") or {}).values():
-                    pool = self._pools.get(ep.get("NetworkID", ""))
-                    if pool is not None and ep.get("IPAddress"):
-                        pool.mark(ep["IPAddress"])
+                    for pool, addr in self._leases(ep):
+                        pool.mark(addr)
 
     def _configure_default_bridge(self) -> None:
         """The default bridge's device and subnet: the flags, else what was persisted, else
@@ -231,16 +269,23 @@ class NetworkManager:
             self.firewall.remove_all()
         except SystemError_ as exc:
             log.warning("removing iptables chains: %s", exc)
+        try:
+            self.firewall6.remove_all()
+        except (SystemError_, OSError) as exc:  # OSError: no ip6tables on this host
+            log.warning("removing ip6tables chains: %s", exc)
         with contextlib.suppress(OSError):
             self.netns_dir.rmdir()
         self._ready.clear()
         self._base_ready = False
+        self._base6_ready = False
 
     # networks ---------------------------------------------------------------------------
 
     def _new_record(self, name: str, driver: str, ipam_cfg: dict[str, Any],
                     options: dict[str, str], labels: dict[str, str] | None = None,
-                    internal: bool = False, attachable: bool = False) -> dict[str, Any]:
+                    internal: bool = False, attachable: bool = False,
+                    ipam_cfg6: dict[str, Any] | None = None,
+                    enable_ipv6: bool = False) -> dict[str, Any]:
         nid = secrets.token_hex(32)
         record: dict[str, Any] = {
             "Name": name,
@@ -248,9 +293,9 @@ class NetworkManager:
             "Created": rfc3339_nano(),
             "Scope": "local",
             "Driver": driver,
-            "EnableIPv6": False,
+            "EnableIPv6": enable_ipv6,
             "IPAM": {"Driver": "default", "Options": None,
-                     "Config": [ipam_cfg] if ipam_cfg else []},
+                     "Config": [c for c in (ipam_cfg, ipam_cfg6) if c]},
             "Internal": internal,
             "Attachable": attachable,
             "Ingress": False,
@@ -314,6 +359,16 @@ class NetworkManager:
                 out.append(ipaddress.IPv4Network(net.subnet))
         return out
 
+    def _subnets6(self) -> list[ipaddress.IPv6Network]:
+        """The IPv6 subnets of every network, with EnableIPv6 or not (they are in its
+        record either way, and taken once it is recreated with it)."""
+        out = []
+        for net in self._networks.values():
+            for cfg in net.ipam_configs(v6=True):
+                with contextlib.suppress(ValueError):
+                    out.append(ipaddress.IPv6Network(cfg["Subnet"]))
+        return out
+
     def containers_on(self, net: Network) -> list[Container]:
         """Containers attached to the network (by configuration, running or not)."""
         return [c for c in self.core.handles.containers() if net.name in self._endpoints_config(c)]
@@ -341,8 +396,6 @@ class NetworkManager:
             raise Forbidden(f'only one instance of "{driver}" network is allowed')
         if driver != "bridge":
             raise NotFound(f'plugin "{driver}" not found')
-        if body.get("EnableIPv6"):
-            raise InvalidParameter("stowd networks are IPv4 only: EnableIPv6 is not supported")
         if any(n.name == name for n in self._networks.values()):
             raise Conflict(f"network with name {name} already exists")
         ipam_body = body.get("IPAM") or {}
@@ -350,13 +403,17 @@ class NetworkManager:
             raise InvalidParameter("IPAM must be an object")
         if (ipam_body.get("Driver") or "default") != "default":
             raise NotFound(f'plugin "{ipam_body["Driver"]}" not found')
-        configs = [cfg for cfg in ipam_body.get("Config") or []
-                   if not (isinstance(cfg, dict) and ":" in str(cfg.get("Subnet") or ""))]
-        if len(configs) > 1:
-            raise InvalidParameter("stowd networks take one IPv4 subnet")
-        cfg = dict(configs[0]) if configs else {}
-        if not isinstance(cfg, dict):
+        all_configs = ipam_body.get("Config") or []
+        if not isinstance(all_configs, list) or not all(isinstance(c, dict)
+                                                        for c in all_configs):
             raise InvalidParameter("IPAM.Config entries must be objects")
+        configs = [c for c in all_configs if ":" not in str(c.get("Subnet") or "")]
+        configs6 = [c for c in all_configs if ":" in str(c.get("Subnet") or "")]
+        if len(configs) > 1 or len(configs6) > 1:
+            raise InvalidParameter("bridge driver doesn't support multiple subnets")
+        cfg = dict(configs[0]) if configs else {}
+        enable_ipv6 = bool(body.get("EnableIPv6"))
+        ipam_cfg6 = self._ipam_config6(configs6[0] if configs6 else None, enable_ipv6)
         options = {str(k): str(v) for k, v in (body.get("Options") or {}).items()}
         labels = body.get("Labels") or {}
         if not isinstance(labels, dict):
@@ -385,7 +442,8 @@ class NetworkManager:
                                               cfg["AuxiliaryAddresses"].items()}
         record = self._new_record(name, "bridge", ipam_cfg, options, labels,
                                   internal=bool(body.get("Internal")),
-                                  attachable=bool(body.get("Attachable")))
+                                  attachable=bool(body.get("Attachable")),
+                                  ipam_cfg6=ipam_cfg6, enable_ipv6=enable_ipv6)
         bridge = record["bridge"]
         if len(bridge) > 15 or not NAME_RE.match(bridge):
             raise InvalidParameter(f"invalid bridge name {bridge!r}")
@@ -399,6 +457,8 @@ class NetworkManager:
             await asyncio.to_thread(self._remove_network_blocking, net)
             raise
         self._pools[net.id] = pool
+        if net.ipv6:
+            self._pools6[net.id] = _pool6(net.ipam_config6)
         self.core.events.publish("network", "create", net.id,
                                    {"name": net.name, "type": net.driver})
         return net, ""
@@ -414,6 +474,7 @@ class NetworkManager:
         await self.core.db.run(self.core.db.opened.delete_network, net.id)
         self._networks.pop(net.id, None)
         self._pools.pop(net.id, None)
+        self._pools6.pop(net.id, None)
         self.core.events.publish("network", "destroy", net.id,
                                    {"name": net.name, "type": net.driver})
 
@@ -422,6 +483,8 @@ class NetworkManager:
             self._ready.discard(net.id)
             if net.bridge:
                 self.firewall.remove_network(net.bridge)
+                if net.ipv6:
+                    self.firewall6.remove_network(net.bridge)
                 links.delete_link(net.bridge)
 
     async def prune(self, filters: dict[str, list[str]]) -> list[str]:
@@ -453,6 +516,12 @@ class NetworkManager:
             self.firewall.ensure_base()
             self._base_ready = True
 
+    def _ensure_base6(self) -> None:
+        if not self._base6_ready:
+            links.ensure_forwarding6()
+            self.firewall6.ensure_base()
+            self._base6_ready = True
+
     def _ensure_network(self, net: Network) -> None:
         """Blocking: the network's bridge and iptables rules, once per daemon life."""
         if net.driver != "bridge":
@@ -461,9 +530,35 @@ class NetworkManager:
             if net.id in self._ready:
                 return
             self._ensure_base()
-            links.ensure_bridge(net.bridge, net.gateway, net.prefixlen)
+            links.ensure_bridge(net.bridge, net.gateway, net.prefixlen, net.gateway6,
+                                net.prefixlen6)
             self.firewall.ensure_network(net.bridge, net.subnet, net.internal)
+            if net.ipv6:
+                self._ensure_base6()
+                self.firewall6.ensure_network(net.bridge, net.subnet6, net.internal)
             self._ready.add(net.id)
+
+    def _ipam_config6(self, cfg: dict[str, Any] | None, enable_ipv6: bool) -> dict[str, Any]:
+        """A create request's IPv6 IPAM.Config entry as the record keeps it (checked)."""
+        if cfg is None:
+            if enable_ipv6:  # dockerd 20.10's words (its status, 404, is no help: a 400)
+                raise InvalidParameter("could not find an available, non-overlapping IPv6 "
+                                       "address pool among the defaults to assign to the "
+                                       "network")
+            return {}
+        aux = cfg.get("AuxiliaryAddresses")
+        pool = ipam.Pool.of6(str(cfg.get("Subnet")), str(cfg.get("Gateway") or ""),
+                             str(cfg.get("IPRange") or ""), aux)
+        if ipam.overlaps(pool.subnet, self._subnets6()):
+            raise Forbidden("Pool overlaps with other one on this address space")
+        out: dict[str, Any] = {"Subnet": str(pool.subnet)}
+        if cfg.get("IPRange"):
+            out["IPRange"] = str(pool.ip_range)
+        if cfg.get("Gateway"):  # shown only when given, as dockerd
+            out["Gateway"] = str(pool.gateway)
+        if aux:
+            out["AuxiliaryAddresses"] = {str(k): str(v) for k, v in aux.items()}
+        return out
 
     # create-time rules --------------------------------------------------------------------
 
@@ -543,6 +638,15 @@ class NetworkManager:
                 if ip not in ipaddress.ip_network(net.subnet):
                     raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
                                            f"address {ip}")
+            want6 = ipam_cfg.get("IPv6Address") or ""
+            if want6:
+                if not net.user_defined or not net.ipv6:
+                    raise InvalidParameter("user specified IP address is supported only when "
+                                           "connecting to networks with user configured subnets")
+                ip6 = ipam.address6(str(want6))
+                if ip6 not in ipaddress.ip_network(net.subnet6):
+                    raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
+                                           f"address {ip6}")
         legacy_links.parse_all(ep.get("Links"))  # the format: name:alias
         mac = ep.get("MacAddress") or ""
         if mac and (not isinstance(mac, str) or not _MAC.fullmatch(mac)):
@@ -628,17 +732,17 @@ class NetworkManager:
                 nets.append((net, ep))
         # Addresses, interface and veth names: decided and recorded before the host changes.
         for index, (net, ep) in enumerate(nets):
-            want = (ep.get("IPAMConfig") or {}).get("IPv4Address") or ""
-            with self._lock:
-                ip = self._pools[net.id].allocate(want)
-            record["endpoints"][net.name] = self._endpoint_record(c, net, ep, ip,
+            ip, ip6 = self._allocate(net, ep)
+            record["endpoints"][net.name] = self._endpoint_record(c, net, ep, ip, ip6,
                                                                   f"eth{index}", started)
         record["dns"] = any(net.user_defined for net, _ in nets)
         reqs = []
         if nets:
-            reqs = ports.requests(c.config.get("ExposedPorts"),
-                                  c.host_config.get("PortBindings"),
-                                  bool(c.host_config.get("PublishAllPorts")))
+            primary = next(iter(record["endpoints"].values()))
+            reqs = ports.for_container(
+                ports.requests(c.config.get("ExposedPorts"), c.host_config.get("PortBindings"),
+                               bool(c.host_config.get("PublishAllPorts"))),
+                ipv6=bool(primary.get("GlobalIPv6Address")))
         await self._save(c)
         bindings = await asyncio.to_thread(ports.reserve, reqs, self._port_held, c.name)
         with self._lock:
@@ -646,8 +750,11 @@ class NetworkManager:
         record["ports"] = [b.to_record() for b in bindings]
         if nets and bindings:
             primary = next(iter(record["endpoints"].values()))
-            record["port_rules"] = self.firewall.port_rules(c.id, primary["IPAddress"],
-                                                            bindings)
+            v4, v6 = _by_family(bindings)
+            record["port_rules"] = self.firewall.port_rules(c.id, primary["IPAddress"], v4)
+            if v6:
+                record["port_rules6"] = self.firewall6.port_rules(
+                    c.id, primary["GlobalIPv6Address"], v6)
             await self._save(c)
         await asyncio.to_thread(self._build_sandbox, c, nets, bindings)
         if record["dns"]:
@@ -656,8 +763,27 @@ class NetworkManager:
         for net, _ in nets:
             self._event(net, "connect", c.id)
 
+    def _allocate(self, net: Network, ep_cfg: dict[str, Any]
+                  ) -> tuple[ipam.IPv4Address, ipam.AnyAddress | None]:
+        """The endpoint's IPv4 address and, on an IPv6 network, its IPv6 one (both or
+        neither: a failed second gives the first back)."""
+        ipam_cfg = ep_cfg.get("IPAMConfig") or {}
+        with self._lock:
+            ip = self._pools[net.id].allocate(ipam_cfg.get("IPv4Address") or "")
+            if not isinstance(ip, ipam.IPv4Address):  # an IPv4 pool gives IPv4 addresses
+                raise SystemError_(f"address {ip} from the IPv4 pool of {net.name}")
+            pool6 = self._pools6.get(net.id)
+            if pool6 is None:
+                return ip, None
+            try:
+                return ip, pool6.allocate(ipam_cfg.get("IPv6Address") or "")
+            except BaseException:
+                self._pools[net.id].release(str(ip))
+                raise
+
     def _endpoint_record(self, c: Container, net: Network, ep_cfg: dict[str, Any],
-                         ip: ipaddress.IPv4Address, ifname: str, started: str) -> dict[str, Any]:
+                         ip: ipam.IPv4Address, ip6: ipam.AnyAddress | None, ifname: str,
+                         started: str) -> dict[str, Any]:
         aliases = list(ep_cfg.get("Aliases") or [])
         if net.user_defined:  # Docker adds the short ID, which its DNS answers too
             aliases.append(c.short_id)
@@ -668,6 +794,9 @@ class NetworkManager:
             "Gateway": "" if net.internal else net.gateway,
             "IPAddress": str(ip),
             "IPPrefixLen": net.prefixlen,
+            "GlobalIPv6Address": str(ip6) if ip6 else "",
+            "GlobalIPv6PrefixLen": net.prefixlen6 if ip6 else 0,
+            "IPv6Gateway": net.gateway6 if ip6 and not net.internal else "",
             # A MAC the user chose (per endpoint since 1.44, else Config.MacAddress for the
             # container's own network), else one derived from the address, as Docker does.
             "MacAddress": (ep_cfg.get("MacAddress") or (
@@ -686,17 +815,24 @@ class NetworkManager:
         if not nets:
             links.loopback_up(record["sandbox"])
             return
-        gateway_set = False
+        gateway_set = gateway6_set = False
         for net, _ in nets:
             self._ensure_network(net)
             ep = record["endpoints"][net.name]
             gw = ep["Gateway"] if ep["Gateway"] and not gateway_set else None
+            gw6 = ep.get("IPv6Gateway") if not gateway6_set else None
             links.add_endpoint(record["sandbox"], net.bridge, ep["veth"], ep["ifname"],
-                               ep["IPAddress"], ep["IPPrefixLen"], ep["MacAddress"], gw)
+                               ep["IPAddress"], ep["IPPrefixLen"], ep["MacAddress"], gw,
+                               ep.get("GlobalIPv6Address", ""), ep.get("GlobalIPv6PrefixLen", 0),
+                               gw6 or None)
             gateway_set = gateway_set or bool(gw)
+            gateway6_set = gateway6_set or bool(gw6)
         if bindings:
             primary = next(iter(record["endpoints"].values()))
-            self.firewall.add_ports(c.id, primary["IPAddress"], bindings)
+            v4, v6 = _by_family(bindings)
+            self.firewall.add_ports(c.id, primary["IPAddress"], v4)
+            if v6:
+                self.firewall6.add_ports(c.id, primary["GlobalIPv6Address"], v6)
 
     async def _start_dns(self, c: Container) -> None:
         sandbox = c.network["sandbox"]
@@ -736,6 +872,11 @@ class NetworkManager:
                 self.firewall.remove_ports(c.id, record.get("port_rules"))
             except SystemError_ as exc:
                 log.warning("removing the DNAT rules of %s: %s", c.id[:12], exc)
+        if record.get("port_rules6"):
+            try:
+                self.firewall6.remove_ports(c.id, record["port_rules6"])
+            except (SystemError_, OSError) as exc:
+                log.warning("removing the IPv6 DNAT rules of %s: %s", c.id[:12], exc)
         # Destroying the namespace destroys its end of each veth pair, and with it the
         # host's end: no `ip link del` (a process per endpoint) when the namespace goes.
         namespace_goes = bool(record.get("sandbox")) and os.path.exists(record["sandbox"])
@@ -743,15 +884,27 @@ class NetworkManager:
             if ep.get("veth") and not namespace_goes:
                 links.delete_link(ep["veth"])
             net = self._networks.get(ep.get("NetworkID", ""))
-            pool = self._pools.get(ep.get("NetworkID", ""))
-            if pool is not None and ep.get("IPAddress"):
-                with self._lock:
-                    pool.release(ep["IPAddress"])
+            self._release_addresses(ep)
             if net is not None and self._loop is not None and self._loop.is_running():
                 self._loop.call_soon_threadsafe(self._event, net, "disconnect", c.id)
         if record.get("sandbox"):
             netns.delete(record["sandbox"])
         c.network = {}
+
+    def _leases(self, ep: dict[str, Any]) -> list[tuple[ipam.Pool, str]]:
+        """(pool, address) for each address an endpoint record holds (IPv4, IPv6)."""
+        out = []
+        for pools, key in ((self._pools, "IPAddress"), (self._pools6, "GlobalIPv6Address")):
+            pool = pools.get(ep.get("NetworkID", ""))
+            if pool is not None and ep.get(key):
+                out.append((pool, str(ep[key])))
+        return out
+
+    def _release_addresses(self, ep: dict[str, Any]) -> None:
+        """An endpoint's addresses back in their pools."""
+        with self._lock:
+            for pool, addr in self._leases(ep):
+                pool.release(addr)
 
     # after a restart of stowd -------------------------------------------------------------
 
@@ -812,9 +965,26 @@ class NetworkManager:
                     out.add(rec["sandbox"])
                 elif what == "veth":
                     out.update(ep.get("veth", "") for ep in (rec.get("endpoints") or {}).values())
-                elif what == "rules" and rec.get("port_rules"):
+                elif what in ("rules", "rules6") and rec.get(
+                        "port_rules" if what == "rules" else "port_rules6"):
                     out.add(c.id)
             return out
+
+        def sweep_rules6() -> None:
+            try:
+                if not self.firewall6.present():
+                    return
+                have = self.firewall6.port_owners()
+            except OSError:  # no ip6tables on this host
+                return
+            for cid in have - owned("rules6"):
+                log.info("removing leftover IPv6 DNAT rules of %s", cid[:12])
+                self.firewall6.remove_ports(cid)
+            for c in self.core.handles.containers():
+                lines = c.network.get("port_rules6") or []
+                if lines and c.state.live and c.id not in have:
+                    log.info("restoring the IPv6 DNAT rules of %s", c.short_id)
+                    self.firewall6.add_lines(lines)
 
         def sweep() -> None:
             if self.netns_dir.is_dir():
@@ -827,6 +997,7 @@ class NetworkManager:
                     if port not in owned("veth"):
                         log.info("removing leftover interface %s", port)
                         links.delete_link(port)
+            sweep_rules6()
             if not self.firewall.present():
                 return
             have = self.firewall.port_owners()
@@ -873,27 +1044,27 @@ class NetworkManager:
         record = c.network
         used = {ep["ifname"] for ep in record["endpoints"].values()}
         ifname = next(f"eth{i}" for i in range(len(used) + 1) if f"eth{i}" not in used)
-        want = (ep_cfg.get("IPAMConfig") or {}).get("IPv4Address") or ""
-        with self._lock:
-            ip = self._pools[net.id].allocate(want)
-        ep = self._endpoint_record(c, net, ep_cfg, ip, ifname, rfc3339_nano())
+        ip, ip6 = self._allocate(net, ep_cfg)
+        ep = self._endpoint_record(c, net, ep_cfg, ip, ip6, ifname, rfc3339_nano())
         record["endpoints"][net.name] = ep
         await self._save(c)
-        has_gateway = any(e.get("Gateway") for n, e in record["endpoints"].items()
-                          if n != net.name)
+        others = [e for n, e in record["endpoints"].items() if n != net.name]
+        has_gateway = any(e.get("Gateway") for e in others)
+        has_gateway6 = any(e.get("IPv6Gateway") for e in others)
 
         def build() -> None:
             self._ensure_network(net)
             links.add_endpoint(record["sandbox"], net.bridge, ep["veth"], ifname,
                                ep["IPAddress"], ep["IPPrefixLen"], ep["MacAddress"],
-                               None if has_gateway else (ep["Gateway"] or None))
+                               None if has_gateway else (ep["Gateway"] or None),
+                               ep["GlobalIPv6Address"], ep["GlobalIPv6PrefixLen"],
+                               None if has_gateway6 else (ep["IPv6Gateway"] or None))
 
         try:
             await asyncio.to_thread(build)
         except BaseException:
             record["endpoints"].pop(net.name, None)
-            with self._lock:
-                self._pools[net.id].release(str(ip))
+            self._release_addresses(ep)
             raise
         if net.user_defined and c.id not in self._dns:
             # As Docker: the first user network brings the embedded DNS, and resolv.conf
@@ -919,14 +1090,13 @@ class NetworkManager:
             if ep is not None:
                 def take_down() -> None:
                     links.delete_link(ep["veth"])
-                    pool = self._pools.get(ep["NetworkID"])
-                    if pool is not None:
-                        with self._lock:
-                            pool.release(ep["IPAddress"])
-                    if ep.get("Gateway") and record.get("sandbox"):
+                    self._release_addresses(ep)
+                    for key in ("Gateway", "IPv6Gateway"):  # the default route(s) it had
+                        if not ep.get(key) or not record.get("sandbox"):
+                            continue
                         for other in record["endpoints"].values():
-                            if other.get("Gateway"):
-                                links.set_default_route(record["sandbox"], other["Gateway"],
+                            if other.get(key):
+                                links.set_default_route(record["sandbox"], other[key],
                                                         other["ifname"])
                                 break
 
@@ -1019,6 +1189,8 @@ class NetworkManager:
         for ep in (c.network.get("endpoints") or {}).values():
             if ep.get("IPAddress"):
                 text += f"{ep['IPAddress']}\t{self._hostname(c)}\n"
+            if ep.get("GlobalIPv6Address"):  # as dockerd, after the IPv4 line
+                text += f"{ep['GlobalIPv6Address']}\t{self._hostname(c)}\n"
         d.etc_file("hosts").write_text(text)
 
     def _write_etc(self, c: Container) -> None:
@@ -1060,8 +1232,6 @@ class NetworkManager:
         found: list[str] = []
         linked = self._link_aliases(cid, qname)
         for net_name, c, ep in self._peers(cid):
-            if (net_name, c.name) in linked and ep["IPAddress"] not in found:
-                found.append(ep["IPAddress"])
             eps_cfg = self._endpoints_config(c).get(net_name) or {}
             names = {c.name.lower(), c.short_id}
             names.update(a.lower() for a in eps_cfg.get("Aliases") or [])
@@ -1069,8 +1239,11 @@ class NetworkManager:
             suffix = "." + net_name.lower()
             if qname.endswith(suffix):
                 candidates.add(qname[: -len(suffix)])
-            if names & candidates and ep["IPAddress"] not in found:
-                found.append(ep["IPAddress"])
+            if (net_name, c.name) in linked or names & candidates:
+                # Both families: the server answers A with the one, AAAA with the other.
+                for addr in (ep["IPAddress"], ep.get("GlobalIPv6Address")):
+                    if addr and addr not in found:
+                        found.append(addr)
         return found or None
 
     def _link_aliases(self, cid: str, qname: str) -> set[tuple[str, str]]:
@@ -1091,7 +1264,7 @@ class NetworkManager:
 
     def _dns_reverse(self, cid: str, ip: str) -> str | None:
         for net_name, c, ep in self._peers(cid):
-            if ep["IPAddress"] == ip:
+            if ip in (ep["IPAddress"], ep.get("GlobalIPv6Address")):
                 return f"{c.name}.{net_name}"
         return None
 
@@ -1100,6 +1273,18 @@ class NetworkManager:
 
 
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+def _by_family(bindings: list[ports.Binding]) -> tuple[list[ports.Binding],
+                                                       list[ports.Binding]]:
+    """(IPv4 bindings, IPv6 bindings)."""
+    return ([b for b in bindings if ":" not in b.host_ip],
+            [b for b in bindings if ":" in b.host_ip])
+
+
+def _pool6(cfg: dict[str, Any]) -> ipam.Pool:
+    return ipam.Pool.of6(cfg["Subnet"], cfg.get("Gateway", ""), cfg.get("IPRange", ""),
+                         cfg.get("AuxiliaryAddresses"))
 
 
 def _routes() -> str:

@@ -6,10 +6,19 @@ an ephemeral port). Each host port is reserved by binding a socket to it, as doc
 does, so a port in use fails `start` before anything else is set up, and nothing else can
 take the port while the container has it. The traffic itself never reaches that socket:
 iptables DNATs it to the container (see iptables.py).
+
+A container whose first network has IPv6 is published on both families, as dockerd 20.10
+does on a host with IPv6: each binding for every address (`HostIp` empty) is a pair,
+`0.0.0.0` and `::` on the same host port (an ephemeral port is one free on both), the
+`::` one DNATed by ip6tables to the container's IPv6
+address. A `HostIp` of an IPv6 address publishes there only. Containers without IPv6 leave
+IPv6 host addresses out.
 """
 
 import contextlib
+import dataclasses
 import errno
+import ipaddress
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,9 +32,10 @@ PROTOCOLS = ("tcp", "udp")
 class PortRequest:
     proto: str
     container_port: int
-    host_ip: str  # "" for every IPv4 address of the host
+    host_ip: str  # "" for every IPv4 address of the host, "::" for every IPv6 one
     host_lo: int  # 0 and 0: an ephemeral port
     host_hi: int
+    with_ipv6: bool = False  # host_ip "": also `::` on the same port
 
 
 @dataclass
@@ -109,7 +119,10 @@ def requests(exposed: dict[str, object] | None, bindings: dict[str, object] | No
             if host_ip in ("0.0.0.0", ""):
                 host_ip = ""
             elif ":" in host_ip:
-                continue  # IPv6 host addresses: stowd publishes on IPv4 only
+                try:
+                    host_ip = str(ipaddress.IPv6Address(host_ip))
+                except ValueError:
+                    raise InvalidParameter(f"invalid host IP address: {host_ip}") from None
             else:
                 try:
                     socket.inet_aton(host_ip)
@@ -137,10 +150,21 @@ def requests(exposed: dict[str, object] | None, bindings: dict[str, object] | No
     return out
 
 
+def for_container(reqs: list[PortRequest], ipv6: bool) -> list[PortRequest]:
+    """The requests as published for a container with (or without) an IPv6 address on its
+    first network: every-address ones on both families, IPv6 host addresses only with it."""
+    if not ipv6:
+        return [r for r in reqs if ":" not in r.host_ip]
+    return [dataclasses.replace(r, with_ipv6=True) if not r.host_ip else r for r in reqs]
+
+
 def bind(proto: str, host_ip: str, port: int) -> socket.socket:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(socket.AF_INET, kind)
+    v6 = ":" in host_ip
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
     try:
+        if v6:  # `::` reserves IPv6 only: the IPv4 side has a socket of its own
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if proto == "udp":  # it never reads: keep what lands there small
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
         sock.bind((host_ip or "0.0.0.0", port))
@@ -160,12 +184,38 @@ def reserve(reqs: Iterable[PortRequest], held: Callable[[str, str, int], bool],
     out: list[Binding] = []
     try:
         for req in reqs:
-            out.append(_reserve_one(req, held, who))
+            out.extend(_reserve_pair(req, held, who) if req.with_ipv6
+                       else [_reserve_one(req, held, who)])
     except BaseException:
         for b in out:
             b.close()
         raise
     return out
+
+
+# An ephemeral port free on IPv4 may be taken on IPv6: so many tries for one free on both.
+PAIR_TRIES = 20
+
+
+def _reserve_pair(req: PortRequest, held: Callable[[str, str, int], bool],
+                  who: str) -> list[Binding]:
+    """A binding on every IPv4 address and one on every IPv6 address, on the same port."""
+    for _ in range(PAIR_TRIES if req.host_lo == 0 else 1):
+        first = _reserve_one(req, held, who)
+        try:
+            sock = bind(req.proto, "::", first.host_port)
+        except OSError as exc:
+            first.close()
+            if req.host_lo == 0:
+                continue
+            reason = ("address already in use" if exc.errno == errno.EADDRINUSE
+                      else str(exc.strerror).lower())
+            raise SystemError_(f"driver failed programming external connectivity on endpoint "
+                               f"{who}: cannot publish {req.proto} [::]:{first.host_port}: "
+                               f"bind: {reason}") from None
+        return [first, Binding(req.proto, req.container_port, "::", first.host_port, sock)]
+    raise SystemError_(f"driver failed programming external connectivity on endpoint {who}: "
+                       f"cannot publish {req.proto}: no port free on both IPv4 and IPv6")
 
 
 def _reserve_one(req: PortRequest, held: Callable[[str, str, int], bool], who: str) -> Binding:
