@@ -25,6 +25,8 @@ import docker
 from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
 
 REPO = Path(__file__).resolve().parent.parent
+# Where test daemons reach docker.io (STOWD_HUB_HOST): a port nothing listens on.
+CLOSED_HUB = "127.0.0.1:9"
 
 
 class Daemon:
@@ -67,8 +69,12 @@ class Daemon:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         # STOWD_BLOCKBUSTER: any blocking call stowd makes on its event loop raises, and the
         # test that caused it fails (ARCHITECTURE.md: blocking work never runs on the loop).
+        # STOWD_HUB_HOST: docker.io is a closed local port unless a test gives it a registry
+        # of its own, so nothing a test does can reach Docker Hub.
         env = dict(os.environ, PYTHONPATH=str(REPO),
-                   STOWD_BLOCKBUSTER="1" if self.watch_blocking else "0", **self.env)
+                   STOWD_BLOCKBUSTER="1" if self.watch_blocking else "0")
+        env.setdefault("STOWD_HUB_HOST", CLOSED_HUB)
+        env.update(self.env)
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      env=env, cwd=str(self.cwd))
         log.close()

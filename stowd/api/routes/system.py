@@ -1,6 +1,7 @@
 """/_ping, /version, /info and /events."""
 
 import asyncio
+import ipaddress
 import os
 import platform
 import time
@@ -82,6 +83,27 @@ async def version(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+def _registry_config(insecure: list[str], mirrors: list[str]) -> dict[str, Any]:
+    """dockerd's RegistryConfig: `docker info` prints its Insecure Registries and Registry
+    Mirrors from it. Mirrors end with a slash, as dockerd normalises them."""
+    cidrs = ["127.0.0.0/8"]
+    urls = [m.rstrip("/") + "/" for m in mirrors]
+    indexes: dict[str, Any] = {"docker.io": {"Name": "docker.io", "Mirrors": urls,
+                                             "Secure": True, "Official": True}}
+    for entry in insecure:
+        text = entry.removeprefix("http://").removeprefix("https://").rstrip("/")
+        try:
+            network = str(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            indexes[text] = {"Name": text, "Mirrors": [], "Secure": False, "Official": False}
+            continue
+        if network not in cidrs:
+            cidrs.append(network)
+    return {"AllowNondistributableArtifactsCIDRs": [],
+            "AllowNondistributableArtifactsHostnames": [],
+            "InsecureRegistryCIDRs": cidrs, "IndexConfigs": indexes, "Mirrors": urls}
+
+
 async def info(request: web.Request) -> web.Response:
     engine = backend_of(request)
     facts = await asyncio.to_thread(hostinfo.host_facts, engine.runtime.path, engine.data_root)
@@ -128,10 +150,8 @@ async def info(request: web.Request) -> web.Response:
         "OSType": "linux",
         "Architecture": platform.machine(),
         "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [],
-                           "AllowNondistributableArtifactsHostnames": [],
-                           "InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {},
-                           "Mirrors": []},
+        "RegistryConfig": _registry_config(engine.settings.insecure_registries,
+                                           engine.settings.registry_mirrors),
         "NCPU": os.cpu_count() or 1,
         "MemTotal": facts.mem_total,
         "GenericResources": None,

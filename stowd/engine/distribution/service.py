@@ -20,7 +20,7 @@ from stowd.engine.distribution.client import RegistryClient
 from stowd.engine.distribution.metadata import BlobSums
 from stowd.engine.distribution.pull import Aux, Progress, Puller
 from stowd.engine.distribution.push import Pusher
-from stowd.engine.distribution.transport import RegistrySettings
+from stowd.engine.distribution.transport import Endpoint, RegistrySettings
 from stowd.engine.errors import InvalidParameter, NotFound
 from stowd.engine.images import reference
 from stowd.engine.images.archive import host_arch
@@ -131,33 +131,52 @@ class Distribution:
     async def _run_pull(self, ref: reference.Reference, want: mf.Platform, creds: Credentials,
                         broadcast: _Broadcast) -> None:
         try:
-            client = self.client(ref, creds, "pull")
-            await client.connect(pull=True)
-            puller = Puller(self.images, self.blobsums, client, broadcast.emit)
-            refs = [ref]
-            if ref.tag is None and ref.digest is None:
-                refs = [ref.with_tag(t) for t in sorted(await client.tags())]
-                if not refs:
-                    raise InvalidParameter(f"no tags found for {ref.familiar()}")
-            updated = False
-            for r in refs:
-                result = await puller.pull(r, want)
-                updated = updated or result.updated
-                name = r.familiar()
-                self.publish("image", "pull", name, {"name": name})
-            target = ref.familiar() if refs != [ref] else refs[0].familiar()
-            if updated:
-                broadcast.emit(Progress(f"Status: Downloaded newer image for {target}",
-                                        detail=False))
-            else:
-                broadcast.emit(Progress(f"Status: Image is up to date for {target}",
-                                        detail=False))
+            endpoints = await asyncio.to_thread(self.settings.endpoints, ref.domain, True)
+            # Each mirror alone, then the registry itself (HTTPS, then HTTP if insecure).
+            groups = [[ep] for ep in endpoints if ep.mirror]
+            groups.append([ep for ep in endpoints if not ep.mirror])
+            for i, group in enumerate(groups):
+                try:
+                    await self._pull_from(group, ref, want, creds, broadcast)
+                    break
+                except Exception as exc:
+                    # As dockerd (continueOnError): whatever goes wrong with a mirror, the
+                    # next mirror or the registry itself is asked.
+                    if not group[0].mirror or i == len(groups) - 1:
+                        raise
+                    log.info("pull of %s from mirror %s failed (%s); trying %s",
+                             ref.full(), group[0].url, exc, groups[i + 1][0].url)
             broadcast.finish(None)
         except asyncio.CancelledError as exc:
             broadcast.finish(exc)
             raise
         except Exception as exc:
             broadcast.finish(exc)
+
+    async def _pull_from(self, endpoints: list[Endpoint], ref: reference.Reference,
+                         want: mf.Platform, creds: Credentials, broadcast: _Broadcast
+                         ) -> None:
+        client = self.client(ref, creds, "pull")
+        await client.connect_to(endpoints)
+        puller = Puller(self.images, self.blobsums, client, broadcast.emit)
+        refs = [ref]
+        if ref.tag is None and ref.digest is None:
+            refs = [ref.with_tag(t) for t in sorted(await client.tags())]
+            if not refs:
+                raise InvalidParameter(f"no tags found for {ref.familiar()}")
+        updated = False
+        for r in refs:
+            result = await puller.pull(r, want)
+            updated = updated or result.updated
+            name = r.familiar()
+            self.publish("image", "pull", name, {"name": name})
+        target = ref.familiar() if refs != [ref] else refs[0].familiar()
+        if updated:
+            broadcast.emit(Progress(f"Status: Downloaded newer image for {target}",
+                                    detail=False))
+        else:
+            broadcast.emit(Progress(f"Status: Image is up to date for {target}",
+                                    detail=False))
 
     # login ------------------------------------------------------------------------------
 

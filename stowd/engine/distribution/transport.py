@@ -10,6 +10,7 @@
 
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from stowd.engine.images.reference import DEFAULT_DOMAIN
 
 log = logging.getLogger("stowd.distribution")
 
-HUB_HOST = "registry-1.docker.io"
+# STOWD_HUB_HOST is for tests: it points docker.io at a registry of theirs (or at a closed
+# port), so that no test daemon ever reaches Docker Hub, even through a mirror's fallback.
+HUB_HOST = os.environ.get("STOWD_HUB_HOST") or "registry-1.docker.io"
 DEFAULT_CERTS_DIR = Path("/etc/docker/certs.d")
 ALWAYS_INSECURE = ["127.0.0.0/8", "::1/128"]
 
