@@ -70,7 +70,9 @@ class Registry:
     @classmethod
     def start(cls, auth: dict[str, Any] | None = None, tls: tuple[Path, Path] | None = None,
               port: int | None = None, host_ip: str = "127.0.0.1",
-              client_ca: Path | None = None) -> "Registry":
+              client_ca: Path | None = None, extra: dict[str, Any] | None = None
+              ) -> "Registry":
+        """extra: more of the registry's configuration (top-level keys)."""
         root = Path(tempfile.mkdtemp(prefix="stowd-registry-"))
         reg = cls(root, port or free_port(), ip=host_ip)
         http: dict[str, Any] = {"addr": reg.host, "secret": "test"}
@@ -87,6 +89,7 @@ class Registry:
         }
         if auth:
             config["auth"] = auth
+        config.update(extra or {})
         (root / "config.yml").write_text(json.dumps(config))
         log = open(root / "registry.log", "wb")  # noqa: SIM115 - the process keeps it
         reg.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(root / "config.yml")],

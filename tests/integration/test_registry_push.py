@@ -110,6 +110,54 @@ def test_push_uploads_what_the_registry_lacks(cli: Cli, api: docker.APIClient,
     assert "Layer already exists" in again
 
 
+FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+
+@pytest.fixture
+def url_registry() -> Iterator[Registry]:
+    """A registry that takes manifests naming layers by URL (only its own, here)."""
+    reg = Registry.start(extra={"validation": {"manifests": {"urls": {
+        "allow": [r"^http://127\.0\.0\.1:[0-9]+/"]}}}})
+    yield reg
+    reg.stop()
+
+
+def test_a_foreign_layer_is_pulled_but_never_pushed(api: docker.APIClient,
+                                                    url_registry: Registry) -> None:
+    registry = url_registry
+    base, top = busybox_layer(marker="foreign"), files_layer({"top": b"t"})
+    base_digest = registry.put_blob("test/foreign", base.blob())
+    top_digest = registry.put_blob("test/foreign", top.blob())
+    # The URL serves the blob (the same local registry): nothing leaves the host.
+    urls = [f"{registry.url}/v2/test/foreign/blobs/{base_digest}"]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": [base.diff_id, top.diff_id]}}).encode()
+    layers = [{"mediaType": FOREIGN, "size": len(base.blob()), "digest": base_digest,
+               "urls": urls},
+              {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+               "size": len(top.blob()), "digest": top_digest}]
+    registry.put_manifest("test/foreign", "v1", {
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "size": len(config), "digest": registry.put_blob("test/foreign", config)},
+        "layers": layers})
+    list(api.pull(f"{registry.host}/test/foreign", tag="v1", stream=True, decode=True))
+    copy = f"{registry.host}/test/foreign-copy"
+    api.tag(f"{registry.host}/test/foreign:v1", copy, "v1")
+    lines = _push(api, copy, "v1")
+    assert not [x for x in lines if "error" in x], lines
+    by_id = {x.get("id"): x.get("status") for x in lines if x.get("id")}
+    assert by_id[base.diff_id[7:19]] == "Skipped foreign layer"  # dockerd's words
+    assert by_id[top.diff_id[7:19]] == "Mounted from test/foreign"
+    manifest = registry.session.get(
+        f"{registry.url}/v2/test/foreign-copy/manifests/v1",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).json()
+    assert manifest["layers"][0] == layers[0]  # named with its URLs, as pulled
+    assert registry.request("HEAD", f"/v2/test/foreign-copy/blobs/{base_digest}"
+                            ).status_code == 404  # neither uploaded nor mounted
+
+
 def test_push_errors(cli: Cli, registry: Registry, daemon: Daemon) -> None:
     res = cli("push", f"{registry.host}/test/nothing:here", check=False)
     assert "An image does not exist locally with the tag: " \

@@ -1,8 +1,10 @@
 """Pushing an image: layers (reused, mounted or uploaded), config, manifest.
 
-For each layer, top first, as dockerd: a blob this repository is known to hold (from an
-earlier pull or push) is checked with HEAD ("Layer already exists"); one known in another
-repository of the same registry is mounted ("Mounted from <path>"); otherwise the layer's
+For each layer, top first, as dockerd: a foreign layer (pulled with a foreign or
+non-distributable media type and URLs) is skipped and named by its URLs ("Skipped foreign
+layer"); a blob this repository is known to hold (from an earlier pull or push) is checked
+with HEAD ("Layer already exists"); one known in another repository of the same registry is
+mounted ("Mounted from <path>"); otherwise the layer's
 tar is rebuilt from its tar-split record, gzipped and hashed in a worker thread while it is
 streamed in one PATCH, and the upload is closed with the digest once the last byte is out.
 At most 5 uploads run at once (dockerd's default). The manifest is written as dockerd writes
@@ -85,6 +87,12 @@ class Pusher(Transfer):
             self.emit(Progress("Waiting", lid))
         async with semaphore:
             known = await asyncio.to_thread(self.blobsums.get, diff_id)
+            foreign = [s for s in known if s.urls and s.media_type in mf.FOREIGN_LAYERS]
+            if foreign:
+                # As dockerd (without --allow-nondistributable-artifacts): a foreign layer is
+                # named with its URLs in the manifest, never uploaded.
+                self.emit(Progress("Skipped foreign layer", lid))
+                return _descriptor(foreign[-1])
             here = [s for s in known if s.domain == ref.domain]
             for source in reversed([s for s in here if s.path == ref.path]):
                 if await self.client.blob_exists(source.digest):
@@ -178,7 +186,7 @@ async def _digest(result: "asyncio.Future[tuple[str, int]]") -> str:
 
 
 def _descriptor(source: BlobSource) -> mf.Descriptor:
-    return mf.Descriptor(source.media_type, source.digest, source.size)
+    return mf.Descriptor(source.media_type, source.digest, source.size, list(source.urls))
 
 
 def build_manifest(config: bytes, config_digest: str, layers: list[mf.Descriptor]
