@@ -229,7 +229,14 @@ def main() -> None:
     ap.add_argument("--big-mb", type=int, default=500)
     ap.add_argument("--port", type=int, default=5850)
     ap.add_argument("--no-dockerd", action="store_true")
+    ap.add_argument("--images", default="many,small,big",
+                    help="which images to time (comma-separated)")
+    ap.add_argument("--profile", metavar="PREFIX",
+                    help="record stowd's pulls of each image with py-spy into "
+                         "PREFIX-<image>.txt (collapsed stacks, all threads)")
+    ap.add_argument("--no-floor", action="store_true")
     args = ap.parse_args()
+    wanted = args.images.split(",")
     work = Path(tempfile.mkdtemp(prefix="stowd-pullbench-", dir="/var/tmp"))
     reg = Registry.start(port=args.port)
     Daemon.watch_blocking = False
@@ -237,19 +244,22 @@ def main() -> None:
     try:
         log("building images")
         many = [work / f"many{i}.tar" for i in range(4)]
-        for i, t in enumerate(many):
-            random_tar(t, 25_000_000, f"blob{i}")
-        push(reg, "bench/many", many, work)
-        small = [work / f"small{i}.tar" for i in range(20)]
-        for i, t in enumerate(small):
-            small_files_tar(t, i, 250)
-        push(reg, "bench/small", small, work)
-        for t in small:
-            t.unlink()
-        big = work / "big.tar"
-        random_tar(big, args.big_mb * 1_000_000, "big")
-        push(reg, "bench/big", [big], work)
-        big.unlink()
+        if "many" in wanted or not args.no_floor:
+            for i, t in enumerate(many):
+                random_tar(t, 25_000_000, f"blob{i}")
+            push(reg, "bench/many", many, work)
+        if "small" in wanted:
+            small = [work / f"small{i}.tar" for i in range(20)]
+            for i, t in enumerate(small):
+                small_files_tar(t, i, 250)
+            push(reg, "bench/small", small, work)
+            for t in small:
+                t.unlink()
+        if "big" in wanted:
+            big = work / "big.tar"
+            random_tar(big, args.big_mb * 1_000_000, "big")
+            push(reg, "bench/big", [big], work)
+            big.unlink()
         engines = {"stowd": docker.APIClient(base_url=daemon.url, timeout=600)}
         if not args.no_dockerd:
             try:
@@ -261,32 +271,48 @@ def main() -> None:
         assert daemon.proc is not None
         results: dict[str, dict[str, list[float]]] = {}
         phases: dict[str, list[dict[str, float]]] = {}
-        for image in ("many", "small"):
+        growths: list[int] = []
+        for image in [i for i in ("many", "small", "big") if i in wanted]:
             name = f"{reg.host}/bench/{image}:v1"
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--threads",
+                     "--nonblocking", "-r", "200", "-f", "raw", "-o",
+                     f"{args.profile}-{image}.txt", "--pid", str(daemon.proc.pid)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for run in range(args.runs):
                 for engine, api in engines.items():  # alternate, so neither gets a warm host
-                    took, _ = cold_pull(api, name)
+                    took, growth = cold_pull(
+                        api, name, daemon.proc.pid if engine == "stowd" else None)
                     results.setdefault(image, {}).setdefault(engine, []).append(took)
                     log(f"{image} {engine} run {run}: {took:.2f} s "
-                        + " ".join(f"{k} {v:.2f}" for k, v in MARKS.items()))
+                        + " ".join(f"{k} {v:.2f}" for k, v in MARKS.items())
+                        + (f" RSS +{growth / 1024:.1f} MiB" if engine == "stowd" else ""))
                     if engine == "stowd":
                         phases.setdefault(image, []).append(dict(MARKS))
-        took, growth = cold_pull(engines["stowd"], f"{reg.host}/bench/big:v1", daemon.proc.pid)
-        log(f"big stowd: {took:.2f} s, peak RSS growth {growth / 1024:.1f} MiB")
-        big_dockerd = None
-        if "dockerd" in engines:
-            big_dockerd, _ = cold_pull(engines["dockerd"], f"{reg.host}/bench/big:v1")
-        steps = asyncio.run(floor(reg, "bench/many", many, work))
-        print("| image | stowd (s) | dockerd (s) | ratio |\n|---|---|---|---|")
+                        if image == "big":
+                            growths.append(growth)
+            if spy:
+                spy.send_signal(2)
+                spy.wait()
+        steps = {} if args.no_floor else asyncio.run(floor(reg, "bench/many", many, work))
+        print(f"{args.runs} runs each, alternating; median (min–max)\n")
+        print("| image | stowd (s) | dockerd (s) | stowd/dockerd |\n|---|---|---|---|")
+
+        def fig(xs: list[float]) -> str:
+            return f"{statistics.median(xs):.2f} ({min(xs):.2f}–{max(xs):.2f})"
+
         for image, per in results.items():
-            s = statistics.median(per["stowd"])
-            dd = statistics.median(per["dockerd"]) if "dockerd" in per else None
-            print(f"| {image} | {s:.2f} | {dd:.2f} | {s / dd:.2f} |" if dd else
-                  f"| {image} | {s:.2f} | - | - |")
-        print(f"| big ({args.big_mb} MB) | {took:.2f} | "
-              f"{big_dockerd:.2f} | {took / big_dockerd:.2f} |" if big_dockerd else
-              f"| big ({args.big_mb} MB) | {took:.2f} | - | - |")
-        print(f"\nstowd peak RSS growth during the big pull: {growth / 1024:.1f} MiB\n")
+            label = f"big ({args.big_mb} MB)" if image == "big" else image
+            s = per["stowd"]
+            dd = per.get("dockerd")
+            ratios = [a / b for a, b in zip(s, dd, strict=True)] if dd else []
+            print(f"| {label} | {fig(s)} | {fig(dd)} | {fig(ratios)} |" if dd else
+                  f"| {label} | {fig(s)} | - | - |")
+        if growths:
+            print(f"\nstowd peak RSS growth during the big pull: "
+                  f"{max(growths) / 1024:.1f} MiB (largest of {len(growths)})\n")
         print("| stowd, median s from the request | manifest+config | last download "
               "complete | last layer extracted |\n|---|---|---|---|")
         for image, marks in phases.items():
@@ -294,10 +320,11 @@ def main() -> None:
                    for k in ("resolved", "Download complete", "Pull complete")}
             print(f"| {image} | {med['resolved']:.2f} | {med['Download complete']:.2f} | "
                   f"{med['Pull complete']:.2f} |")
-        print()
-        print("| floor step (`many`, ~100 MB) | s |\n|---|---|")
-        for step, t in steps.items():
-            print(f"| {step} | {t:.2f} |")
+        if steps:
+            print()
+            print("| floor step (`many`, ~100 MB) | s |\n|---|---|")
+            for step, t in steps.items():
+                print(f"| {step} | {t:.2f} |")
     finally:
         daemon.cleanup()
         reg.stop()

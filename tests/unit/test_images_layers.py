@@ -291,3 +291,42 @@ def test_gzip_media_type_is_not_guessed() -> None:
     # A plain tar under a gzip media type is refused, never taken as it is.
     with pytest.raises(InvalidParameter, match="bad compressed data"):
         list(decompressed_as(io.BytesIO(b"x" * 1024), "gzip"))
+
+
+def test_bad_gzip_data_is_refused_clearly() -> None:
+    bad = gzip.compress(os.urandom(1 << 16))
+    bad = bad[:100] + bytes(b ^ 0xFF for b in bad[100:200]) + bad[200:]
+    with pytest.raises(InvalidParameter, match="bad compressed data"):
+        list(decompressed(io.BytesIO(bad)))
+    with pytest.raises(InvalidParameter, match="bad compressed data"):
+        list(decompressed_as(io.BytesIO(bad), "gzip"))
+    with pytest.raises(InvalidParameter, match="unexpected end of gzip data"):
+        list(decompressed_as(io.BytesIO(gzip.compress(b"x" * 100000)[:-20]), "gzip"))
+
+
+class _Breaks(io.RawIOBase):
+    """A layer source that fails half-way, as a pull whose client went away."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self._reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        self._reads += 1
+        if self._reads > 3:
+            raise ConnectionError("gone")
+        return self._data.readinto(b)
+
+
+def test_a_source_failing_half_way_leaves_nothing_and_no_thread(tmp_path: Path) -> None:
+    import threading
+    tar = layer_tar([file(f"f{i}", os.urandom(1 << 20)) for i in range(8)])
+    before = threading.active_count()
+    with pytest.raises(ConnectionError):
+        extract_layer(_Breaks(gzip.compress(tar, compresslevel=1)), tmp_path,  # type: ignore[arg-type]
+                      compression="gzip")
+    assert list(tmp_path.iterdir()) == []
+    assert threading.active_count() == before

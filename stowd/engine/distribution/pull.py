@@ -25,8 +25,8 @@ from stowd.engine.distribution.client import DigestMismatch, RegistryClient
 from stowd.engine.distribution.metadata import BlobSums
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images import reference
-from stowd.engine.images.layers import chain_id
-from stowd.engine.images.pipe import FeedPipe
+from stowd.engine.images.layers import CHUNK, chain_id
+from stowd.engine.images.pipe import FeedPipe, Stage
 from stowd.engine.images.store import Image, ImageStore
 
 log = logging.getLogger("stowd.distribution")
@@ -64,7 +64,8 @@ class PullResult:
 
 
 class _Verified(io.RawIOBase):
-    """A blob read in the worker thread, hashed on the way; at its end the digest and size
+    """A blob read in the worker thread, hashed on the way (in a thread of its own, so the
+    blob's sha256 and the decompression run on two CPUs); at its end the digest and size
     must be the descriptor's, or the read raises (so the layer never enters the store)."""
 
     def __init__(self, source: FeedPipe, digest: str, size: int) -> None:
@@ -72,26 +73,47 @@ class _Verified(io.RawIOBase):
         self._digest = digest
         self._size = size
         self._hasher = hashlib.sha256()
+        self._hashing = Stage(self._hasher.update, name="blob-sha256")
         self._read = 0
+        self._done = False
 
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        # The pipe's chunks (immutable bytes) go on to the hash and the decompression as
+        # they are: no copy into a buffer of the reader's.
+        data = self._source.read(size)
+        if data:
+            self._hashing.put(data)
+            self._read += len(data)
+            return data
+        self._end()
+        return b""
+
     def readinto(self, b: Any) -> int:
-        n = self._source.readinto(b)
-        if n:
-            self._hasher.update(memoryview(b)[:n])
-            self._read += n
-            return n
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def _end(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._hashing.finish()
         if "sha256:" + self._hasher.hexdigest() != self._digest or self._read != self._size:
             raise DigestMismatch(f"filesystem layer verification failed for digest "
                                  f"{self._digest}")
-        return 0
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            self._hashing.abort()
+        super().close()
 
     def drain(self) -> None:
         """Read to the end: raises DigestMismatch when the blob is not the one announced."""
-        buf = bytearray(1 << 20)
-        while self.readinto(buf):
+        while self.read(CHUNK):
             pass
 
 
@@ -108,6 +130,8 @@ def _store(images: ImageStore, source: _Verified, parent: str | None,
         if not isinstance(exc, DigestMismatch):
             source.drain()
         raise
+    finally:
+        source.close()
 
 
 @dataclass

@@ -3,6 +3,9 @@
 Blocking: run from a worker thread. The tar is streamed through GNU tar, never held in
 memory; its sha256 (the layer's diff ID) is computed on the way, and a tar-split record
 (see tarsplit.py) is written beside `diff` so that `docker save` can give the exact tar back.
+Decompression runs in the calling thread and the rest (diff ID, tar-split, GNU tar's pipe)
+in a second one, so that one layer uses two CPUs. gzip is inflated with ISA-L (python-isal),
+several times faster than zlib on text and still faster on incompressible data.
 GNU tar refuses `..` members and replaces symlinks that could lead outside the directory
 with placeholders until the end, so an archive cannot write outside the layer.
 """
@@ -28,13 +31,20 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
 import zstandard
+from isal import isal_zlib
 
 from stowd.engine.errors import InvalidParameter
+from stowd.engine.images.pipe import Stage
 from stowd.engine.images.tarsplit import SplitResult, TarSplitter, check_files
 
 log = logging.getLogger("stowd.images")
 
 CHUNK = 1 << 20
+# isal's error is not typed as an exception class.
+INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,
+                                                   cast(type[BaseException], isal_zlib.error))
+BAD_DATA_ERRORS: tuple[type[BaseException], ...] = (*INFLATE_ERRORS, OSError, EOFError,
+                                                   lzma.LZMAError)
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 WHITEOUT_PREFIX = ".wh."
 # `.wh..wh.*` names are the union filesystem's own bookkeeping (aufs `.wh..wh.plnk`, ...);
@@ -74,7 +84,7 @@ def decompressed(source: BinaryIO, counted: Callable[[int], None] | None = None
         return
     gzip_stream = head[:2] == b"\x1f\x8b"
     if gzip_stream:
-        inflater = zlib.decompressobj(wbits=47)
+        inflater = isal_zlib.decompressobj(wbits=47)
     elif head[:3] == b"BZh":
         other: bz2.BZ2Decompressor | lzma.LZMADecompressor | None = bz2.BZ2Decompressor()
     elif head[:6] == b"\xfd7zXZ\x00":
@@ -100,7 +110,7 @@ def decompressed(source: BinaryIO, counted: Callable[[int], None] | None = None
                         else other.decompress(b"", max_length=CHUNK)
             else:
                 yield chunk
-        except (zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
+        except BAD_DATA_ERRORS as exc:
             raise InvalidParameter(f"invalid layer archive: bad compressed data: {exc}") \
                 from exc
         if counted:
@@ -174,7 +184,7 @@ def _counted(chunks: Iterator[bytes], counted: Callable[[int], None] | None
 
 def _gzip_decompressed(chunks: Iterator[bytes], counted: Callable[[int], None] | None
                        ) -> Iterator[bytes]:
-    inflater = zlib.decompressobj(wbits=31)
+    inflater = isal_zlib.decompressobj(wbits=31)
     read = 0
     try:
         for chunk in chunks:
@@ -187,7 +197,7 @@ def _gzip_decompressed(chunks: Iterator[bytes], counted: Callable[[int], None] |
             # Concatenated gzip members (pigz, some registries' clients) continue the tar.
             while inflater.eof and inflater.unused_data:
                 rest = inflater.unused_data
-                inflater = zlib.decompressobj(wbits=31)
+                inflater = isal_zlib.decompressobj(wbits=31)
                 data = inflater.decompress(rest, CHUNK)
                 while data:
                     yield data
@@ -195,7 +205,7 @@ def _gzip_decompressed(chunks: Iterator[bytes], counted: Callable[[int], None] |
                         if inflater.unconsumed_tail else b""
             if counted:
                 counted(read)
-    except zlib.error as exc:
+    except INFLATE_ERRORS as exc:
         raise InvalidParameter(f"invalid layer archive: bad compressed data: {exc}") from exc
     if read and not inflater.eof:
         raise InvalidParameter("invalid layer archive: unexpected end of gzip data")
@@ -233,20 +243,33 @@ def extract_layer(source: BinaryIO, layers_root: Path,
     with contextlib.suppress(OSError):
         fcntl.fcntl(proc.stdin.fileno(), F_SETPIPE_SZ, CHUNK)
     tar_reading = True
+
+    def feed(data: bytes) -> None:  # the second thread
+        nonlocal tar_reading
+        hasher.update(data)
+        splitter.feed(data)
+        if tar_reading:
+            try:
+                stdin.write(data)
+            except BrokenPipeError:
+                # tar stops at the end-of-archive blocks; the diff ID still covers every
+                # byte that follows them.
+                tar_reading = False
+
+    stdin = proc.stdin
     try:
         with gzip.open(tmp / TAR_SPLIT, "wb", compresslevel=1) as split_file:
             splitter = TarSplitter(split_file)  # type: ignore[arg-type]
-            for data in decompressed_as(source, compression, progress):
-                hasher.update(data)
-                total += len(data)
-                splitter.feed(data)
-                if tar_reading:
-                    try:
-                        proc.stdin.write(data)
-                    except BrokenPipeError:
-                        # tar stops at the end-of-archive blocks; the diff ID still covers
-                        # every byte that follows them.
-                        tar_reading = False
+            stage = Stage(feed, name="layer-feed")
+            try:
+                for data in decompressed_as(source, compression, progress):
+                    total += len(data)
+                    stage.put(data)
+            except BaseException:
+                proc.kill()  # a write the stage is blocked in fails, so it can stop
+                stage.abort()
+                raise
+            stage.finish()
             split = splitter.close()
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()

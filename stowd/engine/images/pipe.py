@@ -1,15 +1,18 @@
-"""A bounded pipe from a blocking writer in a worker thread to a reader on the event loop.
+"""Bounded pipes between the event loop and worker threads, and between two threads.
 
-The writer sees a file (`write`); the reader iterates chunks. At most `depth` chunks wait
-in between, so a slow reader slows the writer instead of filling memory, and a reader that
-goes away makes the next `write` raise BrokenPipeError.
+`ThreadPipe`: a blocking writer in a worker thread to a reader on the event loop. The writer
+sees a file (`write`); the reader iterates chunks. At most `depth` chunks wait in between, so
+a slow reader slows the writer instead of filling memory, and a reader that goes away makes
+the next `write` raise BrokenPipeError. `FeedPipe` is the other direction, `Stage` a second
+worker thread doing one step of a stream while the first thread does the step before.
 """
 
 import asyncio
 import concurrent.futures
 import io
+import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 _DONE = object()
@@ -93,6 +96,7 @@ class FeedPipe(io.RawIOBase):
         self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue(depth)
         self._buffer = memoryview(b"")
+        self._item = b""  # the chunk _buffer is a view of
         self._eof = False
         self._closed = False
 
@@ -127,18 +131,95 @@ class FeedPipe(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _next(self) -> None:
+        item = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop).result()
+        if item is _DONE:
+            self._eof = True
+        elif isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        else:
+            assert isinstance(item, bytes)
+            self._item = item
+            self._buffer = memoryview(item)
+
     def readinto(self, b: Any) -> int:
         if not self._buffer and not self._eof:
-            item = asyncio.run_coroutine_threadsafe(self._queue.get(), self._loop).result()
-            if item is _DONE:
-                self._eof = True
-            elif isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            else:
-                assert isinstance(item, bytes)
-                self._buffer = memoryview(item)
+            self._next()
         n = min(len(b), len(self._buffer))
         b[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
         return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        """A chunk as it was put, without a copy when it fits in size (the usual case:
+        the writer puts chunks of the reader's size)."""
+        if size is None or size < 0:
+            return self.readall()
+        if not self._buffer and not self._eof:
+            self._next()
+        if len(self._buffer) <= size:
+            out = self._item if len(self._buffer) == len(self._item) else bytes(self._buffer)
+            self._buffer = memoryview(b"")
+            return out
+        out = bytes(self._buffer[:size])
+        self._buffer = self._buffer[size:]
+        return out
+
+
+class _Stop:
+    pass
+
+
+_STOP = _Stop()
+
+
+class Stage:
+    """A worker thread applying `work` to each chunk handed to it, in order, while the
+    caller's thread goes on with the next chunk: two steps of one stream on two CPUs
+    (hashlib, zlib and isal let go of the GIL on large buffers). At most `depth` chunks wait,
+    so memory stays bounded. An error in `work` is raised to the caller by its next `put` or
+    by `finish`; after one, the chunks still queued are dropped.
+
+    Every Stage must end with `finish()` (all work done, errors raised) or `abort()` (the
+    caller failed: nothing more matters), or its thread waits forever.
+    """
+
+    def __init__(self, work: Callable[[bytes], None], depth: int = 4,
+                 name: str = "stage") -> None:
+        self._work = work
+        self._queue: queue.Queue[bytes | _Stop] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, _Stop):
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._work(item)
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+
+    def put(self, chunk: bytes) -> None:
+        """chunk must not change afterwards (bytes, not a reused buffer)."""
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def finish(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        if self._error is None:
+            self._error = BrokenPipeError("the stage was aborted")
+        # The thread drops what is queued once _error is set, so there is room soon.
+        self._queue.put(_STOP)
+        self._thread.join()
