@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS images (
     created REAL NOT NULL,
     body TEXT NOT NULL
 );
+-- The build cache looks a step up among its parent's children.
+CREATE INDEX IF NOT EXISTS images_by_parent ON images(json_extract(body, '$.parent'));
 CREATE TABLE IF NOT EXISTS tags (
     ref TEXT PRIMARY KEY,
     image_id TEXT NOT NULL REFERENCES images(id)
@@ -161,6 +163,14 @@ class Store:
     def all_images(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute("SELECT body FROM images ORDER BY created").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def child_images(self, parent_id: str) -> list[dict[str, Any]]:
+        """The records of the images whose parent is parent_id, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM images WHERE json_extract(body, '$.parent') = ? "
+                "ORDER BY created DESC", (parent_id,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def set_tag(self, ref: str, image_id: str) -> str | None:

@@ -26,25 +26,13 @@ def cache_key(container_config: dict[str, Any]) -> str:
                       sort_keys=True)
 
 
-def _config_of(images: ImageStore, image_id: str) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(
-            (images.blobs / image_id.removeprefix("sha256:")).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return doc
-
-
 def find_local(images: ImageStore, parent_id: str, container_config: dict[str, Any]
                ) -> Image | None:
     """A child of parent_id built by the same step, newest first."""
     key = cache_key(container_config)
-    children = [r for r in images.db.all_images() if (r.get("parent") or "") == parent_id]
-    children.sort(key=lambda r: r.get("created") or "", reverse=True)
-    for record in children:
-        doc = _config_of(images, record["id"])
-        if doc is not None and cache_key(doc.get("container_config") or {}) == key:
-            return images.find(record["id"])
+    for child in images.children(parent_id):
+        if cache_key(child.config.get("container_config") or {}) == key:
+            return child
     return None
 
 

@@ -107,6 +107,12 @@ class ImageStore:
         tags = self._tags_by_image()
         return [self._load(r, tags) for r in self.db.all_images()]
 
+    def children(self, parent_id: str) -> list[Image]:
+        """The images whose parent is parent_id, newest first (build steps built on it)."""
+        records = self.db.child_images(parent_id)
+        tags = self._tags_by_image() if records else {}
+        return [self._load(r, tags) for r in records]
+
     def resolve(self, name: str) -> Image:
         """An image by reference, full or short ID, or digest; NotFound otherwise."""
         image = self.find(name)
