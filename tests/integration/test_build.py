@@ -5,6 +5,7 @@ import http.server
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import tarfile
@@ -398,6 +399,118 @@ def test_stream_shape_and_aux(api: docker.APIClient, tmp_path: Path) -> None:
     assert len(auxes) == 2  # one per stage, as dockerd
     assert streams[-1] == f"Successfully built {auxes[-1].removeprefix('sha256:')[:12]}\n"
     assert json.dumps(lines)  # every line was a JSON object
+
+
+def _stream_text(api: docker.APIClient, ctx: Path, **kw: object) -> str:
+    """The build's stream lines joined, IDs written as <ID>, as compared with dockerd's."""
+    lines = list(api.build(path=str(ctx), decode=True, **kw))
+    text = "".join(line.get("stream", "") for line in lines)
+    return re.sub(r"\b[0-9a-f]{12}\b", "<ID>", text)
+
+
+# What dockerd 20.10's classic builder streams for STEPS (recorded side by side): a
+# container for each step that is not COPY/ADD (config steps and WORKDIR are created and
+# never started), the RUN's stderr in red, and on a rebuild only `Using cache`.
+STEPS = 'FROM busybox\nENV A=1\nWORKDIR /w\nCOPY f /w/f\nRUN echo out; echo err >&2\nCMD ["sh"]\n'
+DOCKERD_COLD = (
+    "Step 1/6 : FROM busybox\n ---> <ID>\n"
+    "Step 2/6 : ENV A=1\n ---> Running in <ID>\nRemoving intermediate container <ID>\n"
+    " ---> <ID>\n"
+    "Step 3/6 : WORKDIR /w\n ---> Running in <ID>\nRemoving intermediate container <ID>\n"
+    " ---> <ID>\n"
+    "Step 4/6 : COPY f /w/f\n ---> <ID>\n"
+    "Step 5/6 : RUN echo out; echo err >&2\n ---> Running in <ID>\nout\n"
+    "\x1b[91merr\n\x1b[0mRemoving intermediate container <ID>\n ---> <ID>\n"
+    'Step 6/6 : CMD ["sh"]\n ---> Running in <ID>\nRemoving intermediate container <ID>\n'
+    " ---> <ID>\n"
+    "Successfully built <ID>\nSuccessfully tagged built:steps\n")
+DOCKERD_CACHED = (
+    "Step 1/6 : FROM busybox\n ---> <ID>\n"
+    + "".join(f"Step {n}/6 : {line}\n ---> Using cache\n ---> <ID>\n"
+              for n, line in enumerate(STEPS.splitlines()[1:], start=2))
+    + "Successfully built <ID>\nSuccessfully tagged built:steps\n")
+
+
+def test_stream_lines_step_for_step(client: docker.DockerClient, api: docker.APIClient,
+                                    tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": STEPS, "f": "f\n"})
+    since = time.time()
+    assert _stream_text(api, ctx, tag="built:steps", nocache=True, rm=True) == DOCKERD_COLD
+    # The step containers are real ones: created, and destroyed by `rm`.
+    events = client.api.events(since=since, until=time.time(), decode=True,
+                               filters={"type": "container"})
+    actions = [e["Action"] for e in events]
+    assert actions.count("create") == 4 and actions.count("destroy") == 4
+    assert actions.count("start") == 1  # only the RUN's
+    assert _stream_text(api, ctx, tag="built:steps", rm=True) == DOCKERD_CACHED
+    # rm=0 leaves them, as dockerd: the config steps' never started.
+    before = {c.id for c in client.containers.list(all=True)}
+    _stream_text(api, ctx, tag="built:steps", nocache=True, rm=False)
+    left = [c for c in client.containers.list(all=True) if c.id not in before]
+    assert sorted(c.status for c in left) == ["created", "created", "created", "exited"]
+    history = client.api.history("built:steps")
+    assert history[0]["CreatedBy"] == '/bin/sh -c #(nop)  CMD ["sh"]'
+    for c in left:
+        c.remove(v=True)
+
+
+def test_workdir_makes_its_directory(cli: Cli, client: docker.DockerClient,
+                                     tmp_path: Path) -> None:
+    """As dockerd: a WORKDIR that is not there is made in a layer of its own, owned by
+    root whatever USER is, also in a `FROM scratch` stage; one that is there adds an
+    empty layer; a file in its way fails the step."""
+    ctx = write(tmp_path, {"Dockerfile": (
+        "FROM scratch AS bare\nWORKDIR /made/in/scratch\n"
+        "FROM busybox\nCOPY --from=bare /made /from-scratch\nUSER 1000\n"
+        "WORKDIR /made/here\nWORKDIR rel\nWORKDIR /tmp\n"
+        "RUN stat -c '%n %u:%g %a' /made/here /made/here/rel /from-scratch/in/scratch\n")})
+    out = build(cli, "-t", "built:workdir", str(ctx)).stdout
+    assert ("/made/here 0:0 755\n/made/here/rel 0:0 755\n/from-scratch/in/scratch 0:0 755\n"
+            in out)
+    history = {h["created_by"]: h.get("empty_layer", False)
+               for h in _config(client, "built:workdir")["history"]}
+    assert history["/bin/sh -c #(nop) WORKDIR /made/here"] is False
+    assert history["/bin/sh -c #(nop) WORKDIR /made/here/rel"] is False
+    assert history["/bin/sh -c #(nop) WORKDIR /tmp"] is True  # /tmp is there already
+    # The directory is in the image, not only made by the runtime at start.
+    bits, _ = client.api.get_archive(client.containers.create("built:workdir", "x").id,
+                                     "/made/here/rel")
+    assert b"".join(bits)
+    bad = build(cli, "-", input="FROM busybox\nWORKDIR /etc/passwd\n", check=False)
+    assert bad.returncode == 1
+    assert "Cannot mkdir: /etc/passwd is not a directory" in bad.stderr
+
+
+def _config(client: docker.DockerClient, name: str) -> dict[str, object]:
+    """The image's config document, as `docker save` carries it."""
+    data = b"".join(client.images.get(name).save())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        return json.load(tar.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type, no-any-return]
+
+
+def test_chmod_is_refused_as_dockerd_20_10(cli: Cli, tmp_path: Path) -> None:
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nCOPY --chmod=600 f /f\n", "f": "f"})
+    proc = build(cli, str(ctx), check=False)
+    assert proc.returncode == 1
+    assert "Step 2/2 : COPY --chmod=600 f /f" in proc.stdout  # refused in the step
+    assert ("the --chmod option requires BuildKit. Refer to https://docs.docker.com/go/"
+            "buildkit/ to learn how to build images with BuildKit enabled") in proc.stderr
+
+
+def test_run_steps_get_the_builds_limits(cli: Cli, client: docker.DockerClient,
+                                         tmp_path: Path) -> None:
+    """--memory, --memory-swap, --cpu-period/--cpu-quota, --cpuset-cpus: read back from the
+    RUN container's own cgroup (v2 or v1 files)."""
+    ctx = write(tmp_path, {"Dockerfile": (
+        "FROM busybox\nRUN cd /sys/fs/cgroup && if [ -f memory.max ]; then "
+        "cat memory.max cpu.max cpuset.cpus; else cat memory/memory.limit_in_bytes; "
+        "echo $(cat cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us); cat cpuset/cpuset.cpus; "
+        "fi > /limits\n")})
+    build(cli, "--memory", "64m", "--memory-swap", "128m", "--cpu-period", "50000",
+          "--cpu-quota", "25000", "--cpuset-cpus", "0", "-t", "built:limits", str(ctx))
+    assert client.containers.run("built:limits", "cat /limits", remove=True) == \
+        b"67108864\n25000 50000\n0\n"
 
 
 def test_build_cache_in_df_and_builder_prune(cli: Cli, client: docker.DockerClient,

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from stowd import __version__
+from stowd.engine.attach import STDERR
 from stowd.engine.build import cache
 from stowd.engine.build import copy as copying
 from stowd.engine.build.parse import Dockerfile, Instruction, Stage, parse_duration, parse_trigger
@@ -67,10 +68,15 @@ class BuildHost(Protocol):
 
     images: ImageStore
 
-    async def run_container(self, config: dict[str, Any], host_config: dict[str, Any],
-                            on_created: Callable[[str], Awaitable[None]],
-                            output: Callable[[bytes], Awaitable[None]]) -> tuple[str, int]:
-        """Create, start and wait for a container; its output as it comes."""
+    async def create_container(self, config: dict[str, Any], host_config: dict[str, Any]
+                               ) -> tuple[str, list[str]]:
+        """Create (not start) a container: its ID and the engine's warnings."""
+        ...
+
+    async def run_container(self, cid: str,
+                            output: Callable[[int, bytes], Awaitable[None]]) -> int:
+        """Start a created container and wait for it; its output (stream 1 or 2, the
+        bytes) as it comes."""
         ...
 
     def upper_dir(self, container_id: str) -> Path: ...
@@ -374,7 +380,7 @@ class Builder:
             if not path.startswith("/"):
                 path = posixpath.join("/", cfg.get("WorkingDir") or "/", path)
             cfg["WorkingDir"] = posixpath.normpath(path)
-            await self.commit_meta(st, f"WORKDIR {cfg['WorkingDir']}", single=True)
+            await self.workdir(st, cfg["WorkingDir"])
         elif name == "USER":
             cfg["User"] = self.expand(st, ins.args[0])
             await self.commit_meta(st, f"USER {cfg['User']}")
@@ -554,8 +560,67 @@ class Builder:
         container_config = self._container_config(st, cmd)
         if await self.probe(st, container_config):
             return
-        doc = self._doc(st, container_config, " ".join(cmd), None)
-        st.image = await self._add_image(st, doc, None)
+        await self.commit_step(st, container_config, None, None)
+
+    async def commit_step(self, st: StageState, container_config: dict[str, Any],
+                          chain: str | None, diff_id: str | None) -> None:
+        """Commit a step that runs nothing (a config change, WORKDIR's directory) as
+        dockerd's builder does: through a container of the step's image, created and never
+        started, so that the stream (`Running in`, `Removing intermediate container`), the
+        events and what `rm=0` leaves read as dockerd's. The first step after `FROM
+        scratch` has no image to create one from (dockerd's can): it goes without."""
+        cid = ""
+        if st.image is not None:
+            config = {k: v for k, v in container_config.items() if v is not None}
+            config["Image"] = st.image.id
+            cid = await self._create(config)
+        try:
+            if cid:
+                container_config = {**container_config, "Hostname": cid[:12]}
+            doc = self._doc(st, container_config, " ".join(container_config["Cmd"]), diff_id,
+                            cid)
+            st.image = await self._add_image(st, doc, chain)
+        except BaseException as exc:
+            if cid and (self.opts.forcerm or isinstance(exc, asyncio.CancelledError)):
+                await self._remove(cid)
+            raise
+        if cid and (self.opts.rm or self.opts.forcerm):
+            await self._remove(cid)
+
+    async def _create(self, config: dict[str, Any]) -> str:
+        """A step's container, announced as dockerd does (its warnings first)."""
+        cid, warnings = await self.host.create_container(config, self._host_config())
+        for warning in warnings:
+            await self.say(f" ---> [Warning] {warning}\n")
+        await self.say(f" ---> Running in {cid[:12]}\n")
+        return cid
+
+    async def workdir(self, st: StageState, path: str) -> None:
+        """WORKDIR: the directory made in a layer of the step's own, as dockerd's container
+        create makes it (root's, 0755, whatever USER is); an empty layer when the image
+        has it already."""
+        container_config = self._container_config(st, [*st.shell, f"#(nop) WORKDIR {path}"])
+        if await self.probe(st, container_config):
+            return
+        dest_layers = self._layer_dirs(st.image)
+        work = self.scratch / secrets.token_hex(6)
+
+        def write() -> tuple[str | None, str | None]:
+            copying.enter_private_namespace()
+            view = copying.mount_view(dest_layers, work / "dest")
+            staging = work / "layer"
+            staging.mkdir()
+            if not copying.make_workdir(copying.Stager(staging, view, (0, 0)), path):
+                return None, None
+            return self._store_dir(st, staging)
+
+        try:
+            chain, diff_id = await run_in_own_thread(write)
+        except copying.CopyError as exc:
+            raise BuildError(str(exc)) from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        await self.commit_step(st, container_config, chain, diff_id)
 
     # RUN ------------------------------------------------------------------------------
 
@@ -580,29 +645,27 @@ class Builder:
         run_config.update({"Image": st.image.id, "Cmd": cmd, "Entrypoint": [],
                            "Env": env + build_env, "Healthcheck": {"Test": ["NONE"]},
                            "AttachStdout": True, "AttachStderr": True, "OnBuild": None})
-        host_config = self._host_config()
-        created: list[str] = []
+        try:
+            cid = await self._create(run_config)
+        except asyncio.CancelledError:
+            raise
+        except EngineError as exc:  # the engine refused the container
+            raise BuildError(exc.message) from exc
 
-        async def on_created(cid: str) -> None:
-            created.append(cid)
-            await self.say(f" ---> Running in {cid[:12]}\n")
-
-        async def output(data: bytes) -> None:
-            await self.say(data.decode("utf-8", errors="replace"))
+        async def output(stream: int, data: bytes) -> None:
+            text = data.decode("utf-8", errors="replace")
+            # dockerd's stderrFormatter: the RUN's stderr in red, write by write.
+            await self.say(f"\x1b[91m{text}\x1b[0m" if stream == STDERR else text)
 
         try:
-            cid, code = await self.host.run_container(run_config, host_config, on_created,
-                                                      output)
+            code = await self.host.run_container(cid, output)
         except asyncio.CancelledError:
-            for cid in created:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.host.remove_container(cid))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.host.remove_container(cid))
             raise
-        except BuildError:
-            raise
-        except Exception as exc:  # the engine refused the container
-            if created and self.opts.forcerm:
-                await self._remove(created[0])
+        except Exception as exc:  # the engine could not start it
+            if self.opts.forcerm:
+                await self._remove(cid)
             raise BuildError(str(exc)) from exc
         if code != 0:
             if self.opts.forcerm:
@@ -611,6 +674,7 @@ class Builder:
                              code)
         try:
             chain, diff_id = await asyncio.to_thread(self._commit_upper, st, cid)
+            container_config["Hostname"] = cid[:12]
             doc = self._doc(st, container_config, " ".join(save_cmd), diff_id, cid)
             st.image = await self._add_image(st, doc, chain)
         except BaseException:
@@ -672,6 +736,12 @@ class Builder:
 
     async def copy(self, st: StageState, ins: Instruction) -> None:
         cmd_name = ins.name
+        if "chmod" in ins.flags:
+            # dockerd 20.10's classic builder accepts the flag when parsing and refuses it
+            # here, in the step (an errorDetail line after its `Step` line).
+            raise BuildError("the --chmod option requires BuildKit. Refer to "
+                             "https://docs.docker.com/go/buildkit/ to learn how to build "
+                             "images with BuildKit enabled")
         words = [self.expand(st, a) for a in ins.args]
         *sources, dest = words
         chown = self.expand(st, ins.flags["chown"]) if ins.flags.get("chown") else ""

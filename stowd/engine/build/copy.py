@@ -265,7 +265,8 @@ class Stager:
         self.view = view
         self.uid, self.gid = owner
 
-    def _in_view(self, inside: str) -> os.stat_result | None:
+    def in_view(self, inside: str) -> os.stat_result | None:
+        """What the image has at inside (a resolved path), followed if a link."""
         try:
             return os.stat(os.path.join(self.view, inside.lstrip("/")))
         except OSError:
@@ -282,7 +283,7 @@ class Stager:
             current = os.path.join(current, part)
             if os.path.isdir(current):
                 continue
-            existing = self._in_view(path)
+            existing = self.in_view(path)
             if existing is not None and stat.S_ISDIR(existing.st_mode):
                 os.mkdir(current)
                 os.chown(current, existing.st_uid, existing.st_gid)
@@ -309,7 +310,7 @@ class Stager:
 
     def copy_tree(self, src: str, dest: str) -> None:
         """The contents of directory src into directory dest."""
-        existed = self._in_view(dest) is not None
+        existed = self.in_view(dest) is not None
         root = self.ensure_dir(dest, stat.S_IMODE(os.stat(src).st_mode))
         if not existed:
             self._chown(root)
@@ -347,8 +348,27 @@ class Stager:
         staged = os.path.join(str(self.staging), inside.lstrip("/"))
         if os.path.isdir(staged):
             return True
-        st = self._in_view(inside)
+        st = self.in_view(inside)
         return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+def make_workdir(stager: Stager, path: str) -> bool:
+    """WORKDIR's directory, as dockerd's SetupWorkingDirectory makes it at container create:
+    symlinks followed inside the image, the missing directories made 0755 and owned by
+    root (not by USER). False when the image has it already (nothing to write)."""
+    with _root_fd(stager.view) as fd:
+        resolved = resolve_in_scope(fd, path)
+    prefix = ""
+    for part in [p for p in resolved.split("/") if p]:
+        prefix += "/" + part
+        found = stager.in_view(prefix)
+        if found is None:
+            stager.ensure_dir(resolved)
+            return True
+        if not stat.S_ISDIR(found.st_mode):
+            raise CopyError(f"Cannot mkdir: {prefix if prefix != resolved else path} is not "
+                            "a directory")
+    return False
 
 
 def destination(workdir: str, requested: str) -> tuple[str, bool]:

@@ -29,17 +29,18 @@ class EngineHost:
         self.image_service = images
         self.images: ImageStore = images.store
 
-    async def run_container(self, config: dict[str, Any], host_config: dict[str, Any],
-                            on_created: Callable[[str], Awaitable[None]],
-                            output: Callable[[bytes], Awaitable[None]]) -> tuple[str, int]:
-        cid, _ = await self.containers.create(None, {**config, "HostConfig": host_config})
-        await on_created(cid)
+    async def create_container(self, config: dict[str, Any], host_config: dict[str, Any]
+                               ) -> tuple[str, list[str]]:
+        return await self.containers.create(None, {**config, "HostConfig": host_config})
+
+    async def run_container(self, cid: str,
+                            output: Callable[[int, bytes], Awaitable[None]]) -> int:
         _, session = await self.containers.attach(cid, stdin=False, stdout=True, stderr=True)
         try:
             exited = self.containers.wait(cid, "next-exit")
             await self.containers.start(cid)
             while (item := await session.output.get()) is not None:
-                await output(item[1])
+                await output(*item)
             status = await exited
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -49,7 +50,7 @@ class EngineHost:
             self.containers.detach(session)
         if status.error:
             raise RuntimeError(status.error)
-        return cid, status.code
+        return status.code
 
     def upper_dir(self, container_id: str) -> Path:
         return self.containers.upper_dir(container_id)

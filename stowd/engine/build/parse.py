@@ -134,10 +134,6 @@ def _check(ins: Instruction) -> None:
     if name in ("COPY", "ADD") and n < 2:
         raise ins.error(f"{name} requires at least two arguments, but only one was provided. "
                         "Destination could not be determined")
-    if (name == "COPY" and "chmod" in ins.flags) or (name == "ADD" and "chmod" in ins.flags):
-        raise ins.error("the --chmod option requires BuildKit. Refer to "
-                        "https://docs.docker.com/go/buildkit/ to learn how to build images "
-                        "with BuildKit enabled")
     if name == "SHELL" and not ins.json:
         raise ins.error("SHELL requires the arguments to be in JSON form")
     if name == "SHELL" and n == 0:
