@@ -1,7 +1,9 @@
 """docker build (the classic builder, `POST /build`) in stowd and, in the same run, dockerd.
 
-A 6-step Dockerfile (FROM, two COPYs, three RUNs), built cold (`nocache=1`) and then fully
-cached, N times each, through raw HTTP on the unix socket (the context tar is made once).
+A 6-step Dockerfile (FROM, two COPYs, three RUNs) and one of FROM and 21 config steps
+(ENV, LABEL, WORKDIR, EXPOSE, CMD: each a container created and removed, as dockerd), built
+cold (`nocache=1`) and then fully cached, N times each, through raw HTTP on the unix socket
+(the context tars are made once).
 stowd is started by tests/daemon.py as in lifecycle.py; dockerd is measured after it when
 it answers on /var/run/docker.sock, on a busybox it is given for the run and loses after.
 
@@ -34,11 +36,14 @@ COPY data /app/data
 RUN ls -R /app > /listing
 RUN echo three > /three
 """
+CONFIG_STEPS = f"FROM {IMAGE}\n" + "".join(
+    f"ENV V{i}={i}\nLABEL l{i}={i}\nWORKDIR /w{i % 2}\nEXPOSE {8000 + i}\n"
+    for i in range(5)) + 'CMD ["sh"]\n'
 
 
-def context_tar() -> bytes:
+def context_tar(dockerfile: str = DOCKERFILE) -> bytes:
     buf = io.BytesIO()
-    files = {"Dockerfile": DOCKERFILE.encode(), "app.txt": b"app\n" * 1000}
+    files = {"Dockerfile": dockerfile.encode(), "app.txt": b"app\n" * 1000}
     for i in range(20):
         files[f"data/file{i}.txt"] = os.urandom(4096)
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -111,7 +116,11 @@ def busybox_tar() -> bytes:
                               capture_output=True).stdout
 
 
-def run_stowd(body: bytes, n: int) -> dict[str, Any]:
+def measure_all(api: Api, bodies: dict[str, bytes], n: int, name: str) -> dict[str, Any]:
+    return {kind: measure(api, body, n, f"{name} {kind}") for kind, body in bodies.items()}
+
+
+def run_stowd(bodies: dict[str, bytes], n: int) -> dict[str, Any]:
     from tests.daemon import Daemon
 
     class BenchDaemon(Daemon):
@@ -123,14 +132,14 @@ def run_stowd(body: bytes, n: int) -> dict[str, Any]:
         d.import_busybox(IMAGE)
         api = Api(d.url, "1.41")
         try:
-            return measure(api, body, n, "stowd")
+            return measure_all(api, bodies, n, "stowd")
         finally:
             api.close()
     finally:
         d.cleanup()
 
 
-def run_dockerd(body: bytes, n: int, host: str) -> dict[str, Any] | None:
+def run_dockerd(bodies: dict[str, bytes], n: int, host: str) -> dict[str, Any] | None:
     api = Api(host, "1.41")
     if not api.ping():
         log(f"no dockerd on {host}: skipped")
@@ -140,7 +149,7 @@ def run_dockerd(body: bytes, n: int, host: str) -> dict[str, Any] | None:
              params={"fromSrc": "-", "repo": repo, "tag": tag})
     base = api.json("GET", f"/images/{IMAGE}/json")["Id"]
     try:
-        return measure(api, body, n, "dockerd")
+        return measure_all(api, bodies, n, "dockerd")
     finally:
         remove_descendants(api, base)
         api.close()
@@ -179,16 +188,18 @@ def main() -> int:
     p.add_argument("--dockerd-host", default="unix:///var/run/docker.sock")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
-    body = context_tar()
-    doc: dict[str, Any] = {"stowd": run_stowd(body, a.n)}
+    bodies = {"6 steps": context_tar(), "21 config steps": context_tar(CONFIG_STEPS)}
+    doc: dict[str, Any] = {"stowd": run_stowd(bodies, a.n)}
     if not a.no_dockerd:
-        doc["dockerd"] = run_dockerd(body, a.n, a.dockerd_host)
+        doc["dockerd"] = run_dockerd(bodies, a.n, a.dockerd_host)
     print(f"{'build (median ms)':<28}{'stowd':>10}{'dockerd':>10}{'ratio':>8}")
-    for kind in ("cold", "cached"):
-        s = doc["stowd"][kind]["median"]
-        d = (doc.get("dockerd") or {}).get(kind, {}).get("median")
-        ratio = f"{s / d:.2f}" if d else "-"
-        print(f"{kind:<28}{s:>10.0f}{(f'{d:.0f}' if d else '-'):>10}{ratio:>8}")
+    for dockerfile in bodies:
+        for kind in ("cold", "cached"):
+            s = doc["stowd"][dockerfile][kind]["median"]
+            d = (doc.get("dockerd") or {}).get(dockerfile, {}).get(kind, {}).get("median")
+            ratio = f"{s / d:.2f}" if d else "-"
+            label = f"{dockerfile}, {kind}"
+            print(f"{label:<28}{s:>10.0f}{(f'{d:.0f}' if d else '-'):>10}{ratio:>8}")
     if a.out:
         a.out.write_text(json.dumps(doc, indent=2))
     return 0
