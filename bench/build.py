@@ -157,28 +157,32 @@ def run_dockerd(bodies: dict[str, bytes], n: int, host: str) -> dict[str, Any] |
 
 def remove_descendants(api: Api, base: str) -> None:
     """Every image built on base in this run (the cold builds' steps stay in dockerd as
-    dangling chains), newest first, then base: nobody else's images."""
+    dangling chains), deepest first (steps made in the same second have the same Created),
+    then base's tag: nobody else's images."""
     images = api.json("GET", "/images/json", params={"all": "1"})
     parent = {i["Id"]: i.get("ParentId") or "" for i in images}
-    created = {i["Id"]: i.get("Created", 0) for i in images}
 
-    def on_base(image_id: str) -> bool:
-        seen = set()
+    def depth_on_base(image_id: str) -> int:
+        """How many steps image_id is above base; 0 when it is not built on it."""
+        seen: set[str] = set()
+        depth = 0
         while image_id and image_id not in seen:
             if image_id == base:
-                return True
+                return depth
             seen.add(image_id)
             image_id = parent.get(image_id, "")
-        return False
+            depth += 1
+        return 0
 
-    mine = sorted((i for i in parent if i != base and on_base(i)), key=lambda i: created[i],
-                  reverse=True)
-    for image_id in [*mine, base]:
+    depths = {i: depth_on_base(i) for i in parent if i != base}
+    mine = sorted((i for i, d in depths.items() if d), key=lambda i: depths[i], reverse=True)
+    # The base by its tag, not its ID: an identical busybox someone else tagged stays.
+    for name, force in [*((i, "1") for i in mine), (IMAGE, "0")]:
         try:
-            api.call("DELETE", f"/images/{image_id}", params={"force": "1"})
+            api.call("DELETE", f"/images/{name}", params={"force": force})
         except APIError as exc:
             if exc.status != 404:
-                log(f"dockerd: removing {image_id[:19]}: {exc}")
+                log(f"dockerd: removing {name[:19]}: {exc}")
 
 
 def main() -> int:
