@@ -576,7 +576,7 @@ class Builder:
             cid = await self._create(config)
         try:
             if cid:
-                container_config = {**container_config, "Hostname": cid[:12]}
+                container_config = _as_created(container_config, cid)
             doc = self._doc(st, container_config, " ".join(container_config["Cmd"]), diff_id,
                             cid)
             st.image = await self._add_image(st, doc, chain)
@@ -674,7 +674,7 @@ class Builder:
                              code)
         try:
             chain, diff_id = await asyncio.to_thread(self._commit_upper, st, cid)
-            container_config["Hostname"] = cid[:12]
+            container_config = _as_created(container_config, cid)
             doc = self._doc(st, container_config, " ".join(save_cmd), diff_id, cid)
             st.image = await self._add_image(st, doc, chain)
         except BaseException:
@@ -852,6 +852,13 @@ class Builder:
                 when = email.utils.parsedate_to_datetime(modified).timestamp()
                 await asyncio.to_thread(os.utime, target, (when, when))
         return copying.Source(str(target), name or "download", False)
+
+
+def _as_created(container_config: dict[str, Any], cid: str) -> dict[str, Any]:
+    """A step's container_config as dockerd records it: its container's config after
+    create (the short ID as hostname, no labels as `{}`)."""
+    return {**container_config, "Hostname": cid[:12],
+            "Labels": container_config.get("Labels") or {}}
 
 
 def _with_default_path(config: dict[str, Any]) -> dict[str, Any]:
