@@ -586,6 +586,72 @@ def test_from_an_image_pulled_during_the_build(cli: Cli, client: docker.DockerCl
         registry.stop()
 
 
+def test_build_pulls_with_the_clients_credentials(daemon: Daemon, client: docker.DockerClient,
+                                                 tmp_path: Path) -> None:
+    """X-Registry-Config: the CLI sends what `docker login` stored, docker-py what its
+    login() kept; the FROM image is pulled from the password-protected registry with it."""
+    import bcrypt
+
+    from tests.registry import Registry, busybox_layer, files_layer, remove_registry_images
+
+    (tmp_path / "htpasswd").write_text(
+        "builder:" + bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=5)).decode() + "\n")
+    registry = Registry.start(auth={"htpasswd": {"realm": "basic-realm",
+                                                 "path": str(tmp_path / "htpasswd")}})
+    try:
+        registry.session.auth = ("builder", "s3cret")
+        registry.push_image("test/private", "v1", [busybox_layer(), files_layer({"p": b"pw"})])
+        name = f"{registry.host}/test/private:v1"
+        ctx = write(tmp_path / "ctx", {"Dockerfile": f"FROM {name}\nRUN cat /p > /copied\n"})
+        cli = Cli(daemon)
+        cli.env["DOCKER_CONFIG"] = str(tmp_path / "config")
+        denied = build(cli, str(ctx), check=False)
+        assert denied.returncode != 0
+        assert "no basic auth credentials" in denied.stderr
+        cli("login", "-u", "builder", "--password-stdin", registry.host, input="s3cret\n")
+        out = build(cli, "-t", "built:private", str(ctx)).stdout
+        assert f"Status: Downloaded newer image for {name}" in out
+        assert client.containers.run("built:private", "cat /copied", remove=True) == b"pw"
+        client.images.remove(name)
+        client.login("builder", "s3cret", registry=registry.host)
+        image, _ = client.images.build(path=str(ctx), tag="built:private-py", rm=True)
+        assert client.containers.run(image.id, "cat /copied", remove=True) == b"pw"
+    finally:
+        remove_registry_images(client)
+        registry.stop()
+
+
+def test_options_platform_and_copy_rules(client: docker.DockerClient, tmp_path: Path) -> None:
+    """A gzip context (docker-py), extrahosts, shmsize and platform from the query; the
+    escape directive, FROM --platform, COPY --from=<image>, wildcards and the trailing
+    slash rules, HEALTHCHECK NONE, from the Dockerfile."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    ctx = write(tmp_path, {"Dockerfile": (
+        "# escape=`\n"
+        f"FROM --platform=linux/{arch} busybox\n"
+        "COPY --from=busybox /etc/passwd /from-image\n"
+        "COPY *.txt /texts/\n"
+        "COPY a.txt /named\n"
+        "COPY dir /contents/\n"
+        "HEALTHCHECK NONE\n"
+        "RUN grep 'extra.example' /etc/hosts > /hosts && `\n"
+        "    df -k /dev/shm | tail -1 | awk '{print $2}' > /shm\n"),
+        "a.txt": "a\n", "b.txt": "b\n", "c.md": "c\n", "dir/inner/f": "f\n"})
+    image, _ = client.images.build(path=str(ctx), gzip=True, tag="built:options", rm=True,
+                                   extra_hosts={"extra.example": "10.9.8.7"},
+                                   shmsize=128 << 20, platform=f"linux/{arch}")
+    listing = client.containers.run(
+        image.id, ["sh", "-c", "cat /hosts /shm; ls /texts; ls /contents; "
+                   "cat /named /contents/inner/f; grep -c ^root: /from-image"],
+        remove=True).decode().split()
+    assert listing == ["10.9.8.7", "extra.example", str(128 << 10), "a.txt", "b.txt",
+                       "inner", "a", "f", "1"]
+    assert image.attrs["Config"]["Healthcheck"] == {"Test": ["NONE"]}
+    with pytest.raises(docker.errors.BuildError) as info:
+        client.images.build(fileobj=io.BytesIO(b"FROM --platform=linux/s390x busybox\n"))
+    assert "linux/s390x" in str(info.value)
+
+
 def test_run_network_heredoc_and_proxy_args(cli: Cli, client: docker.DockerClient,
                                             tmp_path: Path, served: str) -> None:
     ctx = write(tmp_path, {"Dockerfile": (
