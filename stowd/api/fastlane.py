@@ -12,15 +12,24 @@ small stand-in for aiohttp's Request (what those handlers read: method, path, qu
 headers, transport, app, match_info), and the Response it returns is written as one
 buffer. Anything else (a body, an upgrade, attach/exec hijacking, streaming, websocket,
 another route, pipelined requests, and every TLS connection) is handed to aiohttp as it
-stands: the protocol of the
-transport becomes aiohttp's RequestHandler and receives the bytes read so far, and the
-connection stays with aiohttp from then on. So routing, version checks, the Origin/Host
-guards, error mapping and headers stay the app's, in one place.
+stands: the protocol of the transport becomes aiohttp's RequestHandler and receives the
+bytes read so far, and the connection stays with aiohttp from then on. So routing, version
+checks, the Origin/Host guards, error mapping and headers stay the app's, in one place.
+
+Canned answers. A route in CANNED_ROUTES (`/_ping`) answers the same bytes whatever the
+state of the engine, so once the app has answered a request 200 through the path above,
+the bytes it wrote are kept (split around the Date header) under everything the answer
+and the guards depended on: method, target, keep-alive, and on TCP the Host header and
+the address it came to (a request with an Origin header never comes
+from the cache). The next identical request is answered from data_received itself: no
+task, no Request or Response object, no header dictionary, one write. That is what brings
+a ping to about the cost of the parse and the write (bench/README.md).
 """
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any, cast
@@ -35,7 +44,16 @@ log = logging.getLogger("stowd.api")
 # Routes whose handlers answer with a plain web.Response (never prepare a stream, hijack or
 # read a body): only these may run here.
 FAST_ROUTES = frozenset({"/_ping", "/version", "/containers/json", "/info", "/images/json"})
-_METHODS = frozenset({"GET", "HEAD"})
+# Routes whose 200 answer depends on nothing but the request line (module doc).
+CANNED_ROUTES = frozenset({"/_ping"})
+# Distinct canned requests kept: a few clients' pings (bare and per API version).
+CANNED_MAX = 64
+_METHODS = frozenset({b"GET", b"HEAD"})
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+# (method, target, keep-alive, Host on a TCP connection and the address it came to; None
+# and "" on the unix socket, where no guard applies)
+CannedKey = tuple[bytes, bytes, bool, bytes | None, str]
 
 
 class _HandOver(Exception):
@@ -45,41 +63,68 @@ class _HandOver(Exception):
 class FastRequest(dict[str, Any]):
     """What stowd's middleware and the FAST_ROUTES handlers read of a web.Request."""
 
-    def __init__(self, method: str, target: bytes, headers: CIMultiDict[str],
+    def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
                  transport: asyncio.BaseTransport, app: web.Application) -> None:
         super().__init__()
         self.method = method
         self.rel_url = URL(target.decode("latin-1"), encoded=True)
         self.path = self.rel_url.path
         self.query = self.rel_url.query
-        self.headers = CIMultiDictProxy(headers)
+        self.headers = CIMultiDictProxy(CIMultiDict(
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers))
         self.transport = transport
         self.app = app
         self.match_info: web.UrlMappingMatchInfo | None = None
         self.version = (1, 1)
 
 
+class Canned:
+    """The kept answers of CANNED_ROUTES, shared by every connection of the daemon."""
+
+    def __init__(self) -> None:
+        self.answers: dict[CannedKey, tuple[bytes, bytes]] = {}
+        self._second = 0
+        self._date = b""
+
+    def date(self) -> bytes:
+        """The Date header's value, formatted once a second."""
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._date = formatdate(now, usegmt=True).encode("ascii")
+        return self._date
+
+    def keep(self, key: CannedKey, answer: tuple[bytes, bytes]) -> None:
+        if len(self.answers) < CANNED_MAX:
+            self.answers[key] = answer
+
+
 class FastLane(asyncio.Protocol):
     """One connection until it asks for something only aiohttp serves (module doc)."""
 
     def __init__(self, app: web.Application, server: Callable[[], asyncio.Protocol],
-                 lanes: "set[FastLane]") -> None:
+                 lanes: "set[FastLane]", canned: Canned) -> None:
         self.app = app
         self.server = server  # aiohttp's protocol factory (web.Server)
         self.lanes = lanes
+        self.canned = canned
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.buf = bytearray()  # bytes of requests not answered yet
-        self.busy = False  # a request is being answered
-        self.used = 0  # how much of buf that request is
+        self.pending: list[bytes] = []  # bytes of requests not answered yet
+        self.busy = False  # a request is being answered by a task
+        self.local = ""  # the address a TCP connection came to
+        self.used = 0  # how many of the pending chunks the request in a task is
         self.task: asyncio.Future[None] | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.url = b""
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.host: bytes | None = None
+        self.origin = False
         self.begun = self.complete = 0
         self.has_body = False
+        self.keep_alive = True
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -89,13 +134,19 @@ class FastLane(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self.headers.append((name, value))
+        lower = name.lower()
+        if lower == b"host":
+            self.host = value
+        elif lower == b"origin":
+            self.origin = True
+        elif lower in _BODY_HEADERS:
+            self.has_body = True
 
     def on_headers_complete(self) -> None:
         # A method with a body, or a body at all: aiohttp's, before a byte of it is kept.
-        method = self.parser.get_method()
-        if method not in (b"GET", b"HEAD") or "Content-Length" in self.headers \
-                or "Transfer-Encoding" in self.headers or self.parser.should_upgrade():
+        if self.has_body or self.parser.get_method() not in _METHODS \
+                or self.parser.should_upgrade():
             self.has_body = True
             raise _HandOver
 
@@ -104,6 +155,8 @@ class FastLane(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete += 1
+        # Asked now: once feed_data returns, llhttp has reset it for the next message.
+        self.keep_alive = self.parser.should_keep_alive()
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,13 +166,17 @@ class FastLane(asyncio.Protocol):
             # TLS listeners (remote clients, not the rates that matter) stay aiohttp's: a
             # TLS connection's close after an answer is aiohttp's to get right.
             self._hand_over()
+            return
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):  # TCP (the unix socket's name is a str)
+            self.local = str(sockname[0])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lanes.discard(self)
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        self.pending.append(data)
         if self.busy:
             return  # pipelined: looked at once the current answer is written
         self._parse(data)
@@ -138,18 +195,41 @@ class FastLane(asyncio.Protocol):
         if self.complete > 1 or self.begun > 1 or self.has_body:
             self._hand_over()
             return
-        method = self.parser.get_method().decode("latin-1")
-        if method not in _METHODS:
-            self._hand_over()
+        method = self.parser.get_method()
+        keep_alive = self.keep_alive
+        key = self._canned_key(method, keep_alive)
+        if key is not None and (answer := self.canned.answers.get(key)) is not None:
+            assert self.transport is not None
+            head, tail = answer
+            self.transport.write(head + self.canned.date() + tail)
+            self._done(keep_alive)
             return
         assert self.transport is not None
-        request = FastRequest(method, self.url, self.headers, self.transport, self.app)
+        request = FastRequest(method.decode("latin-1"), self.url, self.headers,
+                              self.transport, self.app)
         self.busy = True
-        self.used = len(self.buf)
-        self.task = asyncio.ensure_future(
-            self._answer(request, self.parser.should_keep_alive()))
+        self.used = len(self.pending)
+        self.task = asyncio.ensure_future(self._answer(request, keep_alive, key))
 
-    async def _answer(self, request: FastRequest, keep_alive: bool) -> None:
+    def _canned_key(self, method: bytes, keep_alive: bool) -> CannedKey | None:
+        """Where this request's answer is kept (module doc); None: never from the cache."""
+        if not self.local:
+            return (method, self.url, keep_alive, None, "")
+        if self.origin:
+            return None  # the guards refuse it; the app says so
+        return (method, self.url, keep_alive, self.host, self.local)
+
+    def _done(self, keep_alive: bool) -> None:
+        """The current request is answered: on to what came after it."""
+        self.pending.clear()
+        self._reset()
+        if not keep_alive:
+            if self.transport is not None:
+                self.transport.close()
+            return
+
+    async def _answer(self, request: FastRequest, keep_alive: bool,
+                      key: CannedKey | None) -> None:
         try:
             match = await self.app.router.resolve(cast(web.Request, request))
             route = match.route.resource
@@ -167,7 +247,11 @@ class FastLane(asyncio.Protocol):
             await self.app.on_response_prepare.send(cast(web.Request, request), response)
             if self.transport is None:
                 return
-            self.transport.write(_serialize(response, request.method == "HEAD", keep_alive))
+            head, tail = _serialize(response, request.method == "HEAD", keep_alive)
+            self.transport.write(head + self.canned.date() + tail)
+            if key is not None and response.status == 200 \
+                    and route.canonical in CANNED_ROUTES:
+                self.canned.keep(key, (head, tail))
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
             if self.transport is not None:
@@ -175,14 +259,12 @@ class FastLane(asyncio.Protocol):
             return
         finally:
             self.busy = False
-        del self.buf[:self.used]
-        self._reset()
-        if not keep_alive:
-            if self.transport is not None:
-                self.transport.close()
-            return
-        if self.buf:  # what came while answering
-            self._parse(bytes(self.buf))
+        # What came while answering is the next request's.
+        rest = b"".join(self.pending[self.used:])
+        self._done(keep_alive)
+        if keep_alive and rest:
+            self.pending.append(rest)
+            self._parse(rest)
 
     def _hand_over(self) -> None:
         """aiohttp takes the connection, with every byte read so far."""
@@ -194,9 +276,9 @@ class FastLane(asyncio.Protocol):
         handler = self.server()
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        if self.buf:
-            handler.data_received(bytes(self.buf))
-        self.buf.clear()
+        if self.pending:
+            handler.data_received(b"".join(self.pending))
+        self.pending.clear()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -209,34 +291,22 @@ def _bind(middleware: Any, handler: Any) -> Any:
     return call
 
 
-def _serialize(response: web.Response, head: bool, keep_alive: bool) -> bytes:
-    """The response as aiohttp would write it (same headers), in one buffer."""
+def _serialize(response: web.Response, head: bool, keep_alive: bool) -> tuple[bytes, bytes]:
+    """The response as aiohttp would write it (same headers), in two pieces: the Date
+    header's value goes between them."""
     body = response.body
     payload = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else b""
     headers = response.headers
     lines = [f"HTTP/1.1 {response.status} {response.reason}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k != "Date"]
     if "Content-Length" not in headers:
         lines.append(f"Content-Length: {len(payload)}")
-    if "Date" not in headers:
-        lines.append("Date: " + _http_date())
     if not keep_alive:
         lines.append("Connection: close")
-    head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head_bytes if head or response.status in (204, 304) else head_bytes + payload
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _http_date() -> str:
-    """The Date header, formatted once a second."""
-    global _date_cache
-    loop = asyncio.get_running_loop()
-    now = int(loop.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(usegmt=True))
-    return _date_cache[1]
+    lines.append("Date: ")
+    before = "\r\n".join(lines).encode("latin-1")
+    after = b"\r\n\r\n" if head or response.status in (204, 304) else b"\r\n\r\n" + payload
+    return before, after
 
 
 class FastLanes:
@@ -244,13 +314,15 @@ class FastLanes:
 
     def __init__(self) -> None:
         self.lanes: set[FastLane] = set()
+        self.canned = Canned()
         self.servers: list[asyncio.AbstractServer] = []
 
     async def serve(self, app: web.Application, server: Callable[[], asyncio.Protocol],
                     sock: Any, ssl: Any, backlog: int) -> None:
         loop = asyncio.get_running_loop()
         self.servers.append(await loop.create_server(
-            lambda: FastLane(app, server, self.lanes), sock=sock, ssl=ssl, backlog=backlog))
+            lambda: FastLane(app, server, self.lanes, self.canned), sock=sock, ssl=ssl,
+            backlog=backlog))
 
     async def close(self) -> None:
         for srv in self.servers:

@@ -112,3 +112,48 @@ def test_pipelined_head_close_and_errors(daemon: Daemon) -> None:
         assert conn.response()[0] == 400
     finally:
         conn.close()
+
+
+def test_kept_pings_answer_as_the_app_does(daemon: Daemon) -> None:
+    """/_ping is answered from kept bytes after the first time (api/fastlane.py): the same
+    status, headers and body as aiohttp's answer, a fresh Date, HEAD without a body, and
+    `Connection: close` honoured on a connection that never left the fast lane."""
+    for path in ("/_ping", "/v1.44/_ping"):
+        answers = []
+        for _ in range(3):
+            conn = Conn(daemon)
+            try:
+                conn.send(_get(path))
+                answers.append(conn.response())
+                conn.send(b"HEAD " + path.encode() + b" HTTP/1.1\r\nHost: docker\r\n\r\n")
+                status, head, _ = conn.response(head=True)
+                assert status == 200 and head["Content-Length"] == "0"
+                conn.send(_get(path, "Connection: close\r\n"))
+                status, closing, body = conn.response()
+                assert (status, body, closing["Connection"]) == (200, b"OK", "close")
+                assert conn.closed()
+            finally:
+                conn.close()
+        assert {a[2] for a in answers} == {b"OK"}
+        assert all(a[1]["Date"].endswith(" GMT") for a in answers)
+        headers = [{k: v for k, v in a[1].items() if k != "Date"} for a in answers]
+        assert headers[0] == headers[1] == headers[2]
+    # Handed over to aiohttp (a POST first), the same ping answers the same headers.
+    conn = Conn(daemon)
+    try:
+        conn.send(b"POST /v1.44/containers/prune HTTP/1.1\r\nHost: docker\r\n"
+                  b"Content-Length: 0\r\n\r\n")
+        assert conn.response()[0] == 200
+        conn.send(_get("/v1.44/_ping"))
+        status, slow, _ = conn.response()
+        assert {k: v for k, v in slow.items() if k != "Date"} == headers[0]
+    finally:
+        conn.close()
+    conn = Conn(daemon)
+    try:  # a version the app refuses is never kept
+        for _ in range(2):
+            conn.send(_get("/v1.99/_ping"))
+            status, _, body = conn.response()
+            assert status == 400 and b"too new" in body
+    finally:
+        conn.close()

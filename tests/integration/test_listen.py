@@ -251,6 +251,20 @@ def test_browser_origin_is_refused(tcp_daemon: tuple[Daemon, int], method: str) 
     assert b"Origin header" in body
 
 
+def test_guards_hold_for_pings_answered_from_the_cache(tcp_daemon: tuple[Daemon, int]) -> None:
+    """A ping the fast lane has kept (api/fastlane.py) is refused all the same when it
+    carries an Origin, or a Host that is not loopback, on the same path and method."""
+    _, port = tcp_daemon
+    for _ in range(2):  # the second is answered from the kept bytes
+        status, _, body = tcp_request(port, "/_ping", {"Host": f"127.0.0.1:{port}"})
+        assert (status, body) == (200, b"OK")
+    status, _, body = tcp_request(port, "/_ping", {"Host": f"127.0.0.1:{port}",
+                                                   "Origin": "http://evil.example"})
+    assert status == 403 and b"Origin header" in body
+    status, _, body = tcp_request(port, "/_ping", {"Host": f"evil.example:{port}"})
+    assert status == 403 and b"DNS rebinding" in body
+
+
 # --- mutual TLS ---------------------------------------------------------------------------
 
 
