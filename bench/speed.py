@@ -233,7 +233,7 @@ class Engine:
 
 
 def _unix(text: str) -> float:
-    from stowd.engine.containers import parse_time
+    from stowd.engine.core.container import parse_time
 
     return parse_time(text)
 

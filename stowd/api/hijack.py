@@ -51,7 +51,7 @@ class HijackedConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._can_write.set()
 
-    async def write(self, data: bytes) -> bool:
+    async def write(self, data: bytes | memoryview) -> bool:
         """Write and wait for buffer room; False once the client has gone."""
         if self.lost.is_set() or self.transport.is_closing():
             return False

@@ -237,7 +237,7 @@ class LogReader:
         return (self.since and seconds < self.since) or bool(self.until and seconds > self.until)
 
     def read_encoded(self, *, framed: bool, timestamps: bool,
-                     max_bytes: int = READ_SIZE) -> bytes:
+                     max_bytes: int = READ_SIZE) -> bytes | memoryview:
         """Docker's logs output for the messages available now: stdcopy frames when
         `framed` (no TTY), each message after its time when `timestamps`. b"" once nothing
         more is available now (at the end of the log, or past `until`); pieces of a line
@@ -247,13 +247,15 @@ class LogReader:
             if data is None:
                 return b""
             if not self._pending:
+                if self._since_key and k8sfile.before(data, self._since_key):
+                    continue  # all of it before `since`: not even encoded
                 fast = k8sfile.encode(data, streams=self.streams, framed=framed,
                                       timestamps=timestamps, since=self._since_key,
                                       until=self._until_key)
                 if fast is not None:
-                    out, self.done = fast
-                    if out or self.done:
-                        return out
+                    shown, self.done = fast
+                    if shown or self.done:
+                        return shown
                     continue  # nothing shown in this block: go on with the next
             out = encode_messages(self._messages(data), framed=framed, timestamps=timestamps)
             if out or self.done:

@@ -1,6 +1,9 @@
 """conmon's k8s-file format read back as Docker's logs API serves it."""
 
+import itertools
 from pathlib import Path
+
+import numpy as np
 
 from stowd.engine.logs import STDERR, STDOUT, LogReader, docker_time, frame, parse_line, read_all
 
@@ -193,3 +196,43 @@ def test_block_encoding_output_shape() -> None:
                           until=k8sfile.time_key(1767225601.5)) == (b"hello\n", True)
     assert k8sfile.time_key(1767225601.000000001) == b"2026-01-01T00:00:01.000000000"
     assert k8sfile.time_key(1767225601.25) == b"2026-01-01T00:00:01.250000000"
+
+
+def test_packing_lines_of_any_lengths(tmp_path: Path) -> None:
+    """Both ways of packing the shown lines together (rows as wide as the longest line,
+    or a mask when one line is much longer than the rest) answer what the per-line
+    reader does."""
+    from stowd.engine import k8sfile
+
+    rng = np.random.default_rng(3)
+    for longest in (0, 3000, 9000):  # 9000: wider than the spare bytes of a block copy
+        lines = [f"2026-01-01T00:00:{i // 100 % 60:02d}.{i % 100:07d}00+00:00 "
+                 f"{'stderr' if i % 3 == 0 else 'stdout'} F " + "y" * int(rng.integers(0, 90))
+                 for i in range(400)]
+        if longest:
+            lines[123] += "L" * longest
+        log = tmp_path / f"ctr-{longest}.log"
+        _write(log, lines)
+        data = log.read_bytes()
+        for framed, timestamps in itertools.product((True, False), (True, False)):
+            got = k8sfile.encode(data, streams={1, 2}, framed=framed, timestamps=timestamps)
+            assert got is not None
+            assert bytes(got[0]) == _line_by_line(log, framed, timestamps)
+            got = k8sfile.encode(data, streams={2}, framed=framed, timestamps=timestamps)
+            assert got is not None
+            assert bytes(got[0]) == _line_by_line(log, framed, timestamps, stdout=False)
+
+
+def test_blocks_before_since_are_skipped_only_when_sure() -> None:
+    from stowd.engine import k8sfile
+
+    old = (b"2026-01-01T00:00:01.000000001+00:00 stdout F hello\n"
+           b"2026-01-01T00:00:02.000000000+00:00 stderr F there\n")
+    since = k8sfile.time_key(1767225605)
+    assert k8sfile.before(old, since)
+    assert k8sfile.before(memoryview(old), since)
+    assert not k8sfile.before(old, k8sfile.time_key(1767225601.5))  # the last one is newer
+    piece = old.replace(b"stdout F", b"stdout P")  # may begin a message that ends later
+    assert not k8sfile.before(piece, since)
+    assert not k8sfile.before(b"not a conmon line\n", since)
+    assert not k8sfile.before(b"x" * 5000 + b"\n", since)

@@ -232,10 +232,15 @@ async def logs(request: web.Request) -> web.StreamResponse:
     watch = await asyncio.to_thread(LogWatch, path) if stopped is not None else None
     await asyncio.to_thread(reader.open)
     read = functools.partial(reader.read_encoded, framed=not tty, timestamps=timestamps)
+    ahead: asyncio.Future[bytes | memoryview] | None = None
     try:
         while True:
-            chunk = await asyncio.to_thread(read)
+            # While a block goes out, the next one is read and encoded in the worker
+            # (one read at a time: the reader is not shared), so the two overlap.
+            chunk = await (ahead or asyncio.to_thread(read))
+            ahead = None
             if chunk:
+                ahead = asyncio.ensure_future(asyncio.to_thread(read))
                 await response.write(chunk)
                 continue
             if stopped is not None and watch is not None and not stopped.done() \
@@ -257,6 +262,11 @@ async def logs(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         return response
     finally:
+        if ahead is not None:
+            # The client left mid-read: let the read finish before the reader is closed.
+            await asyncio.wait([ahead])
+            if not ahead.cancelled() and (exc := ahead.exception()) is not None:
+                log.debug("log read after the client left: %s", exc)
         if stopped is not None and not stopped.done():
             stopped.cancel()
         if watch is not None:
@@ -280,7 +290,8 @@ async def _attach(request: web.Request) -> tuple[Container, AttachSession, LogRe
     return c, session, past
 
 
-async def _replay(reader: LogReader | None, framed: bool) -> AsyncIterator[bytes]:
+async def _replay(reader: LogReader | None,
+                  framed: bool) -> AsyncIterator[bytes | memoryview]:
     """The log so far (attach with logs=1), a block at a time: never all of it in memory."""
     if reader is None:
         return
@@ -320,7 +331,7 @@ async def attach_ws(request: web.Request) -> web.StreamResponse:
     try:
         await ws.prepare(request)
         async for chunk in _replay(past, framed=False):
-            await ws.send_bytes(chunk)
+            await ws.send_bytes(bytes(chunk))  # aiohttp's signature says bytes
 
         async def output() -> None:
             while (item := await session.output.get()) is not None:
