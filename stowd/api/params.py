@@ -36,6 +36,18 @@ def int_param(request: web.Request, key: str, default: int | None = None) -> int
         raise InvalidParameter(f"invalid value for {key}: {raw!r} is not an integer") from exc
 
 
+def time_param(request: web.Request, key: str) -> float | None:
+    """`since`/`until` of logs and events: Unix seconds (the client turns `10m` or an
+    RFC 3339 time into that); None when absent."""
+    raw = request.query.get(key, "")
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise InvalidParameter(f"invalid value for {key}: {raw}") from exc
+
+
 def api_version(request: web.Request) -> tuple[int, int]:
     version: tuple[int, int] = request["api_version"]
     return version

@@ -307,6 +307,6 @@ def kill(inst: ExecInstance, sig: int = signal.SIGKILL) -> None:
             inst.process.send_signal(sig)
 
 
-def load_spec(bundle: Path) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads((bundle / "config.json").read_text())
+def load_spec(config: Path) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(config.read_text())
     return result

@@ -1,4 +1,7 @@
-"""Docker's `label` filter, shared by containers, images, volumes and networks."""
+"""Docker's shared filter rules: `label` (containers, images, volumes, networks, events)
+and the name pattern of volumes and networks (moby's filters.Args.Match)."""
+
+import re
 
 
 def has_label(labels: dict[str, str], spec: str) -> bool:
@@ -13,3 +16,13 @@ def labels_match(labels: dict[str, str] | None, wanted: list[str],
     labels = labels or {}
     return (all(has_label(labels, w) for w in wanted)
             and not any(has_label(labels, u) for u in unwanted or []))
+
+
+def pattern_match(pattern: str, value: str) -> bool:
+    """Equal, or a regular expression found in the value (an invalid one matches nothing)."""
+    if pattern == value:
+        return True
+    try:
+        return re.search(pattern, value) is not None
+    except re.error:
+        return False

@@ -4,7 +4,7 @@ import re
 from collections.abc import Callable
 
 from stowd.engine import health
-from stowd.engine.core.container import STATUSES, Container
+from stowd.engine.core.container import EXITED, STATUSES, Container
 from stowd.engine.errors import InvalidParameter, NotFound
 from stowd.engine.labels import labels_match
 
@@ -93,7 +93,7 @@ def select(
         if "status" in filters and c.state.status not in filters["status"]:
             continue
         if "exited" in filters and not (
-                c.state.status == "exited" and str(c.state.exit_code) in filters["exited"]):
+                c.state.status == EXITED and str(c.state.exit_code) in filters["exited"]):
             continue
         if image_ids is not None and c.image_id not in image_ids:
             continue

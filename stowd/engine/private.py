@@ -15,6 +15,9 @@ import contextlib
 import os
 from pathlib import Path
 
+from stowd.engine.core.layout import ContainerDir, Layout
+from stowd.engine.logs import rotated_paths
+
 ROOT_MODE = 0o710  # data-root, exec-root
 DIR_MODE = 0o700  # the stores below the data-root, container bundles
 CONTAINER_DIR_MODE = 0o710
@@ -38,16 +41,17 @@ def make_private(data_root: Path, exec_root: Path) -> None:
     for entry in data_root.iterdir():
         if entry.is_dir() and not entry.is_symlink():
             _chmod(entry, DIR_MODE)
-    containers = data_root / "containers"
-    if containers.is_dir():
-        for ctr in containers.iterdir():
-            private_container_dir(ctr)
+    layout = Layout(data_root)
+    if layout.containers_root.is_dir():
+        for ctr in layout.containers_root.iterdir():
+            if not ctr.name.startswith("."):  # trash: being deleted
+                private_container_dir(layout.of(ctr.name))
 
 
-def private_container_dir(base: Path) -> None:
+def private_container_dir(d: ContainerDir) -> None:
     """A container's directory, bundle and logs (blocking)."""
-    _chmod(base, CONTAINER_DIR_MODE)
-    _chmod(base / "bundle", DIR_MODE)
-    _chmod(base / "bundle" / "config.json", FILE_MODE)
-    for log in base.glob("ctr.log*"):
-        _chmod(log, FILE_MODE)
+    _chmod(d.base, CONTAINER_DIR_MODE)
+    _chmod(d.bundle, DIR_MODE)
+    _chmod(d.config, FILE_MODE)
+    for log in rotated_paths(str(d.log)):
+        _chmod(Path(log), FILE_MODE)

@@ -18,7 +18,7 @@ from docker.errors import APIError, NotFound
 from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
-from tests.waits import url
+from tests.waits import until, url
 
 ANON = "com.docker.volume.anonymous"
 IMAGE = "stowd-voltest:latest"
@@ -387,6 +387,22 @@ def test_prune(client: docker.DockerClient, daemon: Daemon, volumes: list[str]) 
         old.close()
 
 
+def test_prune_and_system_df_agree_on_hard_links(client: docker.DockerClient,
+                                                 volumes: list[str]) -> None:
+    """One directory size: a file and a hard link to it count once, in `docker system df`
+    as in what prune says it reclaimed (as dockerd's pkg/directory)."""
+    vol = client.volumes.create("vt-hardlinks", labels={"vt-hardlinks": "1"})
+    volumes.append(vol.name)
+    client.containers.run("busybox", ["sh", "-c", "head -c 3000 /dev/zero > /v/f && ln /v/f "
+                                      "/v/g && mkdir /v/d && ln /v/f /v/d/h && "
+                                      "head -c 500 /dev/zero > /v/d/other"],
+                          volumes=["vt-hardlinks:/v"], remove=True)
+    row = next(v for v in client.df()["Volumes"] if v["Name"] == vol.name)
+    assert row["UsageData"]["Size"] == 3500
+    result = client.volumes.prune(filters={"label": "vt-hardlinks=1", "all": "true"})
+    assert result == {"VolumesDeleted": [vol.name], "SpaceReclaimed": 3500}
+
+
 def test_driver_options_mount_while_in_use(client: docker.DockerClient, volumes: list[str],
                                            tmp_path: Path) -> None:
     volumes += ["vt-tmpfs", "vt-hostdir"]
@@ -446,10 +462,7 @@ def test_cp_sees_volumes_and_binds(client: docker.DockerClient, cli: Cli, tmp_pa
             return [line for line in f if str(daemon.data_root / "containers") in line
                     and "/rootfs/" in line.split()[4]]
 
-    deadline = time.monotonic() + 5
-    while left_on_rootfs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not left_on_rootfs()
+    until(lambda: not left_on_rootfs(), 5, "the copy's mounts stayed")
     runner.remove(force=True)
 
 
@@ -501,10 +514,7 @@ def test_volumes_survive_removal_and_restart(own_daemon: Daemon) -> None:
         client.volumes.get("tmpvol").remove()
     assert exc.value.status_code == 409
     client.containers.get("runner").stop(timeout=1)
-    deadline = time.monotonic() + 10
-    while _mounted(tmp_mount) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _mounted(tmp_mount)
+    until(lambda: not _mounted(tmp_mount), 10, f"{tmp_mount} stayed mounted")
     runner.remove()
     client.volumes.get("tmpvol").remove()
     client.close()

@@ -9,6 +9,7 @@ from stowd.api.shapes import human_duration, status_text
 from stowd.engine import listing
 from stowd.engine.core.container import Container, State, rfc3339_nano
 from stowd.engine.errors import InvalidParameter, NotFound
+from stowd.engine.labels import labels_match, pattern_match
 
 
 def _c(cid: str, name: str, status: str, created: float, code: int = 0,
@@ -86,3 +87,14 @@ def test_status_text() -> None:
     c.state.status = "paused"
     assert status_text(c, now) == "Up 2 minutes (Paused)"
     assert status_text(_c("e", "e", "created", now), now) == "Created"
+
+
+def test_the_one_name_pattern_and_label_filter() -> None:
+    assert pattern_match("web", "web") and pattern_match("^we", "web")
+    assert not pattern_match("^eb", "web")
+    assert not pattern_match("[", "web")  # an invalid expression matches nothing
+    assert pattern_match("[", "[")  # but equality still does
+    assert labels_match({"a": "1", "b": ""}, ["a", "b="], ["c"])
+    assert not labels_match({"a": "1"}, ["a=2"])
+    assert not labels_match({"a": "1"}, [], ["a"])
+    assert labels_match(None, [])

@@ -12,7 +12,14 @@ from stowd.api.backend import Backend
 from stowd.api.common import Router, backend_of, json_bytes, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.hijack import finished, hijack, relay, stream_content_type
-from stowd.api.params import api_version, bool_param, int_param, json_body, read_limited
+from stowd.api.params import (
+    api_version,
+    bool_param,
+    int_param,
+    json_body,
+    read_limited,
+    time_param,
+)
 from stowd.engine import listing
 from stowd.engine.attach import AttachSession
 from stowd.engine.core.container import Container
@@ -194,16 +201,6 @@ async def wait(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _log_time(request: web.Request, key: str) -> float:
-    raw = request.query.get(key, "")
-    if not raw:
-        return 0.0
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise InvalidParameter(f"invalid value for {key}: {raw}") from exc
-
-
 async def logs(request: web.Request) -> web.StreamResponse:
     engine = backend_of(request)
     c = engine.containers.get(request.match_info["id"])
@@ -217,7 +214,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         tail = int(tail_raw)
     else:
         raise InvalidParameter(f"invalid value for tail: {tail_raw}")
-    since, until = _log_time(request, "since"), _log_time(request, "until")
+    since, until = time_param(request, "since") or 0.0, time_param(request, "until") or 0.0
     timestamps = bool_param(request, "timestamps")
     tty = bool(c.config.get("Tty"))
     ctype = stream_content_type(request, framed=not tty)

@@ -1,6 +1,5 @@
 """Network routes: /networks, /networks/{id}, create, connect, disconnect, prune."""
 
-import re
 from typing import Any
 
 from aiohttp import web
@@ -10,7 +9,7 @@ from stowd.api.common import Router, backend_of, json_ok
 from stowd.api.filters import parse_filters
 from stowd.api.params import api_version, json_body
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.labels import labels_match
+from stowd.engine.labels import labels_match, pattern_match
 from stowd.engine.network.manager import Network
 
 LIST_FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
@@ -47,21 +46,12 @@ def network_shape(manager: NetworksBackend, net: Network, containers: bool) -> d
     return out
 
 
-def _regex_match(pattern: str, value: str) -> bool:
-    if pattern == value:
-        return True
-    try:
-        return re.search(pattern, value) is not None
-    except re.error:
-        return False
-
-
 def _selected(manager: NetworksBackend, net: Network, filters: dict[str, list[str]]) -> bool:
     if "driver" in filters and net.driver not in filters["driver"]:
         return False
-    if "name" in filters and not any(_regex_match(v, net.name) for v in filters["name"]):
+    if "name" in filters and not any(pattern_match(v, net.name) for v in filters["name"]):
         return False
-    if "id" in filters and not any(_regex_match(v, net.id) for v in filters["id"]):
+    if "id" in filters and not any(pattern_match(v, net.id) for v in filters["id"]):
         return False
     if "scope" in filters and "local" not in filters["scope"]:
         return False

@@ -13,11 +13,12 @@ from stowd import __version__
 from stowd.api import versions
 from stowd.api.common import Router, backend_of, json_bytes, json_ok
 from stowd.api.filters import parse_filters
-from stowd.api.params import api_version
+from stowd.api.params import api_version, time_param
 from stowd.engine import hostinfo
 from stowd.engine.core.container import PAUSED, RUNNING
 from stowd.engine.core.events import Event
-from stowd.engine.errors import InvalidParameter, NotImplementedByEngine, Unavailable
+from stowd.engine.errors import NotImplementedByEngine, Unavailable
+from stowd.engine.labels import labels_match
 
 PING_HEADERS = {
     "Cache-Control": "no-cache, no-store, must-revalidate",
@@ -205,26 +206,14 @@ def _event_matches(event: Event, filters: dict[str, list[str]]) -> bool:
             if not any(v in (image, event.actor_id) or event.actor_id.startswith(v)
                        or image.split(":")[0] == v for v in values):
                 return False
-        if key == "label":
-            for v in values:
-                k, sep, val = v.partition("=")
-                if k not in attrs or (sep and attrs[k] != val):
-                    return False
+        if key == "label" and not labels_match(attrs, values):
+            return False
         if key == "volume" and (event.type != "volume" or not any(
                 event.actor_id.startswith(v) for v in values)):
             return False
         if key == "scope" and "local" not in values:
             return False
     return True
-
-
-def _parse_event_time(raw: str | None) -> float | None:
-    if raw is None or raw == "":
-        return None
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise InvalidParameter(f"invalid timestamp: {raw}") from exc
 
 
 # How often a quiet /events stream checks that its client is still there: aiohttp does not
@@ -235,8 +224,7 @@ DISCONNECT_POLL = 1.0
 async def events(request: web.Request) -> web.StreamResponse:
     engine = backend_of(request)
     filters = parse_filters(request.query.get("filters"), _EVENT_FILTERS)
-    since = _parse_event_time(request.query.get("since"))
-    until = _parse_event_time(request.query.get("until"))
+    since, until = time_param(request, "since"), time_param(request, "until")
     legacy = api_version(request) < (1, 52)
     queue = engine.events.subscribe()
     response = web.StreamResponse(headers={"Content-Type": "application/json"})

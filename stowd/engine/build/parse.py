@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import dockerfile
 
+from stowd.engine import timespec
 from stowd.engine.errors import InvalidParameter
 
 KNOWN = frozenset({
@@ -162,26 +163,13 @@ def _check(ins: Instruction) -> None:
                 raise ins.error(f"--retries cannot be negative ({retries})")
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
-            "m": 60_000_000_000, "h": 3_600_000_000_000}
-
-
 def parse_duration(text: str, ins: Instruction) -> int:
-    """Go's time.ParseDuration, in nanoseconds."""
-    if text == "0":
-        return 0
-    pos = 0
-    total = 0.0
-    while pos < len(text):
-        m = _DURATION.match(text, pos)
-        if not m:
-            raise ins.error(f'time: invalid duration "{text}"')
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if not text:
-        raise ins.error(f'time: invalid duration "{text}"')
-    return int(total)
+    """A HEALTHCHECK flag's Go duration in nanoseconds (timespec's parser, this
+    instruction's error)."""
+    try:
+        return timespec.parse_duration(text)
+    except InvalidParameter:
+        raise ins.error(f'time: invalid duration "{text}"') from None
 
 
 def parse(text: str) -> Dockerfile:

@@ -1,7 +1,6 @@
 """`docker create`: validate, resolve the image, reserve the name, lay out the directory."""
 
 import asyncio
-import shutil
 import socket
 import time
 from typing import Any
@@ -66,7 +65,7 @@ async def create_container(x: Ctx, name: str | None,
     try:
         await reserve(x, c, explicit_name=bool(name))
     except BaseException:
-        await asyncio.to_thread(shutil.rmtree, x.core.dir(c).base, True)
+        await asyncio.to_thread(x.core.layout.discard, c.id)
         await x.volumes.container_removed(c, remove_anonymous=True)
         raise
     x.core.handles.add(c)
@@ -122,7 +121,7 @@ def prepare_dirs(x: Ctx, c: Container, image: Image) -> None:
     d = x.core.dir(c)
     for sub in d.SUBDIRS:
         (d.base / sub).mkdir(parents=True, exist_ok=True)
-    private_container_dir(d.base)
+    private_container_dir(d)
     rootfs.make_init_layer(d.init)
     write_etc_files(x, c)
 

@@ -80,7 +80,7 @@ async def start_exec(x: Ctx, exec_id: str, detach: bool, tty: bool | None = None
 def write_exec_spec(x: Ctx, c: Container, inst: execs.ExecInstance, spec_path: Path) -> None:
     """Blocking: the exec's process spec, from the container's own with its changes."""
     d = x.core.dir(c)
-    container_spec = execs.load_spec(d.bundle)
+    container_spec = execs.load_spec(d.config)
     user = rootfs.resolve_user(d.rootfs, inst.user or c.config.get("User") or "",
                                c.host_config.get("GroupAdd"))
     user_doc: dict[str, Any] = {"uid": user.uid, "gid": user.gid}

@@ -33,9 +33,9 @@ def create_task(x: Ctx, c: Container, image: Image) -> tuple[int, int]:
     try:
         x.volumes.mount_for(c, d.rootfs)  # volumes: mounts, copy-up
         spec = build_spec(spec_input(x, c, d.rootfs))
-        tmp = d.bundle / "config.json.tmp"
+        tmp = d.config.with_name(d.config.name + ".tmp")
         tmp.write_text(json.dumps(spec))
-        os.replace(tmp, d.bundle / "config.json")
+        os.replace(tmp, d.config)
         if x.runtime.has_task(c.id):  # left over from a crash
             x.runtime.delete(c.id, force=True)
         max_size, max_files = parse_log_options(c.host_config.get("LogConfig"))

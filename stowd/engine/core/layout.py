@@ -39,6 +39,11 @@ class ContainerDir:
         return self.base / "bundle"
 
     @property
+    def config(self) -> Path:
+        """The OCI spec runc reads (`bundle/config.json`)."""
+        return self.base / "bundle" / "config.json"
+
+    @property
     def ctl(self) -> Path:
         """conmon's control FIFO (resize, reopen the log)."""
         return self.base / "bundle" / "ctl"
@@ -50,6 +55,7 @@ class ContainerDir:
 
     @property
     def log(self) -> Path:
+        """conmon's k8s-file log; rotated ones are `ctr.log.1`, … (logs.rotated_paths)."""
         return self.base / "ctr.log"
 
     def etc_file(self, name: str) -> Path:
