@@ -294,7 +294,7 @@ class SlowProxy:
                                 self.requests.append(line.decode(errors="replace"))
                     writer.write(data)
                     await writer.drain()
-                    if slow:
+                    if slow:  # the throttle is the point: a slow link, not a wait
                         await asyncio.sleep(len(data) / self.rate)
             except (ConnectionError, OSError):
                 pass

@@ -8,20 +8,11 @@ import pytest
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from tests.integration.conftest import Cli
-from tests.waits import logs_show, result_of, until, url
+from tests.waits import logs_show, result_of, status_is, until, url
 
 
 def _status(api: docker.APIClient, cid: str) -> str:
     return str(api.inspect_container(cid)["State"]["Status"])
-
-
-def _wait_status(api: docker.APIClient, cid: str, want: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _status(api, cid) == want:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{cid} never became {want}: {_status(api, cid)}")
 
 
 SEED_BODY = {
@@ -78,7 +69,7 @@ def test_founding_document_create_body(api: docker.APIClient) -> None:
     assert info["Image"].startswith("sha256:")
     assert info["NetworkSettings"]["Ports"] == {}  # as dockerd: published at start
     api.start(cid)
-    _wait_status(api, cid, "running")
+    status_is(api, cid, "running")
     api.remove_container(cid, force=True)
 
 

@@ -7,7 +7,6 @@ The daemon is told where to die by STOWD_FAULT (stowd/engine/faults.py). The sho
 
 import contextlib
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from stowd.engine.faults import POINTS
 from tests.daemon import Daemon, leftover_conmons
+from tests.waits import until
 
 # What each point leaves listed after the restart (None: not listed at all). An interrupted
 # start is rolled back (docs/design.md): the container is `created` as recorded.
@@ -154,9 +154,7 @@ def test_sigkill_inside_start_deterministically() -> None:
         with contextlib.suppress(docker.errors.DockerException, OSError, ConnectionError):
             client.api.start(ctr.id)  # times out: the daemon pauses inside
         state_dir = d.exec_root / "runtime" / ctr.id
-        deadline = time.monotonic() + 30
-        while not (state_dir / "state.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until((state_dir / "state.json").exists, 30, "runc never wrote its state")
         before = host_view(d)
         assert ctr.id in before["task"] and ctr.id in before["conmon"]
         d.kill9()

@@ -6,6 +6,7 @@ import re
 import socket
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -14,7 +15,7 @@ from docker.errors import APIError, NotFound
 
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
-from tests.waits import result_of, url
+from tests.waits import result_of, until, url
 
 MIB = 2**20
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "kB": 1e3, "MB": 1e6, "GB": 1e9}
@@ -43,12 +44,8 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    until(predicate, timeout, every=0.1)
 
 
 # --- stats ------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import io
 import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,15 +34,18 @@ def _httpd(client: docker.DockerClient, text: str = "hello", port: int = 80,
 
 def _get(url: str, timeout: float = 10.0) -> str:
     """GET url, retrying while the server in the container is still coming up."""
-    deadline = time.monotonic() + timeout
-    while True:
+    body: list[str] = []
+
+    def answered() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=2) as res:
-                return str(res.read().decode().strip())
+                body.append(res.read().decode().strip())
+                return True
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return False
+
+    until(answered, timeout, f"{url} never answered", every=0.1)
+    return body[0]
 
 
 def _refused(host: str, port: int) -> bool:
@@ -92,11 +94,15 @@ def _host_state(daemon: Daemon) -> dict[str, object]:
 
 def _wait_clean(daemon: Daemon, timeout: float = 10.0) -> dict[str, object]:
     """Teardown finishes just after the API answers a removal: wait for it."""
-    deadline = time.monotonic() + timeout
     state = _host_state(daemon)
-    while any(state.values()) and time.monotonic() < deadline:
-        time.sleep(0.1)
+
+    def clean() -> bool:
+        nonlocal state
         state = _host_state(daemon)
+        return not any(state.values())
+
+    with contextlib.suppress(AssertionError):  # the caller's assert shows what is left
+        until(clean, timeout, every=0.1)
     return state
 
 

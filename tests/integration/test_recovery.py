@@ -1,12 +1,11 @@
 """Containers outlive stowd: kill -9 the daemon, start it again, and find them as they are."""
 
-import time
 
 import docker
 import pytest
 
 from tests.daemon import Daemon
-from tests.waits import process_gone
+from tests.waits import process_gone, until
 
 
 def _conmon_pid(daemon: Daemon, cid: str) -> int:
@@ -76,10 +75,7 @@ def test_restart_policy_applies_to_exits_while_down(own_daemon: Daemon) -> None:
     _exited_while_down(conmon)
     own_daemon.start()
     client = own_daemon.client()
-    deadline = time.monotonic() + 15
-    info = client.api.inspect_container(ctr.id)
-    while time.monotonic() < deadline and info["RestartCount"] < 1:
-        time.sleep(0.1)
-        info = client.api.inspect_container(ctr.id)
-    assert info["RestartCount"] == 1
+    until(lambda: client.api.inspect_container(ctr.id)["RestartCount"] >= 1, 15,
+          "the policy never restarted it", every=0.1)
+    assert client.api.inspect_container(ctr.id)["RestartCount"] == 1
     client.close()

@@ -25,6 +25,7 @@ from tests.registry import (
     free_port,
     remove_registry_images,
 )
+from tests.waits import until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LAYER_STEPS = ["Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum",
@@ -315,11 +316,8 @@ def test_a_client_leaving_mid_pull_cancels_it_and_leaves_nothing(
         seen += chunk
     sock.close()
     layers = daemon.data_root / "layers"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and [p for p in os.listdir(layers)
-                                            if p.startswith("tmp-")]:
-        time.sleep(0.05)
-    assert not [p for p in os.listdir(layers) if p.startswith("tmp-")]
+    until(lambda: not [p for p in os.listdir(layers) if p.startswith("tmp-")], 15,
+          "the pull's temporary layers stayed")
     with pytest.raises(docker.errors.ImageNotFound):
         api.inspect_image(f"{name}:v1")
     # The next pull works.

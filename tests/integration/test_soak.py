@@ -9,13 +9,13 @@ iptables rules, cgroups, conmon processes, exec-root entries and container direc
 import contextlib
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import docker
 import pytest
 
 from tests.daemon import Daemon, leftover_conmons
+from tests.waits import until
 
 
 def _count(path: Path) -> int:
@@ -24,11 +24,12 @@ def _count(path: Path) -> int:
 
 def _settled(d: Daemon) -> None:
     """Removed trees are deleted in the background (renamed `.trash-*` first): wait."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(
-            p.name.startswith(".trash-") for top in ("containers", "volumes")
-            if (d.data_root / top).is_dir() for p in (d.data_root / top).iterdir()):
-        time.sleep(0.05)
+    def trash_left() -> bool:
+        return any(p.name.startswith(".trash-") for top in ("containers", "volumes")
+                   if (d.data_root / top).is_dir() for p in (d.data_root / top).iterdir())
+
+    with contextlib.suppress(AssertionError):  # what is left shows in the host comparison
+        until(lambda: not trash_left(), 30)
 
 
 def snapshot(d: Daemon) -> dict[str, int]:

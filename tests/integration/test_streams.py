@@ -19,15 +19,16 @@ from tests.registry import free_port
 from tests.waits import event_seen, until, url
 
 
-def _gone(api: docker.APIClient, cid: str, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            api.inspect_container(cid)
-        except NotFound:
-            return True
-        time.sleep(0.05)
-    return False
+def _exists(api: docker.APIClient, cid: str) -> bool:
+    try:
+        api.inspect_container(cid)
+    except NotFound:
+        return False
+    return True
+
+
+def _gone(api: docker.APIClient, cid: str, timeout: float = 10) -> None:
+    until(lambda: not _exists(api, cid), timeout, f"{cid[:12]} still exists")
 
 
 # --- docker run, with the real CLI --------------------------------------------------------
@@ -101,16 +102,12 @@ def test_rm_happens_even_when_client_goes_away(daemon: Daemon, api: docker.APICl
     name = f"gone-{uuid.uuid4().hex[:6]}"
     proc = subprocess.Popen(["docker", "run", "--rm", "--name", name, "busybox", "sleep", "2"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            api.inspect_container(name)
-            break
-        except NotFound:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    assert _gone(api, name, timeout=15)
+    try:
+        until(lambda: _exists(api, name), 10, f"docker run never created {name}")
+    finally:
+        proc.kill()
+        proc.wait()
+    _gone(api, name, timeout=15)
 
 
 # --- attach through the API: framing, half-close, stdin, detach ----------------------------
@@ -344,10 +341,8 @@ def test_exec_api_inspect_and_conflicts(api: docker.APIClient,
     assert err.value.status_code == 400
     detached = api.exec_create(running.id, ["sh", "-c", "sleep 0.2; exit 9"])["Id"]
     assert not api.exec_start(detached, detach=True)
-    deadline = time.monotonic() + 10
-    while api.exec_inspect(detached)["Running"] or api.exec_inspect(detached)["ExitCode"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until(lambda: not api.exec_inspect(detached)["Running"]
+          and api.exec_inspect(detached)["ExitCode"] is not None, 10, "the exec never ended")
     assert api.exec_inspect(detached)["ExitCode"] == 9
     api.pause(running.id)
     with pytest.raises(APIError) as err:
@@ -384,13 +379,14 @@ class Tmux:
                         str(height)], check=True)
 
     def wait_for(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            screen = self.screen()
-            if text in screen:
-                return screen
-            time.sleep(0.1)
-        raise AssertionError(f"{text!r} never appeared on screen:\n{self.screen()}")
+        screen = [""]
+
+        def shows() -> bool:
+            screen[0] = self.screen()
+            return text in screen[0]
+
+        until(shows, timeout, f"{text!r} never appeared on screen", every=0.1)
+        return screen[0]
 
     def kill(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.session], check=False,
@@ -516,10 +512,7 @@ def test_run_rm_of_missing_command_fails_and_removes(cli: Cli, api: docker.APICl
     res = cli("run", "--rm", "busybox", "no-such-command", check=False, timeout=30)
     assert res.returncode == 127
     assert "executable file not found" in res.stderr
-    deadline = time.monotonic() + 10
-    while api.containers(all=True) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert api.containers(all=True) == []
+    until(lambda: api.containers(all=True) == [], 10, "run --rm left its container")
 
 
 def test_run_of_a_missing_image_reports_it_missing(client: docker.DockerClient,
@@ -550,7 +543,7 @@ def test_attach_with_logs_replays_the_log(daemon: Daemon, api: docker.APIClient)
     expected = "".join(f"{i}\n" for i in range(1, 20001)).encode()
     sock = api.attach_socket(cid, params={"logs": 1, "stdout": 1, "stderr": 1, "stream": 0})
     raw = b""
-    while chunk := sock._sock.recv(65536):  # type: ignore[attr-defined]
+    while chunk := sock.read(65536):
         raw += chunk
     sock.close()
     frames, pos = [], 0

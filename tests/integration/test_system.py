@@ -353,10 +353,8 @@ def test_events_subscriber_is_dropped_when_the_client_goes(daemon: Daemon,
     _read_headers(sock)
     assert client.info()["NEventsListener"] == before + 1
     sock.close()
-    deadline = time.monotonic() + 5
-    while client.info()["NEventsListener"] != before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert client.info()["NEventsListener"] == before
+    until(lambda: client.info()["NEventsListener"] == before, 5,
+          "the listener stayed counted", every=0.1)
 
 
 def test_cli_events(cli: Cli, client: docker.DockerClient) -> None:
