@@ -48,12 +48,12 @@ class HealthMonitor:
     """Starts, stops and runs the probes of running containers."""
 
     def __init__(self, runtime_path: str, runtime_root: Path, state_dir: Path,
-                 bundle_of: Callable[[Container], Path], event: EventFn,
+                 spec_of: Callable[[Container], Path], event: EventFn,
                  persist: PersistFn) -> None:
         self.runtime_path = runtime_path
         self.runtime_root = runtime_root
         self.state_dir = state_dir
-        self._bundle_of = bundle_of
+        self._spec_of = spec_of  # the container's OCI spec (its layout knows where)
         self._event = event
         self._persist = persist
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -119,7 +119,7 @@ class HealthMonitor:
 
     def _write_spec(self, c: Container, probe: health.Probe, spec_path: Path) -> None:
         """Blocking: the probe's process.json, from the container's own process."""
-        container_spec = execs.load_spec(self._bundle_of(c))
+        container_spec = execs.load_spec(self._spec_of(c))
         inst = execs.ExecInstance(id="", container_id=c.id, cmd=probe.cmd)
         user = (container_spec.get("process") or {}).get("user") or {"uid": 0, "gid": 0}
         process = execs.process_spec(container_spec, inst, user, None)

@@ -11,6 +11,7 @@ import time
 import docker
 
 from tests.integration.conftest import Cli
+from tests.waits import until
 
 
 def _read_until(read: "object", marker: bytes, timeout: float = 10) -> bytes:
@@ -38,6 +39,7 @@ def test_detach_keys_end_the_attachment_not_the_process(client: docker.DockerCli
                               stdin=True, detach_keys="ctrl-x")["Id"]
     assert api.exec_inspect(exec_id)["DetachKeys"] == "GA=="  # b"\x18", as dockerd shows it
     sock = api.exec_start(exec_id, tty=True, socket=True)
+    # no public API: docker-py's attach socket is read-only; its docs write to ._sock
     raw: socket.socket = sock._sock  # the hijacked connection
     raw.settimeout(10)
     _read_until(lambda: raw.recv(4096), b"started")
@@ -51,10 +53,7 @@ def test_detach_keys_end_the_attachment_not_the_process(client: docker.DockerCli
     assert "sleep 301" in c.exec_run(["ps", "-o", "args"]).output.decode()
     # the process still runs and ends normally later
     os.kill(api.exec_inspect(exec_id)["Pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _exec_running(api, exec_id):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    until(lambda: not _exec_running(api, exec_id), 10, "the exec still runs")
 
 
 def test_cli_detach_keys(cli: Cli, client: docker.DockerClient) -> None:

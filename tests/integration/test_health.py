@@ -13,6 +13,7 @@ import pytest
 
 from tests.daemon import Daemon
 from tests.integration.conftest import Cli
+from tests.waits import until
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -21,13 +22,14 @@ FAST = 200 * MS
 
 def wait_health(api: docker.APIClient, cid: str, done: Any, timeout: float = 20) -> dict[str, Any]:
     """Inspect until done(State.Health) holds; the Health record then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        h = api.inspect_container(cid)["State"].get("Health")
-        if h is not None and done(h):
-            return dict(h)
-        assert time.monotonic() < deadline, f"health never got there: {h}"
-        time.sleep(0.05)
+    health: list[Any] = [None]
+
+    def there() -> bool:
+        health[0] = api.inspect_container(cid)["State"].get("Health")
+        return health[0] is not None and bool(done(health[0]))
+
+    until(there, timeout, "health never got there")
+    return dict(health[0])
 
 
 def status_is(status: str) -> Any:

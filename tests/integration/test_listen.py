@@ -13,7 +13,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from docker.tls import TLSConfig
 
 from tests.daemon import REPO, Daemon
 from tests.unit.test_listen import Pki, make_pki
+from tests.waits import until
 
 
 def free_port() -> int:
@@ -55,13 +55,13 @@ def _wait_listening(d: Daemon, host: str, timeout: float = 20.0) -> None:
     if not host.startswith("tcp://"):
         return
     addr, _, port = host.removeprefix("tcp://").rpartition(":")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert d.proc is not None and d.proc.poll() is None, d.log()
         with contextlib.suppress(OSError), socket.create_connection((addr, int(port)), 1):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"stowd did not listen on {host}:\n{d.log()}")
+            return True
+        return False
+
+    until(listening, timeout, f"stowd did not listen on {host}")
 
 
 def _wait_exit(d: Daemon, timeout: float = 20) -> int:

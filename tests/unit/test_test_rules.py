@@ -15,17 +15,23 @@ DOCKER_PY_PRIVATE = re.compile(r"\.(_post|_get|_put|_delete|_url|_result|_stream
                                r"_socket|_read_from_socket|_multiplexed_\w+)\b")
 
 
-def _lines(pattern: re.Pattern[str]) -> list[str]:
-    return [f"{path.name}:{n}: {line.strip()}"
-            for path in sorted(INTEGRATION.glob("*.py"))
-            for n, line in enumerate(path.read_text().splitlines(), 1)
-            if pattern.search(line) and "# sleep-ok:" not in line]
+def _lines(pattern: re.Pattern[str], excuse: str) -> list[str]:
+    """Lines that match, unless the line or the one above gives the excuse."""
+    out = []
+    for path in sorted(INTEGRATION.glob("*.py")):
+        lines = path.read_text().splitlines()
+        for n, line in enumerate(lines):
+            if pattern.search(line) and excuse not in line and (
+                    n == 0 or excuse not in lines[n - 1]):
+                out.append(f"{path.name}:{n + 1}: {line.strip()}")
+    return out
 
 
 def test_integration_tests_wait_not_sleep() -> None:
-    # A sleep that IS what is tested says why on its line: `# sleep-ok: <why>`.
-    assert _lines(SLEEP) == []
+    # A sleep that IS what is tested says why: `# sleep-ok: <why>`.
+    assert _lines(SLEEP, "# sleep-ok:") == []
 
 
 def test_integration_tests_use_docker_py_public_api() -> None:
-    assert _lines(DOCKER_PY_PRIVATE) == []
+    # Where docker-py has no public way, the line above says so: `# no public API: <why>`.
+    assert _lines(DOCKER_PY_PRIVATE, "# no public API:") == []

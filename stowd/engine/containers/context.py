@@ -29,10 +29,10 @@ class Ctx:
         # Healthchecks: the probes of running containers (healthmon.py)
         self.health = HealthMonitor(
             self.runtime.path, self.runtime.root, self.core.settings.exec_root / "health",
-            bundle_of=self._bundle, event=self._health_event, persist=self.core.db.persist)
+            spec_of=self._spec, event=self._health_event, persist=self.core.db.persist)
 
-    def _bundle(self, c: Container) -> Path:
-        return self.core.dir(c).bundle
+    def _spec(self, c: Container) -> Path:
+        return self.core.dir(c).config
 
     def _health_event(self, c: Container, action: str, attrs: dict[str, str]) -> None:
         self.core.event(c, action, **attrs)

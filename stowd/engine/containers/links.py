@@ -5,7 +5,7 @@ words are in network/legacy_links.py; /etc/hosts lines are the network manager's
 from typing import Any
 
 from stowd.engine.containers.context import Ctx
-from stowd.engine.core.container import PAUSED, RUNNING, Container
+from stowd.engine.core.container import Container
 from stowd.engine.errors import Conflict, InvalidParameter, NotFound
 from stowd.engine.network import legacy_links
 
@@ -51,7 +51,7 @@ def check(x: Ctx, c: Container) -> None:
     dockerd then fails every start and exec of the parent)."""
     for link in c.links:
         child = x.core.handles.find(link["id"])
-        if child is not None and child.container.state.status not in (RUNNING, PAUSED):
+        if child is not None and not child.container.state.live:
             raise Conflict(f"Cannot link to a non running container: /{child.container.name} "
                            f"AS {legacy_links.link_path(c.name, link['alias'])}")
 
