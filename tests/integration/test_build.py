@@ -178,7 +178,7 @@ def test_every_instruction(cli: Cli, client: docker.DockerClient, tmp_path: Path
     client.volumes.prune()  # the runs' anonymous /data volumes
     history = client.api.history("built:every")
     assert history[0]["CreatedBy"] == "/bin/sh -c #(nop)  ONBUILD RUN echo triggered"
-    assert any(h["CreatedBy"].startswith("/bin/sh -c #(nop) COPY --chown=1000:1000 dir:")
+    assert any(h["CreatedBy"].startswith("/bin/sh -c #(nop) COPY --chown=1000:1000dir:")
                for h in history)
     assert any(h["CreatedBy"].startswith("|1 GREETING=hello /bin/sh -c mkdir -p /out")
                for h in history)
@@ -296,6 +296,32 @@ def test_unknown_instruction_and_parse_errors(cli: Cli, tmp_path: Path) -> None:
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY onlyone\n")
     proc = build(cli, str(ctx), check=False)
     assert "dockerfile parse error line 2: COPY requires at least two arguments" in proc.stderr
+
+
+def test_step_errors_worded_as_dockerd(cli: Cli, tmp_path: Path, served: str) -> None:
+    """Recorded from dockerd 20.10's classic builder, each after the failing step's line."""
+    cases = {
+        f"ADD {served}/missing /x": f"ADD failed: failed to GET {served}/missing with status "
+                                    "404 File not found: ",
+        "ADD http://127.0.0.1:1/x /x": 'ADD failed: Get "http://127.0.0.1:1/x": dial tcp '
+                                       "127.0.0.1:1: connect: connection refused",
+        # A lone name is the group's too: busybox has a user nobody but no group nobody.
+        "COPY --chown=nobody f /f": "unable to convert uid/gid chown string to host mapping: "
+                                    "can't find gid for group nobody: no such group: nobody",
+        "COPY --chown=1:2:3 f /f": "unable to convert uid/gid chown string to host mapping: "
+                                   "invalid chown string format: 1:2:3",
+    }
+    write(tmp_path, {"f": "f\n"})
+    for line, words in cases.items():
+        (tmp_path / "Dockerfile").write_text(f"FROM busybox\n{line}\n")
+        proc = build(cli, str(tmp_path), check=False)
+        assert proc.returncode == 1, line
+        assert f"Step 2/2 : {line}" in proc.stdout
+        assert words in proc.stderr, proc.stderr
+    (tmp_path / "Dockerfile").write_text("FROM busybox AS a\nFROM a AS a\n")
+    proc = build(cli, str(tmp_path), check=False)
+    assert "Step 2/2" not in proc.stdout  # refused before the stage's Step line
+    assert "a stage name already used" in proc.stderr
 
 
 def test_plain_cli_stdin_and_file_outside_context(cli: Cli, client: docker.DockerClient,

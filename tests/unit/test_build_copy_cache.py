@@ -97,8 +97,14 @@ def test_parse_chown(tmp_path: Path) -> None:
     assert parse_chown("", view) == (0, 0)
     assert parse_chown("7", view) == (7, 7)
     assert parse_chown("7:8", view) == (7, 8)
-    assert parse_chown("app", view) == (1000, 1001)
     assert parse_chown("app:staff", view) == (1000, 50)
+    assert parse_chown("root", view) == (0, 0)
+    # A lone name is the group's name too, as in dockerd 20.10 (app's group is 1001, but
+    # there is no group called app).
+    with pytest.raises(CopyError, match="can't find gid for group app: no such group: app"):
+        parse_chown("app", view)
+    with pytest.raises(CopyError, match="invalid chown string format: 1:2:3"):
+        parse_chown("1:2:3", view)
     with pytest.raises(CopyError, match="no such user: ghost"):
         parse_chown("ghost", view)
     with pytest.raises(CopyError, match="no such group: nogroup"):

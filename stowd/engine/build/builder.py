@@ -42,6 +42,7 @@ from stowd.engine.runtime.spec import DEFAULT_PATH
 log = logging.getLogger("stowd.build")
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
+_ERROR_BODY = 4096  # of a failed ADD <url>'s answer, quoted in the error (dockerd: all)
 # Build args every build accepts without an ARG (dockerd's builtinAllowedBuildArgs).
 BUILTIN_ARGS = frozenset({
     "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
@@ -196,6 +197,9 @@ class Builder:
                 self.referenced.add(name)
         state: StageState | None = None
         for stage in stages:
+            if stage.name and stage.name in self.stages:
+                # dockerd's checkStageNameAvailable, before the stage's Step line.
+                raise BuildError(f"{stage.name} stage name already used")
             number += 1
             await self.say(f"Step {number}/{total} : {stage.instruction.original}")
             await self.say("\n")
@@ -776,7 +780,9 @@ class Builder:
                 return found, copying.checksum(found)
 
             _, digest = await run_in_own_thread(find)
-            flags = f"--chown={chown} " if chown else ""
+            # dockerd 20.10's words exactly, with no space after the chown
+            # (`COPY --chown=1:1dir:<hex> in /d `): what `docker history` shows there.
+            flags = f"--chown={chown}" if chown else ""
             comment = f"{cmd_name} {flags}{digest} in {dest} "
             container_config = self._container_config(st, [*st.shell, "#(nop) " + comment])
             if await self.probe(st, container_config):
@@ -822,9 +828,8 @@ class Builder:
             raise BuildError(f"invalid from flag value {name}: refers to current build stage")
         try:
             return await self._base_image(name, None)  # type: ignore[arg-type]
-        except BuildError:
-            raise BuildError(f"invalid from flag value {name}: No such image: {name}") \
-                from None
+        except BuildError as exc:  # as dockerd: the pull's own error
+            raise BuildError(f"invalid from flag value {name}: {exc.message}") from None
 
     async def _download(self, url: str, work: Path, dest: str) -> copying.Source:
         name = posixpath.basename(urllib.parse.urlparse(url).path)
@@ -835,8 +840,10 @@ class Builder:
         try:
             async with aiohttp.ClientSession() as session, session.get(url) as resp:
                 if resp.status >= 400:
-                    raise BuildError(f"failed to GET {url} with status {resp.status} "
-                                     f"{resp.reason}: ")
+                    # dockerd's words, with the start of the server's answer.
+                    body = (await resp.content.read(_ERROR_BODY)).decode(errors="replace")
+                    raise BuildError(f"ADD failed: failed to GET {url} with status "
+                                     f"{resp.status} {resp.reason}: {body}")
                 modified = resp.headers.get("Last-Modified")
                 f = await asyncio.to_thread(open, target, "wb")
                 try:
@@ -844,8 +851,13 @@ class Builder:
                         await asyncio.to_thread(f.write, chunk)
                 finally:
                     await asyncio.to_thread(f.close)
+        except aiohttp.ClientConnectorError as exc:
+            errno = exc.os_error.errno
+            reason = os.strerror(errno).lower() if errno else str(exc.os_error)
+            raise BuildError(f'ADD failed: Get "{url}": dial tcp {exc.host}:{exc.port}: '
+                             f"connect: {reason}") from None
         except aiohttp.ClientError as exc:
-            raise BuildError(f"failed to GET {url}: {exc}") from None
+            raise BuildError(f'ADD failed: Get "{url}": {exc}') from None
         await asyncio.to_thread(os.chmod, target, 0o600)
         if modified:
             with contextlib.suppress(TypeError, ValueError):

@@ -217,12 +217,16 @@ def _lookup_id(view: str, file: str, name: str) -> int | None:
 
 
 def parse_chown(spec: str, view: str) -> tuple[int, int]:
-    """`--chown=user[:group]`: numbers, or names from the image's /etc/passwd and group."""
+    """`--chown=user[:group]`: numbers, or names from the image's /etc/passwd and group.
+    A lone name is looked up as the group too (dockerd 20.10's parseChownFlag: not the
+    user's primary group, as BuildKit does)."""
     if not spec:
         return 0, 0
-    user, _, group = spec.partition(":")
-    if not group:
-        group = user
+    parts = spec.split(":")
+    if len(parts) > 2:
+        raise CopyError("unable to convert uid/gid chown string to host mapping: invalid "
+                        f"chown string format: {spec}")
+    user, group = parts[0], parts[-1]
     if user.isdigit():
         uid = int(user)
     else:
@@ -235,26 +239,11 @@ def parse_chown(spec: str, view: str) -> tuple[int, int]:
         gid = int(group)
     else:
         found = _lookup_id(view, "/etc/group", group)
-        if found is None and group == user and not user.isdigit():
-            # `--chown=name`: the user's primary group.
-            found = _primary_gid(view, user)
         if found is None:
             raise CopyError("unable to convert uid/gid chown string to host mapping: can't "
                             f"find gid for group {group}: no such group: {group}")
         gid = found
     return uid, gid
-
-
-def _primary_gid(view: str, user: str) -> int | None:
-    try:
-        with open(resolve(view, "/etc/passwd"), encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split(":")
-                if len(fields) > 3 and fields[0] == user:
-                    return int(fields[3])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 class Stager:
