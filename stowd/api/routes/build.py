@@ -118,7 +118,15 @@ async def build(request: web.Request) -> web.StreamResponse:
         if quiet:
             held.append(line)
             return
-        await (await out()).write(line)
+        if request.transport is None or request.transport.is_closing():
+            # The client went away: the build is cancelled (as the watcher would, but
+            # before a failed write could leave a step's container behind).
+            task.cancel()
+            return
+        try:
+            await (await out()).write(line)
+        except ConnectionResetError:
+            task.cancel()
 
     # A raw stream read as a binary file by the builder's worker threads.
     source = cast(BinaryIO, BodyReader(request.content, asyncio.get_running_loop()))

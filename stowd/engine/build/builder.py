@@ -584,8 +584,13 @@ class Builder:
             doc = self._doc(st, container_config, " ".join(container_config["Cmd"]), diff_id,
                             cid)
             st.image = await self._add_image(st, doc, chain)
-        except BaseException as exc:
-            if cid and (self.opts.forcerm or isinstance(exc, asyncio.CancelledError)):
+        except asyncio.CancelledError:
+            if cid:  # the client is gone: nothing to tell it, the container goes
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.host.remove_container(cid))
+            raise
+        except BaseException:
+            if cid and self.opts.forcerm:
                 await self._remove(cid)
             raise
         if cid and (self.opts.rm or self.opts.forcerm):
