@@ -251,6 +251,25 @@ def test_dockerignore_applied_by_the_daemon(client: docker.DockerClient) -> None
     assert files.decode().split() == ["/ctx/wanted"]
 
 
+@pytest.mark.parametrize("compress", ["bz2", "xz"])
+def test_compressed_raw_context(client: docker.DockerClient, compress: str) -> None:
+    """bzip2 and xz contexts (gzip: test_options_platform_and_copy_rules), found by their
+    magic as dockerd does, whatever the Content-Type says."""
+    import bz2
+    import lzma
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in {"Dockerfile": b"FROM busybox\nCOPY f /f\n", "f": b"packed"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    packed = (bz2.compress if compress == "bz2" else lzma.compress)(buf.getvalue())
+    image, _ = client.images.build(fileobj=io.BytesIO(packed), custom_context=True,
+                                   tag=f"built:{compress}")
+    assert client.containers.run(image.id, "cat /f", remove=True) == b"packed"
+
+
 def test_onbuild_triggers_in_child(cli: Cli, client: docker.DockerClient,
                                    tmp_path: Path) -> None:
     parent = write(tmp_path / "parent", {
