@@ -597,11 +597,21 @@ class Builder:
             await self._remove(cid)
 
     async def _create(self, config: dict[str, Any]) -> str:
-        """A step's container, announced as dockerd does (its warnings first)."""
-        cid, warnings = await self.host.create_container(config, self._host_config())
-        for warning in warnings:
-            await self.say(f" ---> [Warning] {warning}\n")
-        await self.say(f" ---> Running in {cid[:12]}\n")
+        """A step's container, announced as dockerd does (its warnings first). A build
+        cancelled meanwhile (its client gone) lets the create finish and removes it."""
+        creating = asyncio.ensure_future(
+            self.host.create_container(config, self._host_config()))
+        cid = ""
+        try:
+            cid, warnings = await asyncio.shield(creating)
+            for warning in warnings:
+                await self.say(f" ---> [Warning] {warning}\n")
+            await self.say(f" ---> Running in {cid[:12]}\n")
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                cid = cid or (await creating)[0]
+                await asyncio.shield(self.host.remove_container(cid))
+            raise
         return cid
 
     async def workdir(self, st: StageState, path: str) -> None:
