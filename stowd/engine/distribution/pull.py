@@ -73,7 +73,7 @@ class _Verified(io.RawIOBase):
         self._digest = digest
         self._size = size
         self._hasher = hashlib.sha256()
-        self._hashing = Stage(self._hasher.update, name="blob-sha256")
+        self._hashing = Stage(self._hasher.update, depth=2, name="blob-sha256")
         self._read = 0
         self._done = False
 

@@ -260,7 +260,7 @@ def extract_layer(source: BinaryIO, layers_root: Path,
     try:
         with gzip.open(tmp / TAR_SPLIT, "wb", compresslevel=1) as split_file:
             splitter = TarSplitter(split_file)  # type: ignore[arg-type]
-            stage = Stage(feed, name="layer-feed")
+            stage = Stage(feed, depth=2, name="layer-feed")
             try:
                 for data in decompressed_as(source, compression, progress):
                     total += len(data)
