@@ -352,3 +352,36 @@ def test_built_image_healthcheck_probes(client: docker.DockerClient) -> None:
         c.remove(force=True)
     finally:
         client.images.remove("hc-built:1", force=True)
+
+
+def test_a_success_ends_the_start_period(client: docker.DockerClient) -> None:
+    """Failures inside the start period do not count until a probe succeeds; after that
+    they do, though the period has not run out (dockerd's rule)."""
+    api = client.api
+    c = client.containers.run(
+        "busybox", ["sleep", "300"], detach=True, name="hc-period",
+        healthcheck={"Test": ["CMD-SHELL", "test -e /tmp/ok"], "Interval": FAST,
+                     "Retries": 1, "StartPeriod": 300 * S})
+    h = wait_health(api, c.id, lambda h: len(h["Log"]) >= 2)
+    assert h["Status"] == "starting" and h["FailingStreak"] == 0
+    c.exec_run(["touch", "/tmp/ok"])
+    wait_health(api, c.id, status_is("healthy"))
+    c.exec_run(["rm", "/tmp/ok"])
+    h = wait_health(api, c.id, status_is("unhealthy"))
+    assert h["FailingStreak"] == 1
+
+
+def test_cmd_shell_probes_run_through_the_images_shell(client: docker.DockerClient) -> None:
+    """CMD-SHELL goes through the container's Shell (from the image's SHELL), as dockerd."""
+    dockerfile = (b'FROM busybox\nSHELL ["/bin/echo", "via-shell"]\n'
+                  b"HEALTHCHECK --interval=200ms CMD probe words\n")
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag="hc-shell:1", rm=True)
+    try:
+        assert image.attrs["Config"]["Shell"] == ["/bin/echo", "via-shell"]
+        c = client.containers.run("hc-shell:1", ["sleep", "300"], detach=True,
+                                  name="hc-shell")
+        h = wait_health(client.api, c.id, status_is("healthy"))
+        assert h["Log"][-1]["Output"] == "via-shell probe words\n"
+        c.remove(force=True)
+    finally:
+        client.images.remove("hc-shell:1", force=True)

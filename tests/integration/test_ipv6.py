@@ -8,6 +8,7 @@ only goes between the daemon's containers and the host's own address on its brid
 import subprocess
 
 import docker
+import pytest
 from docker.types import EndpointConfig, IPAMConfig, IPAMPool
 
 from tests.daemon import Daemon, network_leftovers
@@ -182,10 +183,24 @@ def test_ipv6_subnet_without_enable_ipv6_is_kept_and_unused(client: docker.Docke
     try:
         info = client.api.inspect_network(net.id)
         assert info["EnableIPv6"] is False and info["IPAM"]["Config"][-1] == {"Subnet": subnet}
-        c = client.containers.run("busybox", ["sleep", "300"], detach=True, network="t6off")
+        # As docker-py's test_create_with_ipv6_address and test_connect_with_ipv6_address
+        # (and dockerd): the address is taken into IPAMConfig, and no IPv6 is given.
+        want = subnet.split("/")[0] + "f00d"
+        c = client.containers.run(
+            "busybox", ["sleep", "300"], detach=True, network="t6off",
+            networking_config={"t6off": EndpointConfig(client.api._version, ipv6_address=want)})
         ep = client.api.inspect_container(c.id)["NetworkSettings"]["Networks"]["t6off"]
+        assert ep["IPAMConfig"] == {"IPv6Address": want}
         assert ep["GlobalIPv6Address"] == "" and ep["IPv6Gateway"] == ""
         assert "fd5d:" not in _sh(c, "ip -6 addr")
+        client.api.disconnect_container_from_network(c.id, net.id)
+        client.api.connect_container_to_network(c.id, net.id, ipv6_address=want)
+        ep = client.api.inspect_container(c.id)["NetworkSettings"]["Networks"]["t6off"]
+        assert ep["IPAMConfig"] == {"IPv6Address": want} and ep["IPAddress"]
+        with pytest.raises(docker.errors.APIError, match="no configured subnet"):
+            client.api.connect_container_to_network(
+                client.containers.create("busybox", ["true"]).id, net.id,
+                ipv6_address="fd5d:ffff::1")
     finally:
         for c in client.containers.list(all=True):
             c.remove(force=True)

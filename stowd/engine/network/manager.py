@@ -640,11 +640,14 @@ class NetworkManager:
                                            f"address {ip}")
             want6 = ipam_cfg.get("IPv6Address") or ""
             if want6:
-                if not net.user_defined or not net.ipv6:
+                # An IPv6 subnet without EnableIPv6 takes the address and gives none, as
+                # dockerd (docker-py's own tests rely on it); no IPv6 subnet is a 400.
+                subnets6 = net.ipam_configs(v6=True)
+                if not net.user_defined or not subnets6:
                     raise InvalidParameter("user specified IP address is supported only when "
                                            "connecting to networks with user configured subnets")
                 ip6 = ipam.address6(str(want6))
-                if ip6 not in ipaddress.ip_network(net.subnet6):
+                if ip6 not in ipaddress.ip_network(subnets6[0]["Subnet"]):
                     raise InvalidParameter(f"no configured subnet or ip-range contain the IP "
                                            f"address {ip6}")
         legacy_links.parse_all(ep.get("Links"))  # the format: name:alias
