@@ -239,3 +239,35 @@ def test_ipv6_survives_kill_9_and_leaves_no_ip6tables_rules() -> None:
         assert network_leftovers(d) == []
     finally:
         d.cleanup()
+
+
+def test_docker_py_shaped_ipv6_networks(client: docker.DockerClient, daemon: Daemon) -> None:
+    """docker-py's own test_create_network_ipv6_enabled, test_create_with_ipv6_address and
+    test_connect_with_ipv6_address, on a ULA subnet of this daemon's (host bits included,
+    as they send it)."""
+    api = client.api
+    prefix = _v6(daemon, 6).split("/")[0]
+    pool = IPAMPool(subnet=f"{prefix}1/64", iprange=f"{prefix}0/96", gateway=f"{prefix}ffff")
+    enabled = api.create_network("t6py", enable_ipv6=True, ipam=IPAMConfig(
+        driver="default", pool_configs=[pool]))["Id"]
+    try:
+        net = api.inspect_network(enabled)
+        assert net["EnableIPv6"] is True
+        assert net["IPAM"]["Config"][1] == {"Subnet": f"{prefix}/64", "IPRange": f"{prefix}/96",
+                                            "Gateway": f"{prefix}ffff"}
+        ctr = api.create_container(
+            "busybox", "top", host_config=api.create_host_config(network_mode="t6py"),
+            networking_config=api.create_networking_config({
+                "t6py": api.create_endpoint_config(ipv6_address=f"{prefix}f00d")}))
+        api.start(ctr)
+        ep = api.inspect_container(ctr)["NetworkSettings"]["Networks"]["t6py"]
+        assert ep["IPAMConfig"]["IPv6Address"] == f"{prefix}f00d"
+        assert (ep["GlobalIPv6Address"], ep["IPv6Gateway"]) == (f"{prefix}f00d", f"{prefix}ffff")
+        api.disconnect_container_from_network(ctr, "t6py")
+        api.connect_container_to_network(ctr, "t6py", ipv6_address=f"{prefix}f00e")
+        ep = api.inspect_container(ctr)["NetworkSettings"]["Networks"]["t6py"]
+        assert ep["IPAMConfig"]["IPv6Address"] == ep["GlobalIPv6Address"] == f"{prefix}f00e"
+    finally:
+        for c in client.containers.list(all=True):
+            c.remove(force=True)
+        api.remove_network(enabled)

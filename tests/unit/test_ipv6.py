@@ -46,7 +46,6 @@ def test_v6_pool_given_gateway_range_aux_and_static_addresses() -> None:
 
 @pytest.mark.parametrize(("subnet", "gateway", "ip_range", "aux", "error", "words"), [
     ("10.0.0.0/24", "", "", None, InvalidParameter, "not an IPv6 subnet"),
-    ("fd5d::1/64", "", "", None, InvalidParameter, "it should be fd5d::/64"),
     ("fd5d::/127", "", "", None, InvalidParameter, "too long"),
     ("fd5d::/64", "fd5e::1", "", None, InvalidParameter, "not in subnet"),
     ("fd5d::/64", "", "fd5e::/80", None, InvalidParameter, "not in subnet"),
@@ -58,6 +57,12 @@ def test_v6_pool_refuses_bad_configs(subnet: str, gateway: str, ip_range: str,
                                      words: str) -> None:
     with pytest.raises(error, match=words):
         ipam.Pool.of6(subnet, gateway, ip_range, aux)
+
+
+def test_v6_subnet_host_bits_are_dropped_as_dockerd_takes_them() -> None:
+    pool = ipam.Pool.of6("2001:389::1/64", "2001:389::ffff", "2001:389::0/96")
+    assert (str(pool.subnet), str(pool.ip_range)) == ("2001:389::/64", "2001:389::/96")
+    assert str(pool.allocate()) == "2001:389::1"
 
 
 def test_overlaps_compare_one_family() -> None:
