@@ -116,11 +116,16 @@ def test_ipv6_cli_ip6_at_run_and_connect_and_dockerds_errors(cli: Cli, daemon: D
     subnet = _v6(daemon, 2)
     prefix = subnet.split("/")[0]
     gateway = prefix + "fe"
-    cli("network", "create", "--ipv6", "--subnet", subnet, "--gateway", gateway, "t6cli")
+    cli("network", "create", "--ipv6", "--subnet", subnet, "--gateway", gateway,
+        "--aux-address", f"router6={prefix}11", "t6cli")
     cli("network", "create", "t4cli")
     try:
         assert client.api.inspect_network("t6cli")["IPAM"]["Config"][1] == {
-            "Subnet": subnet, "Gateway": gateway}
+            "Subnet": subnet, "Gateway": gateway,
+            "AuxiliaryAddresses": {"router6": prefix + "11"}}
+        aux = cli("run", "--rm", "--network", "t6cli", "--ip6", prefix + "11", "busybox",
+                  "true", check=False)
+        assert aux.returncode != 0 and f"Address already in use: {prefix}11" in aux.stderr
         cli("run", "-d", "--name", "c6", "--network", "t6cli", "--ip6", prefix + "10",
             "busybox", "sleep", "300")
         ep = client.api.inspect_container("c6")["NetworkSettings"]["Networks"]["t6cli"]
