@@ -153,9 +153,12 @@ def test_timeout_kills_the_probe_and_caps_output(client: docker.DockerClient) ->
         healthcheck={"Test": ["CMD-SHELL", "head -c 5000 /dev/zero | tr '\\0' a"],
                      "Interval": FAST})
     h = wait_health(api, slow.id, status_is("unhealthy"))
-    entry = h["Log"][-1]
-    assert entry["ExitCode"] == -1
-    assert entry["Output"] == "Health check exceeded timeout (300ms): partial\n"
+    assert all(e["ExitCode"] == -1 and e["Output"].startswith(
+        "Health check exceeded timeout (300ms)") for e in h["Log"])
+    # The output so far is kept. (On a loaded host `runc exec` alone can outlast 300ms,
+    # before the shell has written anything: wait for a probe that got that far.)
+    wait_health(api, slow.id, lambda h: any(
+        e["Output"] == "Health check exceeded timeout (300ms): partial\n" for e in h["Log"]))
     # Each probe and what it started are gone (dockerd leaves the shell's children behind,
     # one more each probe): after three timeouts, only the probe running now may have one.
     wait_health(api, slow.id, lambda h: len(h["Log"]) >= 3)
