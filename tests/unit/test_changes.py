@@ -151,18 +151,16 @@ def test_file_replaced_by_directory(layers: tuple[Path, Path, Path]) -> None:
         ("/etc", MODIFIED), ("/etc/passwd", MODIFIED), ("/etc/passwd/x", ADDED)]
 
 
-def test_ten_thousand_files_in_under_a_second(layers: tuple[Path, Path, Path]) -> None:
+def test_ten_thousand_changed_files_all_found(layers: tuple[Path, Path, Path]) -> None:
+    # Its speed is measured in bench/inspect_fs.py, never asserted here.
     image, init, upper = layers
     for d in range(100):
         sub = upper / "data" / f"d{d:03}"
         sub.mkdir(parents=True)
         for f in range(100):
             (sub / f"f{f:03}").write_text("x")
-    started = time.perf_counter()
     found = _diff(upper, init, image)
-    elapsed = time.perf_counter() - started
     assert len(found) == 1 + 100 + 10_000
-    assert elapsed < 1.0, f"{elapsed:.2f}s for 10,000 changed files"
 
 
 def test_dir_size_counts_hard_links_once(tmp_path: Path) -> None:
