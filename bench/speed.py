@@ -51,7 +51,6 @@ from bench.lifecycle import (  # noqa: E402 - after the path fix above
     Api,
     busy_frac,
     busy_jiffies,
-    dockerd_ready,
     fmt,
     log,
     own_stowd,
@@ -246,6 +245,27 @@ def _has_image(host: str, image: str) -> bool:
         return False
 
 
+def dockerd_ready(dargs: argparse.Namespace, stowd: str, ours: str, image: str,
+                  had_image: bool) -> str | None:
+    """None when dockerd answers and has `image` (copied from stowd's `ours` when it had
+    none), else why dockerd is skipped."""
+    if not Api(dargs.dockerd_host).ping():
+        return f"no dockerd answers /_ping on {dargs.dockerd_host}"
+    if had_image:
+        return None
+    repo, _, tag = image.partition(":")
+    src = Api(stowd)
+    try:
+        src.call("POST", f"/images/{ours}/tag", params={"repo": repo, "tag": tag or "latest"})
+        tar = src.call("GET", f"/images/{image}/get")
+        src.call("DELETE", f"/images/{image}")
+        Api(dargs.dockerd_host).call("POST", "/images/load", raw=tar,
+                                     content_type="application/x-tar")
+    except Exception as exc:  # any failure means: measure stowd alone
+        return f"copying {ours} from stowd into dockerd as {image} failed: {exc}"
+    return None
+
+
 def _remove_image(host: str, image: str) -> None:
     with contextlib.suppress(Exception):
         Api(host).call("DELETE", f"/images/{image}")
@@ -301,7 +321,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dockerd-host", default=DOCKERD_HOST)
     p.add_argument("--no-dockerd", action="store_true")
     p.add_argument("--dockerd-image", help="an image with busybox's sh, yes and head already "
-                   "in dockerd (default: import busybox-static as " + DOCKERD_IMAGE + ")")
+                   "in dockerd (default: stowd's busybox, copied into dockerd as "
+                   + DOCKERD_IMAGE + " and removed at the end)")
     p.add_argument("--tmp-dir", default="/tmp")
     p.add_argument("--daemon-log-level", default="warning")
     p.add_argument("--quiet-threshold", type=float, default=0.2)
@@ -322,12 +343,15 @@ def main(argv: list[str] | None = None) -> int:
         exec_root = str(Path(url.removeprefix("unix://")).parent / "exec")
         engines.append(Engine("stowd", url, a, [pid],
                               lambda: children_named(exec_root, "conmon")))
-        # dockerd gets a busybox-static image of its own (what others left as "busybox"
-        # in the shared dockerd may be anything), removed at the end.
+        # dockerd gets the very image stowd runs, saved from stowd and loaded under a name
+        # of its own (what others left as "busybox" in the shared dockerd may be anything;
+        # a busybox-static import was refused exec by dockerd here), removed at the end.
         image = a.dockerd_image or DOCKERD_IMAGE
         dargs = argparse.Namespace(**{**vars(a), "image": image})
         had_image = _has_image(a.dockerd_host, image)
-        reason = None if a.no_dockerd else dockerd_ready(dargs)
+        reason = None
+        if not a.no_dockerd:
+            reason = dockerd_ready(dargs, url, a.image, image, had_image)
         if not a.no_dockerd and reason is None:
             if not had_image:
                 stack.callback(_remove_image, a.dockerd_host, image)
