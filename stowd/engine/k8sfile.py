@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 HEAD = 45  # `<35-byte time> <6-byte stream> <flag> `: where the text starts
 TIME = 29  # the time without its zone: Docker prints these 29 bytes and then "Z"
-_ROW = 48  # each line's prefix is read as 6 little-endian u64 (3 bytes past HEAD)
+_ROW = 48  # each line's prefix is checked as 3 little-endian u64 from byte 24 (3 past HEAD)
 # Bytes past the end of a block's copy, so that a row of up to this width can be read from
 # the start of any line of it (prefixes, and _pack's rows).
 _SPARE = 4096
@@ -78,13 +78,17 @@ class Lines:
     buf: npt.NDArray[np.uint8]  # a writable copy of the block (and _SPARE bytes)
     starts: Ints
     ends: Ints  # index of each line's newline
-    prefix: npt.NDArray[np.uint8]  # each line's first _ROW bytes, one row per line
     stream: npt.NDArray[np.uint8]  # 1 stdout, 2 stderr
     full: Bools  # F (a whole line) rather than P (a piece)
 
     def times(self) -> npt.NDArray[np.bytes_]:
         """Each line's 29-byte time, comparable with `time_key`."""
-        return np.ascontiguousarray(self.prefix[:, :TIME]).view(f"S{TIME}").ravel()
+        return self.time_rows().view(f"S{TIME}").ravel()
+
+    def time_rows(self) -> npt.NDArray[np.uint8]:
+        """Each line's 29-byte time, one row per line (gathered when asked for: plain
+        output never needs them)."""
+        return _rows(self.buf, TIME)[self.starts]
 
     def shown(self, streams: set[int], since: bytes, until: bytes) -> tuple[Bools, int]:
         """Which lines the query shows, and how many lines come before the first one past
@@ -118,17 +122,17 @@ def scan(data: bytes | memoryview) -> Lines | None:
     starts[1:] = ends[:-1] + 1
     if (ends - starts < HEAD).any():
         return None
-    prefix = _rows(buf, _ROW)[starts]
-    words = prefix.view("<u8")
-    w4, w5 = words[:, 4], words[:, 5] & _W5_MASK
+    # Only the bytes past the time are checked here (the time's digits are not).
+    words = _rows(buf, _ROW - 24)[starts + 24].view("<u8")
+    w4, w5 = words[:, 1], words[:, 2] & _W5_MASK
     out = w4 == _W4_OUT
     stream = np.where(out, np.uint8(1), np.uint8(2)).astype(np.uint8)
     full = np.where(out, w5 == _W5[1, True], w5 == _W5[2, True])
     partial = np.where(out, w5 == _W5[1, False], w5 == _W5[2, False])
-    ok = (out | (w4 == _W4_ERR)) & (full | partial) & ((words[:, 3] & _W3_MASK) == _W3)
+    ok = (out | (w4 == _W4_ERR)) & (full | partial) & ((words[:, 0] & _W3_MASK) == _W3)
     if not ok.all():
         return None
-    return Lines(buf, starts, ends, prefix, stream, full)
+    return Lines(buf, starts, ends, stream, full)
 
 
 def encode(data: bytes | memoryview, *, streams: set[int], framed: bool, timestamps: bool,
@@ -151,7 +155,7 @@ def encode(data: bytes | memoryview, *, streams: set[int], framed: bool, timesta
     kept = 0
     if timestamps:
         kept = TIME + 2  # the time, "Z" and the space already at HEAD - 1
-        _rows(lines.buf, TIME)[starts + HEAD - kept] = lines.prefix[:count, :TIME]
+        _rows(lines.buf, TIME)[starts + HEAD - kept] = lines.time_rows()[:count]
         lines.buf[starts + HEAD - 2] = ord("Z")
         size = size + kept
     if framed:
