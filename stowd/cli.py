@@ -331,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         lock_data_root(settings.data_root)
         sites = bind_listeners(plan, settings)
+        from stowd.engine.runtime.libc import keep_large_allocations
+
+        if not keep_large_allocations():
+            log.info("mallopt unavailable: log reads fault their arrays in afresh")
         return run_loop(serve(settings, sites, args.seed_busybox))
     except (ListenError, LockError) as exc:
         print(f"stowd: {exc}", file=sys.stderr)
