@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import json
 import os
 import platform
 import socket
 import statistics
 import sys
+import tarfile
 import threading
 import time
 import uuid
@@ -245,24 +247,37 @@ def _has_image(host: str, image: str) -> bool:
         return False
 
 
-def dockerd_ready(dargs: argparse.Namespace, stowd: str, ours: str, image: str,
-                  had_image: bool) -> str | None:
-    """None when dockerd answers and has `image` (copied from stowd's `ours` when it had
-    none), else why dockerd is skipped."""
-    if not Api(dargs.dockerd_host).ping():
+def dockerd_ready(dargs: argparse.Namespace, image: str, had_image: bool) -> str | None:
+    """None when dockerd answers and has `image` (imported from the busybox-static rootfs
+    stowd seeds itself with, when it had none), else why dockerd is skipped."""
+    api = Api(dargs.dockerd_host)
+    if not api.ping():
         return f"no dockerd answers /_ping on {dargs.dockerd_host}"
     if had_image:
         return None
+    from stowd.engine.seed import busybox_binary, busybox_rootfs_tar
+
+    binary = busybox_binary()
+    if binary is None:
+        return f"dockerd has no {image} and there is no busybox-static to import"
+    raw = io.BytesIO()
+    busybox_rootfs_tar(binary, raw)
+    raw.seek(0)
+    # Docker's extraction gives a hard-linked file its link's mode, and the rootfs's links
+    # carry tarfile's default 0644 (stowd ignores it): busybox would not be executable.
+    fixed = io.BytesIO()
+    with tarfile.open(fileobj=raw) as src, tarfile.open(fileobj=fixed, mode="w") as dst:
+        for member in src:
+            if member.islnk():
+                member.mode = 0o755
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
     repo, _, tag = image.partition(":")
-    src = Api(stowd)
     try:
-        src.call("POST", f"/images/{ours}/tag", params={"repo": repo, "tag": tag or "latest"})
-        tar = src.call("GET", f"/images/{image}/get")
-        src.call("DELETE", f"/images/{image}")
-        Api(dargs.dockerd_host).call("POST", "/images/load", raw=tar,
-                                     content_type="application/x-tar")
+        api.call("POST", "/images/create", raw=fixed.getvalue(),
+                 content_type="application/x-tar",
+                 params={"fromSrc": "-", "repo": repo, "tag": tag or "latest"})
     except Exception as exc:  # any failure means: measure stowd alone
-        return f"copying {ours} from stowd into dockerd as {image} failed: {exc}"
+        return f"importing busybox into dockerd as {image} failed: {exc}"
     return None
 
 
@@ -321,8 +336,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dockerd-host", default=DOCKERD_HOST)
     p.add_argument("--no-dockerd", action="store_true")
     p.add_argument("--dockerd-image", help="an image with busybox's sh, yes and head already "
-                   "in dockerd (default: stowd's busybox, copied into dockerd as "
-                   + DOCKERD_IMAGE + " and removed at the end)")
+                   "in dockerd (default: stowd's busybox-static rootfs, imported into "
+                   "dockerd as " + DOCKERD_IMAGE + " and removed at the end)")
     p.add_argument("--tmp-dir", default="/tmp")
     p.add_argument("--daemon-log-level", default="warning")
     p.add_argument("--quiet-threshold", type=float, default=0.2)
@@ -343,15 +358,15 @@ def main(argv: list[str] | None = None) -> int:
         exec_root = str(Path(url.removeprefix("unix://")).parent / "exec")
         engines.append(Engine("stowd", url, a, [pid],
                               lambda: children_named(exec_root, "conmon")))
-        # dockerd gets the very image stowd runs, saved from stowd and loaded under a name
-        # of its own (what others left as "busybox" in the shared dockerd may be anything;
-        # a busybox-static import was refused exec by dockerd here), removed at the end.
+        # dockerd gets the busybox-static rootfs stowd runs, imported under a name of its
+        # own (what others left as "busybox" in the shared dockerd may be anything),
+        # removed at the end.
         image = a.dockerd_image or DOCKERD_IMAGE
         dargs = argparse.Namespace(**{**vars(a), "image": image})
         had_image = _has_image(a.dockerd_host, image)
         reason = None
         if not a.no_dockerd:
-            reason = dockerd_ready(dargs, url, a.image, image, had_image)
+            reason = dockerd_ready(dargs, image, had_image)
         if not a.no_dockerd and reason is None:
             if not had_image:
                 stack.callback(_remove_image, a.dockerd_host, image)

@@ -42,9 +42,6 @@ def busybox_rootfs_tar(binary: str, out: io.BufferedIOBase) -> None:
             info = tarfile.TarInfo(f"bin/{applet}")
             info.type = tarfile.LNKTYPE
             info.linkname = "bin/busybox"
-            # A hard link's mode is its file's: Docker's extraction chmods the file to the
-            # link's mode, so TarInfo's default 0644 would leave busybox not executable.
-            info.mode = 0o755
             tar.addfile(info)
         files = {
             "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:"
