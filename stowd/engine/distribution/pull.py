@@ -117,11 +117,13 @@ class _Verified(io.RawIOBase):
             pass
 
 
-def _store(images: ImageStore, source: _Verified, parent: str | None,
+def _store(images: ImageStore, pipe: FeedPipe, desc: mf.Descriptor, parent: str | None,
            progress: Callable[[int], None], diff_id: str, compression: str
            ) -> tuple[str, str, int]:
     """Extract the layer (worker thread). A blob that cannot be extracted is read to its end
     first, so that a corrupt download is reported as one, as dockerd does."""
+    # Made here, not on the event loop: it starts its hashing thread.
+    source = _Verified(pipe, desc.digest, desc.size)
     try:
         # A raw stream read as a binary file.
         return images.store_layer(cast(BinaryIO, source), parent, progress, diff_id,
@@ -258,7 +260,7 @@ class Puller(Transfer):
 
             compression = mf.LAYER_COMPRESSION[desc.media_type]
             worker = asyncio.ensure_future(asyncio.to_thread(
-                _store, self.images, _Verified(pipe, desc.digest, desc.size), parent,
+                _store, self.images, pipe, desc, parent,
                 progress, diff_id, compression))
             worker.add_done_callback(lambda _: pipe.close())
             try:
