@@ -136,7 +136,9 @@ def resolve_user(rootfs: Path, user: str, group_add: list[str] | None = None) ->
                     f"unable to find group {group}: no matching entries in group file"
                 )
             gid = int(g[2])
-    additional: list[int] = []
+    # dockerd's processes always hold their primary group among the supplementary ones too
+    # (`-u 1000` shows `Groups: 0`, `-u 1:2 --group-add 5` shows `Groups: 2 5`).
+    additional: list[int] = [gid]
     if username:
         for g in groups:
             if len(g) > 3 and username in g[3].split(",") and g[2].isdigit():

@@ -207,6 +207,12 @@ def test_sysctls_hosts_dns_and_groups(cli: Cli, daemon: Daemon) -> None:
     assert "search a.example" in out and "options ndots:3" in out
     out = _sh(cli, "--user", "0:0", "--group-add", "10", "--group-add", "nogroup", "id")
     assert "gid=0(root)" in out and "10" in out and "65534(nogroup)" in out
+    # The primary group is a supplementary one too, as dockerd's (Groups: 1000 5, and 0 alone).
+    groups = "grep ^Groups: /proc/self/status"
+    assert _sh(cli, "--user", "1000:1000", "--group-add", "5", groups).split() == [
+        "Groups:", "5", "1000"]
+    assert _sh(cli, "--user", "1000", groups).split() == ["Groups:", "0"]
+    assert _sh(cli, groups).split() == ["Groups:", "0"]
     assert "Unable to find group nosuch: no matching entries in group file" in _refused(
         cli, "--group-add", "nosuch")
 
