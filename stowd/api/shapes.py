@@ -70,7 +70,8 @@ def status_text(c: Container, now: float | None = None) -> str:
 
 
 def command_text(c: Container) -> str:
-    return " ".join([c.path, *c.args])
+    """The list's Command as dockerd writes it: arguments holding a space in single quotes."""
+    return " ".join([c.path, *(f"'{a}'" if " " in a else a for a in c.args)])
 
 
 def network_mode(c: Container) -> str:

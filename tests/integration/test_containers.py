@@ -294,6 +294,8 @@ def test_list_filters_and_shape(client: docker.DockerClient, api: docker.APIClie
     assert row["ImageID"].startswith("sha256:") and isinstance(row["Created"], int)
     assert row["Command"] == "sleep 300" and row["State"] == "running"
     assert row["Status"].startswith("Up ")
+    # dockerd quotes the arguments that hold a space (docker ps: sh -c 'exit 3')
+    assert {r["Id"]: r["Command"] for r in api.containers(all=True)}[c.id] == "sh -c 'exit 3'"
     assert row["Labels"] == {"team": "x", "tier": "web"}
     assert row["HostConfig"] == {"NetworkMode": "bridge"} or row["HostConfig"]["NetworkMode"]
     every = api.containers(all=True)
