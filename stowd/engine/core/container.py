@@ -1,5 +1,6 @@
 """The container record (what SQLite keeps of it) and its lifecycle states."""
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,9 @@ def rfc3339_nano(ts: float | None = None) -> str:
     return f"{base}.{nanos:09d}Z"
 
 
+# Cached: every container list shapes each container's Created and StartedAt, and
+# parsing them was a third of the list's CPU (bench/README.md, issue 11's before/after).
+@functools.lru_cache(maxsize=8192)
 def parse_time(text: str) -> float:
     """Seconds since the epoch for a Docker timestamp; 0 for the zero time."""
     if not text or text.startswith("0001-01-01"):
