@@ -30,6 +30,10 @@ from stowd.engine.logwatch import LogWatch
 log = logging.getLogger("stowd.api")
 
 FOLLOW_GATHER = 0.02  # seconds a woken follower lets output gather before it reads
+# ... and after a catch-up of at least FOLLOW_BUSY_BYTES (a busy writer: fewer, larger
+# reads cost the writer less; a tenth of a second is still live to a reader).
+FOLLOW_GATHER_BUSY = 0.1
+FOLLOW_BUSY_BYTES = 1024 * 1024
 
 
 async def list_containers(request: web.Request) -> web.Response:
@@ -230,6 +234,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
     await asyncio.to_thread(reader.open)
     read = functools.partial(reader.read_encoded, framed=not tty, timestamps=timestamps)
     ahead: asyncio.Future[bytes | memoryview] | None = None
+    caught_up = 0  # bytes sent since the follower last waited
     try:
         while True:
             # While a block goes out, the next one is read and encoded in the worker
@@ -238,6 +243,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
             ahead = None
             if chunk:
                 ahead = asyncio.ensure_future(asyncio.to_thread(read))
+                caught_up += len(chunk)
                 await response.write(chunk)
                 continue
             if stopped is not None and watch is not None and not stopped.done() \
@@ -246,7 +252,10 @@ async def logs(request: web.Request) -> web.StreamResponse:
                 if not stopped.done():
                     # Let a busy writer write a block's worth before reading: one read per
                     # write of conmon's would cost the follower more than the writer.
-                    await asyncio.wait([stopped], timeout=FOLLOW_GATHER)
+                    gather = FOLLOW_GATHER_BUSY if caught_up >= FOLLOW_BUSY_BYTES \
+                        else FOLLOW_GATHER
+                    await asyncio.wait([stopped], timeout=gather)
+                caught_up = 0
                 continue
             if stopped is not None and not reader.done and (chunk := await asyncio.to_thread(read)):
                 await response.write(chunk)  # written just before the container stopped
