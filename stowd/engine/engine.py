@@ -79,7 +79,7 @@ class Engine:
         make_private(s.data_root, s.exec_root)  # new roots, and old ones migrated
         self.core.db.open(store)
         self.core.layout.sweep_trash()
-        images = ImageStore(store, s.data_root)
+        images = ImageStore(store, s.data_root, self.core.db.call)
         self.distribution = Distribution(
             images, RegistrySettings(s.insecure_registries, s.registry_mirrors,
                                      s.registry_certs_dir),

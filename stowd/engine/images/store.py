@@ -69,8 +69,12 @@ def _created_ts(created: str) -> float:
 
 
 class ImageStore:
-    def __init__(self, store: Store, data_root: Path) -> None:
-        self.db = store
+    def __init__(self, store: Store, data_root: Path,
+                 write: Callable[..., Any] | None = None) -> None:
+        self.db = store  # read here, from any thread (SQLite in WAL mode)
+        # Writes go through the engine's one database thread (core/db.py's Database.call),
+        # ordered with every other record's; alone (unit tests) they are plain calls.
+        self._write: Callable[..., Any] = write or (lambda fn, *args: fn(*args))
         self.blobs = data_root / "images" / "blobs" / "sha256"
         self.layers_root = data_root / "layers"
         # Scratch space for archives being loaded or saved: on the data-root's filesystem,
@@ -182,7 +186,7 @@ class ImageStore:
                 shutil.rmtree(layer.path, ignore_errors=True)
             else:
                 os.rename(layer.path, final)
-            self.db.put_layer(chain, layer.diff_id, parent_chain, layer.size)
+            self._write(self.db.put_layer, chain, layer.diff_id, parent_chain, layer.size)
         return chain, layer.diff_id, layer.size
 
     def pin(self, chains: list[str]) -> None:
@@ -201,7 +205,7 @@ class ImageStore:
             for chain in reversed(chains):
                 if chain in in_use or self._pins[chain] > 0:
                     continue
-                self.db.delete_layer(chain)
+                self._write(self.db.delete_layer, chain)
                 shutil.rmtree(self.layer_path(chain), ignore_errors=True)
 
     def has_layer(self, chain: str) -> bool:
@@ -238,10 +242,10 @@ class ImageStore:
         for digest_ref in repo_digests or []:
             if digest_ref not in record["repo_digests"]:
                 record["repo_digests"] = [*record["repo_digests"], digest_ref]
-        self.db.put_image(image_id, _created_ts(created), record)
+        self._write(self.db.put_image, image_id, _created_ts(created), record)
         replaced = []
         for ref in tags:
-            previous = self.db.set_tag(ref.full(), image_id)
+            previous = self._write(self.db.set_tag, ref.full(), image_id)
             if previous:
                 replaced.append((ref, previous))
         image = self.find(image_id)
@@ -252,24 +256,24 @@ class ImageStore:
         """Point the tag named by repo and tag at the image source names."""
         ref = reference.tag_reference(repo, tag)
         image = self.resolve(source)
-        self.db.set_tag(ref.full(), image.id)
+        self._write(self.db.set_tag, ref.full(), image.id)
         records = {r["id"]: r for r in self.db.all_images()}
         record = records[image.id]
         record["last_tag_time"] = now_rfc3339()
-        self.db.put_image(image.id, _created_ts(record["created"]), record)
+        self._write(self.db.put_image, image.id, _created_ts(record["created"]), record)
         return image, ref
 
     def untag(self, image_id: str, ref: reference.Reference) -> None:
         """Remove a tag, or a `name@digest` reference, of the image."""
         if ref.digest is None:
-            self.db.delete_tag(ref.full())
+            self._write(self.db.delete_tag, ref.full())
             return
         records = {r["id"]: r for r in self.db.all_images()}
         record = records.get(image_id)
         if record is not None:
             record["repo_digests"] = [d for d in record.get("repo_digests") or []
                                       if not _digest_ref_matches(d, ref)]
-            self.db.put_image(image_id, _created_ts(record["created"]), record)
+            self._write(self.db.put_image, image_id, _created_ts(record["created"]), record)
 
     def tags_of(self, image_id: str) -> list[reference.Reference]:
         return [reference.parse(r) for r, i in self.db.all_tags() if i == image_id]
@@ -286,7 +290,7 @@ class ImageStore:
         """Delete an image record, its config and the layers no other image uses.
 
         Returns the layer chain IDs that were removed."""
-        self.db.delete_image(image.id)
+        self._write(self.db.delete_image, image.id)
         (self.blobs / image.id.removeprefix("sha256:")).unlink(missing_ok=True)
         removed = []
         with self._lock:
@@ -294,7 +298,7 @@ class ImageStore:
             for chain in reversed(image.layers):
                 if chain in in_use or self._pins[chain] > 0:
                     continue
-                self.db.delete_layer(chain)
+                self._write(self.db.delete_layer, chain)
                 shutil.rmtree(self.layer_path(chain), ignore_errors=True)
                 removed.append(chain)
         return removed
