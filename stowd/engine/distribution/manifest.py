@@ -209,17 +209,3 @@ def choose(index: Index, want: Platform) -> Descriptor:
     raise NotFound(f"no matching manifest for {want} in the manifest list entries "
                    f"(available: {', '.join(available) or 'none'})")
 
-
-def config_diff_ids(config: bytes, ref: str) -> tuple[dict[str, Any], list[str]]:
-    try:
-        doc = json.loads(config)
-    except ValueError as exc:
-        raise InvalidParameter(f"invalid image config for {ref}: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidParameter(f"invalid image config for {ref}: not a JSON object")
-    rootfs = doc.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or not all(
-            isinstance(d, str) and _DIGEST.match(d) for d in diff_ids):
-        raise InvalidParameter(f"invalid image config for {ref}: bad rootfs.diff_ids")
-    return doc, diff_ids

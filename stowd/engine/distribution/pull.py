@@ -26,6 +26,7 @@ from stowd.engine.distribution.metadata import BlobSums
 from stowd.engine.errors import InvalidParameter
 from stowd.engine.images import reference
 from stowd.engine.images.layers import CHUNK, chain_id
+from stowd.engine.images.load import check_config
 from stowd.engine.images.pipe import FeedPipe, Stage
 from stowd.engine.images.store import Image, ImageStore
 
@@ -180,7 +181,7 @@ class Puller(Transfer):
         if mf.digest_of(config) != manifest.config.digest:
             raise DigestMismatch(f"image config verification failed for digest "
                                  f"{manifest.config.digest}")
-        _, diff_ids = mf.config_diff_ids(config, ref.familiar())
+        diff_ids = check_config(config, f"for {ref.familiar()}")
         if len(diff_ids) != len(manifest.layers):
             raise InvalidParameter(f"invalid image {ref.familiar()}: the manifest has "
                                    f"{len(manifest.layers)} layers, the config "
