@@ -750,3 +750,31 @@ def test_a_1gb_context_is_streamed(own_daemon: Daemon) -> None:
                            tag="built:big", decode=True, timeout=900))
     assert any(f"{size} /big.bin" in line.get("stream", "") for line in lines), lines[-3:]
     assert _peak_rss_kb(own_daemon.proc.pid) < 300 * 1024
+
+
+def test_rmi_prunes_the_builds_unused_parents(cli: Cli, client: docker.DockerClient,
+                                              tmp_path: Path) -> None:
+    # dockerd's image delete removes the parents left untagged and childless (the build's
+    # intermediate images) unless noprune is given; a tagged or shared parent stays.
+    ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nENV A=prune-1\nRUN echo a > /a\n"
+                                         "LABEL step=3\n"})
+    before = {i.id for i in client.images.list(all=True)}
+    build(cli, "-t", "pruned:1", str(ctx))
+    top = client.images.get("pruned:1")
+    made = {i.id for i in client.images.list(all=True)} - before
+    assert top.id in made and len(made) == 3  # ENV, RUN, LABEL
+    report = client.api.remove_image("pruned:1")
+    deleted = [r["Deleted"] for r in report if r.get("Deleted") in made]
+    assert deleted[0] == top.id and set(deleted) == made  # the image, then its parents
+    assert {i.id for i in client.images.list(all=True)} == before
+    # noprune keeps them; a tagged parent stops the walk.
+    build(cli, "-t", "pruned:2", str(ctx))
+    parent = client.images.get("pruned:2").attrs["Parent"]
+    client.api.remove_image("pruned:2", noprune=True)
+    assert client.images.get(parent).id == parent
+    build(cli, "-t", "pruned:3", str(ctx))  # from cache: the same chain again
+    client.api.tag(parent, "pruned", "parent")
+    client.api.remove_image("pruned:3")
+    assert client.images.get("pruned:parent").id == parent
+    client.api.remove_image("pruned:parent")
+    assert {i.id for i in client.images.list(all=True)} == before

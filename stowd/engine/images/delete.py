@@ -10,6 +10,8 @@ Pure logic; the engine carries the plan out. The rules, as dockerd's image delet
   repositories").
 - The image itself goes unless a container uses it: a running one forbids removal even with
   force, a stopped one needs force.
+- Then, unless `noprune`, its parents go one by one while each is left without a reference,
+  a child image or a container (service.remove_image walks them).
 
 One difference from dockerd: a forced removal of an image that stopped containers still use
 leaves the image untagged ("dangling") instead of deleting it, since stowd's containers

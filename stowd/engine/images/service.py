@@ -171,11 +171,30 @@ class ImageService:
             report.append({"Untagged": ref.familiar()})
             self.core.events.publish("image", "untag", image.id, {"name": image.id})
         if plan.delete:
-            removed = await asyncio.to_thread(self.store.remove_image, image)
-            report.append({"Deleted": image.id})
-            report.extend({"Deleted": chain} for chain in removed)
-            self.core.events.publish("image", "delete", image.id, {"name": image.id})
+            await self._delete(image, report)
+            # dockerd (unless noprune) then removes the parents left with no use: untagged,
+            # without other children, used by no container (a build's intermediate images).
+            parent_id = image.parent
+            while prune and parent_id and not self.users(parent_id):
+                parent = await asyncio.to_thread(self._unused_parent, parent_id)
+                if parent is None:
+                    break
+                await self._delete(parent, report)
+                parent_id = parent.parent
         return report
+
+    async def _delete(self, image: Image, report: list[dict[str, str]]) -> None:
+        removed = await asyncio.to_thread(self.store.remove_image, image)
+        report.append({"Deleted": image.id})
+        report.extend({"Deleted": chain} for chain in removed)
+        self.core.events.publish("image", "delete", image.id, {"name": image.id})
+
+    def _unused_parent(self, image_id: str) -> Image | None:
+        """The image if it has no reference and no child image left, else None (thread)."""
+        image = self.store.find(image_id)
+        if image is None or self.store.tags_of(image.id) or self.store.digests_of(image.id):
+            return None
+        return None if self.store.children(image.id) else image
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: "Callable[[load.LoadUpdate], None]",
