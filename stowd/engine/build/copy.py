@@ -227,23 +227,19 @@ def parse_chown(spec: str, view: str) -> tuple[int, int]:
         raise CopyError("unable to convert uid/gid chown string to host mapping: invalid "
                         f"chown string format: {spec}")
     user, group = parts[0], parts[-1]
-    if user.isdigit():
-        uid = int(user)
-    else:
-        found = _lookup_id(view, "/etc/passwd", user)
-        if found is None:
-            raise CopyError("unable to convert uid/gid chown string to host mapping: can't "
-                            f"find uid for user {user}: no such user: {user}")
-        uid = found
-    if group.isdigit():
-        gid = int(group)
-    else:
-        found = _lookup_id(view, "/etc/group", group)
-        if found is None:
-            raise CopyError("unable to convert uid/gid chown string to host mapping: can't "
-                            f"find gid for group {group}: no such group: {group}")
-        gid = found
-    return uid, gid
+    return (_chown_id(view, user, "/etc/passwd", "uid", "user"),
+            _chown_id(view, group, "/etc/group", "gid", "group"))
+
+
+def _chown_id(view: str, value: str, db: str, id_kind: str, noun: str) -> int:
+    """A number as given, or a name looked up in the image's passwd/group file."""
+    if value.isdigit():
+        return int(value)
+    found = _lookup_id(view, db, value)
+    if found is None:
+        raise CopyError("unable to convert uid/gid chown string to host mapping: can't "
+                        f"find {id_kind} for {noun} {value}: no such {noun}: {value}")
+    return found
 
 
 class Stager:
