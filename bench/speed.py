@@ -11,7 +11,9 @@ alternation; the table gives the median of the repeats for each engine.
 - rate: `/_ping` and `GET /containers/json?all=1` (with `--list-containers` of ours created)
   with one and 8 clients, through the shared harness's `rate_test` (`--shared-bench`: client
   processes of their own, keep-alive connections), and the engine's CPU per request.
-- logs: a container writes `--log-mb` MB of 64-byte lines (`yes … | head -c`);
+- logs: a container writes `--log-mb` MB of `--line-bytes` lines (`yes … | head -c`; the
+  default 65 does not divide conmon's 8 KB reads, so conmon cuts a line into two pieces
+  every 8 KB as it does with real output; 64 never gets cut);
   `logs.ingest` is start → exit with nobody reading; then `GET /logs` of that log read to the
   end, plain, with timestamps, `tail` of half the lines and `since` the middle (MB of log
   per second), with the engine's CPU per read; then the same writer while a
@@ -60,7 +62,6 @@ from bench.lifecycle import (  # noqa: E402 - after the path fix above
 )
 
 MB = 1_000_000
-LINE = ("0123456789abcdef" * 4)[:63]  # `yes` adds the newline: 64-byte lines
 SECTIONS = ("rate", "logs", "idle")
 DOCKERD_IMAGE = "stowd-speed-busybox:latest"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -166,14 +167,18 @@ class Engine:
     # -- logs -------------------------------------------------------------------------------
     def logs(self) -> None:
         size = self.a.log_mb * MB
-        cmd = ["sh", "-c", f"yes {LINE} | head -c {size}"]
+        width = self.a.line_bytes
+        line = ("0123456789abcdef" * (width // 16 + 1))[:width - 1]  # `yes` adds the newline
+        cmd = ["sh", "-c", f"yes {line} | head -c {size}"]
+        messages = -(-size // width)  # the last line may be cut short by `head`
+        framed = size + 8 * messages  # what a reader of both streams gets
         cid = self.create(cmd)
         t0 = time.perf_counter()
         self.api.call("POST", f"/containers/{cid}/start")
         self.api.json("POST", f"/containers/{cid}/wait")
         self.add("logs.ingest", self.a.log_mb / (time.perf_counter() - t0))
         v = self.api.prefix
-        half = str(size // 64 // 2)
+        half = str(messages // 2)
         info = self.api.json("GET", f"/containers/{cid}/json")
         started = info["State"]["StartedAt"]
         middle = _unix(started) + (_unix(info["State"]["FinishedAt"]) - _unix(started)) / 2
@@ -186,7 +191,7 @@ class Engine:
             got = stream_get(self.host, f"{v}/containers/{cid}/logs?stdout=1&stderr=1{query}")
             dt = time.perf_counter() - t0
             cpu = (cpu_ticks(self.daemon_pids) - before) / TICK
-            shown = mbytes or got / MB * 64 / 72  # since: the log lines it answered with
+            shown = mbytes or got / MB * width / (width + 8)  # since: the lines it answered
             self.add(f"logs.read.{tag}", shown / dt)
             self.add(f"logs.read.{tag}.engine_cpu_s", cpu)
         self.remove(cid)
@@ -203,7 +208,7 @@ class Engine:
         writer = time.perf_counter() - t0
         reader.join(120)
         self.add("logs.follow.writer", self.a.log_mb / writer)
-        self.add("logs.follow.complete", (got[0] if got else 0) / (size // 64 * 72))
+        self.add("logs.follow.complete", (got[0] if got else 0) / framed)
         self.add("logs.follow.engine_cpu_s", (cpu_ticks(self.daemon_pids) - before) / TICK)
         self.remove(cid)
 
@@ -327,6 +332,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--list-containers", type=int, default=10,
                    help="containers created before the rate section, to list")
     p.add_argument("--log-mb", type=int, default=50)
+    p.add_argument("--line-bytes", type=int, default=65)
     p.add_argument("--idle-containers", type=int, default=500)
     p.add_argument("--idle-seconds", type=float, default=20.0)
     p.add_argument("--shared-bench", default="/work/shared/bench/bench.py",

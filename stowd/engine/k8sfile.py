@@ -10,13 +10,21 @@ of each line that is output is moved up against the previous one (`_pack`). That
 array operations per block of about a megabyte, instead of a split, a parse and an
 allocation per line: the difference between ~10 MB/s and several hundred.
 
-A block with a line of another shape (a partial `P` line, a zone other than UTC, anything
-malformed) is not handled here: `encode` returns None and the caller reads that block line
-by line (`logs.LogReader`), which also reassembles partial lines.
+conmon reads a container's output in 8 KB reads and writes what ends without a newline as
+a piece (`P`); the rest of the line follows as the next line of that stream. A fast writer's
+log has a piece every few KB, so pieces are joined here too: a message is the run of pieces
+and the line that ends it, one frame at the time of its first piece.
+
+A block with a line of another shape (a zone other than UTC, anything malformed, a piece
+followed by the other stream) is not handled here: `encode` returns None and the caller
+reads that block line by line (`logs.LogReader`). `since_start` finds where a `since` query
+begins by bisecting the file on its lines' times, so the older part is never read.
 """
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -90,15 +98,18 @@ class Lines:
         output never needs them)."""
         return _rows(self.buf, TIME)[self.starts]
 
-    def shown(self, streams: set[int], since: bytes, until: bytes) -> tuple[Bools, int]:
-        """Which lines the query shows, and how many lines come before the first one past
-        `until` (all of them when none is)."""
-        keep = np.zeros(len(self.starts), np.bool_)
-        for stream in streams:
-            keep |= self.stream == stream
-        count = len(self.starts)
+    def shown(self, streams: set[int], since: bytes, until: bytes,
+              at: Ints | None = None) -> tuple[Bools, int]:
+        """Which lines (or the lines `at`: the first of each message) the query shows, and
+        how many of them come before the first one past `until` (all when none is)."""
+        stream = self.stream if at is None else self.stream[at]
+        keep = np.zeros(len(stream), np.bool_)
+        for wanted in streams:
+            keep |= stream == wanted
+        count = len(stream)
         if since or until:
-            times = self.times()
+            times = self.times() if at is None else \
+                _rows(self.buf, TIME)[self.starts[at]].view(f"S{TIME}").ravel()
             if since:
                 keep &= times >= np.bytes_(since)
             if until:
@@ -135,38 +146,82 @@ def scan(data: bytes | memoryview) -> Lines | None:
     return Lines(buf, starts, ends, stream, full)
 
 
+@dataclass
+class Encoded:
+    """What `encode` made of a block."""
+
+    output: memoryview  # Docker's logs output for the block's whole messages
+    past_until: bool  # a message past `until` was reached: nothing after it is shown
+    # Where the pieces of a message still open at the block's end begin (conmon had not
+    # written its end yet): the caller carries them over. len(data) when there are none.
+    open_from: int
+
+
 def encode(data: bytes | memoryview, *, streams: set[int], framed: bool, timestamps: bool,
-           since: bytes = b"", until: bytes = b"") -> tuple[memoryview, bool] | None:
-    """Docker's logs output for the complete lines in `data`, and whether a line past
-    `until` was reached (nothing after it will be shown). None when a line is not in the
-    fixed shape or is a partial one: the caller must read this block line by line."""
+           since: bytes = b"", until: bytes = b"") -> Encoded | None:
+    """Docker's logs output for the messages in `data` (complete lines; the first one
+    begins a message). A message is a line (`F`), or the pieces (`P`) conmon wrote of a
+    longer one, one after the other, and the line that ends it: one frame, at the time of
+    its first piece, as the line-by-line reader makes it. None when a line is not in the
+    fixed shape, or a piece is not followed by the rest of its line (the other stream came
+    in between): the caller must read this block line by line."""
     lines = scan(data)
-    if lines is None or not lines.full.all():
+    if lines is None:
         return None
-    keep, count = lines.shown(streams, since, until)
-    past_until = count < len(keep)
-    keep = keep[:count]
+    full = lines.full
+    count = len(full)
+    if full.all():
+        first = None  # every line is a message: the common case, no grouping
+    else:
+        piece = ~full[:-1]
+        if (piece & (lines.stream[1:] != lines.stream[:-1])).any():
+            return None
+        complete = np.flatnonzero(full)
+        count = int(complete[-1]) + 1 if len(complete) else 0  # lines of whole messages
+        first = np.empty(count, np.bool_)
+        first[:1] = True
+        first[1:] = full[:max(count - 1, 0)]
+    open_from = int(lines.starts[count]) if count < len(full) else len(data)
+    heads = np.arange(count) if first is None else np.flatnonzero(first)
+    keep, shown = lines.shown(streams, since, until, None if first is None else heads)
+    past_until = shown < len(heads)
+    if past_until:
+        count = int(heads[shown])
+        heads, keep = heads[:shown], keep[:shown]
+        open_from = len(data)
+        if first is not None:
+            first = first[:count]
     if not keep.any():
-        return memoryview(b""), past_until
+        return Encoded(memoryview(b""), past_until, open_from)
     starts, ends = lines.starts[:count], lines.ends[:count]
-    # The text (with its newline) runs from start + HEAD to end; what Docker puts before it
-    # is written into the end of the prefix, and the rest of the prefix (`drop`) is cut.
-    size = ends - starts - HEAD + 1
+    # The text of a line runs from start + HEAD to its newline, which is output only where
+    # the line ends a message (`F`). What Docker puts before a message is written into the
+    # end of the prefix of its first line, and the rest of that prefix is cut.
+    text = ends - starts - HEAD + full[:count]
+    size = text if first is None else np.add.reduceat(text, heads)
+    at = starts[heads]
     kept = 0
     if timestamps:
         kept = TIME + 2  # the time, "Z" and the space already at HEAD - 1
-        _rows(lines.buf, TIME)[starts + HEAD - kept] = lines.time_rows()[:count]
-        lines.buf[starts + HEAD - 2] = ord("Z")
+        _rows(lines.buf, TIME)[at + HEAD - kept] = _rows(lines.buf, TIME)[at]
+        lines.buf[at + HEAD - 2] = ord("Z")
         size = size + kept
     if framed:
-        head = np.zeros((count, 8), np.uint8)
-        head[:, 0] = lines.stream[:count]
-        head[:, 4:] = size.astype(">u4").view(np.uint8).reshape(count, 4)
+        head = np.zeros((len(heads), 8), np.uint8)
+        head[:, 0] = lines.stream[heads]
+        head[:, 4:] = size.astype(">u4").view(np.uint8).reshape(len(heads), 4)
         kept += 8
-        _rows(lines.buf, 8)[starts + HEAD - kept] = head
-    # Each shown line's output runs from `drop` bytes into its prefix to its newline.
-    first = starts[keep] + (HEAD - kept)
-    return _pack(lines.buf, first, ends[keep] + 1 - first), past_until
+        _rows(lines.buf, 8)[at + HEAD - kept] = head
+    if first is None:
+        # Each shown line's output runs from `kept` bytes before its text to its newline.
+        run = starts[keep] + (HEAD - kept)
+        return Encoded(_pack(lines.buf, run, ends[keep] + 1 - run), past_until, open_from)
+    # The first line of a message from `kept` bytes before its text, the others from their
+    # text; each to its newline, or to the byte before it for a piece.
+    lead = np.where(first, kept, 0)
+    shown_line = keep[np.cumsum(first) - 1]
+    run = (starts + HEAD - lead)[shown_line]
+    return Encoded(_pack(lines.buf, run, (text + lead)[shown_line]), past_until, open_from)
 
 
 def _pack(buf: npt.NDArray[np.uint8], first: Ints, size: Ints) -> memoryview:
@@ -197,20 +252,75 @@ def _pack(buf: npt.NDArray[np.uint8], first: Ints, size: Ints) -> memoryview:
     return packed
 
 
-def before(data: bytes | memoryview, since: bytes) -> bool:
-    """Whether every line of `data` (complete lines) is older than `since`, so that none
-    is shown: its last line is (times only grow down a log) and none is a piece of a line
-    (`P`), which could begin a message that ends after `since`. False when unsure: the
-    caller then encodes the block as usual."""
-    view = bytes(data[-2 * 1024:]) if len(data) > 2 * 1024 else bytes(data)
-    start = view.rfind(b"\n", 0, len(view) - 1) + 1
-    if start == 0 and len(view) < len(data):
-        return False  # a last line longer than the look: not worth finding
-    last = view[start:start + HEAD]
-    if len(last) < HEAD or last[TIME:TIME + 7] != b"+00:00 " or last[10:11] != b"T":
-        return False
-    return last[:TIME] < since and b" P " not in (
-        data if isinstance(data, bytes) else bytes(data))
+PROBE = 16 * 1024  # bytes looked at for a line's end (conmon splits longer ones)
+
+
+def since_start(f: BinaryIO, since: bytes) -> int | None:
+    """Where reading a log file must begin to see every message from `since` on: the
+    start of the message holding the first line at or after `since`, found by bisecting
+    the file on its lines' times (they only grow down a log: conmon stamps each line as it
+    reads it). The file's size when every line is older; None when a probed line is not in
+    the fixed shape (the caller then reads from the start and filters)."""
+    size = f.seek(0, os.SEEK_END)
+    # The least offset whose next line is at or after `since` (or is none) is in [low, high].
+    low, high = 0, size
+    while low < high:
+        middle = (low + high) // 2
+        line = _line_at_or_after(f, middle, size)
+        if line is None:
+            return None
+        start, prefix = line
+        if prefix and prefix[:TIME] < since:
+            low = start + 1  # every offset up to this line's start finds it, or an older one
+        else:
+            high = middle
+    line = _line_at_or_after(f, low, size)
+    if line is None:
+        return None
+    return _message_start(f, line[0]) if line[1] else size
+
+
+def _line_at_or_after(f: BinaryIO, offset: int, size: int) -> tuple[int, bytes] | None:
+    """(start, prefix) of the first line beginning at or after offset; (size, b"") when
+    none does (or only a line still being written); None when that line is not in the
+    fixed shape, or too far to look for."""
+    start = offset
+    if offset > 0:
+        f.seek(offset - 1)
+        look = f.read(PROBE)
+        cut = look.find(b"\n")
+        if cut < 0:
+            return None if len(look) == PROBE else (size, b"")
+        start = offset + cut
+    f.seek(start)
+    prefix = f.read(HEAD)
+    if len(prefix) < HEAD:
+        return None if b"\n" in prefix else (size, b"")  # short, or still being written
+    return (start, prefix) if _is_head(prefix) else None
+
+
+def _message_start(f: BinaryIO, start: int) -> int:
+    """The start of the message the line at `start` belongs to: back over the pieces
+    (`P` lines) before it."""
+    while start > 0:
+        back = max(0, start - PROBE)
+        f.seek(back)
+        block = f.read(start - back)
+        cut = block.rfind(b"\n", 0, len(block) - 1) + 1
+        if cut == 0 and back > 0:
+            return start  # a line longer than the look: take the line we have
+        prefix = block[cut:cut + HEAD]
+        if not _is_head(prefix, flag=b"P"):
+            return start  # the line before ends a message (or is not ours to join)
+        start = back + cut
+    return start
+
+
+def _is_head(prefix: bytes, flag: bytes = b"") -> bool:
+    """Whether a line begins with conmon's fixed-shape prefix (and, when given, that flag)."""
+    return (len(prefix) >= HEAD and prefix[10:11] == b"T" and prefix[TIME:TIME + 7] == b"+00:00 "
+            and prefix[36:43] in (b"stdout ", b"stderr ") and prefix[43:44] in (b"F", b"P")
+            and (not flag or prefix[43:44] == flag) and prefix[44:45] == b" ")
 
 
 def tail_start(data: bytes, base: int, count: int, streams: set[int], since: bytes,

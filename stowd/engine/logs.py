@@ -22,6 +22,7 @@ STDERR = 2
 SYSTEMERR = 3
 _STREAMS = {b"stdout": STDOUT, b"stderr": STDERR}
 READ_SIZE = 1024 * 1024  # log bytes turned into output at a time: bounds memory per reader
+HEAD_LOOK = 4096  # bytes looked at for the end of a line before searching the whole block
 
 
 @dataclass
@@ -150,8 +151,26 @@ class LogReader:
                 start_index, start_offset = index, offset
                 if remaining < 0:
                     break
+        elif self._since_key:
+            start_index, start_offset = self._since_in(files)
         self._queue = files[start_index + 1:]
         self._open_file(files[start_index], start_offset)
+
+    def _since_in(self, files: list[str]) -> tuple[int, int]:
+        """(file, offset) where the messages from `since` on begin: files wholly older
+        are passed over and the rest found by bisecting (k8sfile.since_start), not read."""
+        for index, path in enumerate(files):
+            try:
+                with open(path, "rb") as f:
+                    offset = k8sfile.since_start(f, self._since_key)
+                    size = f.seek(0, os.SEEK_END)
+            except FileNotFoundError:
+                continue
+            if offset is None:
+                return index, 0  # not in the shape bisecting needs: read it all, filtered
+            if offset < size or index == len(files) - 1:
+                return index, offset
+        return 0, 0
 
     def _open_file(self, path: str, offset: int) -> None:
         try:
@@ -246,20 +265,41 @@ class LogReader:
             data = self._read_lines(max_bytes)
             if data is None:
                 return b""
-            if not self._pending:
-                if self._since_key and k8sfile.before(data, self._since_key):
-                    continue  # all of it before `since`: not even encoded
-                fast = k8sfile.encode(data, streams=self.streams, framed=framed,
-                                      timestamps=timestamps, since=self._since_key,
-                                      until=self._until_key)
-                if fast is not None:
-                    shown, self.done = fast
-                    if shown or self.done:
-                        return shown
-                    continue  # nothing shown in this block: go on with the next
-            out = encode_messages(self._messages(data), framed=framed, timestamps=timestamps)
+            out = self._encode_block(data, framed, timestamps)
             if out or self.done:
                 return out
+
+    def _encode_block(self, data: bytes | memoryview, framed: bool,
+                      timestamps: bool) -> bytes | memoryview:
+        """One block of complete lines as output, through k8sfile where it can."""
+        done: list[LogMessage] = []
+        if self._pending:
+            # A message begun in the block before ends in this one: finish it line by line.
+            data = memoryview(data)
+            while self._pending and len(data) and not self.done:
+                end = bytes(data[:HEAD_LOOK]).find(b"\n")
+                end = end if end >= 0 else bytes(data).index(b"\n")
+                if (message := self._feed(bytes(data[:end]))) is not None:
+                    done.append(message)
+                data = data[end + 1:]
+            if not len(data) or self.done:
+                return encode_messages(done, framed=framed, timestamps=timestamps)
+        fast = k8sfile.encode(data, streams=self.streams, framed=framed,
+                              timestamps=timestamps, since=self._since_key,
+                              until=self._until_key)
+        if fast is None:
+            done += self._messages(data)
+            return encode_messages(done, framed=framed, timestamps=timestamps)
+        self.done = fast.past_until
+        # Pieces of a line whose end conmon has not written yet wait for the next block
+        # (a line past READ_SIZE comes out in pieces of that size, as line by line).
+        later = self._messages(memoryview(data)[fast.open_from:]) \
+            if fast.open_from < len(data) else []
+        if not done and not later:
+            return fast.output
+        return b"".join((encode_messages(done, framed=framed, timestamps=timestamps),
+                         fast.output,
+                         encode_messages(later, framed=framed, timestamps=timestamps)))
 
     def _read_lines(self, max_bytes: int) -> bytes | memoryview | None:
         """The next complete lines (ending with a newline), None when there are none now."""

@@ -111,15 +111,23 @@ def test_rotation_and_reading_across_files(tmp_path: Path) -> None:
                                                       b"b3-2\n"]
 
 
-def _conmon_log(path: Path, count: int, *, partial_every: int = 0, seed: int = 7) -> None:
-    """A log as conmon writes it: fixed-width UTC times, both streams, texts of any length."""
+def _conmon_log(path: Path, count: int, *, partial_every: int = 0, seed: int = 7,
+                pieces: float = 0.0) -> None:
+    """A log as conmon writes it: fixed-width UTC times, both streams, texts of any length;
+    with `pieces`, that share of the lines is a piece continued by the next line of its
+    stream (as conmon writes a line its 8 KB read cut), runs of several included."""
     import random
 
     rng = random.Random(seed)
     lines = []
+    stream = "stdout"
+    flag = "F"
     for i in range(count):
-        stream = "stderr" if rng.random() < 0.3 else "stdout"
+        if flag == "F" or not pieces:  # with `pieces`, a line's rest comes in its stream
+            stream = "stderr" if rng.random() < 0.3 else "stdout"
         flag = "P" if partial_every and i % partial_every == 1 else "F"
+        if pieces and rng.random() < pieces and i < count - 1:
+            flag = "P"
         text = "x" * rng.randrange(0, 300) + f"-{i}"
         lines.append(f"2026-01-01T00:{i // 6000:02d}:{i // 100 % 60:02d}.{i % 100:07d}00+00:00"
                      f" {stream} {flag} {text}")
@@ -188,12 +196,30 @@ def test_block_encoding_output_shape() -> None:
 
     data = (b"2026-01-01T00:00:01.000000001+00:00 stdout F hello\n"
             b"2026-01-01T00:00:02.000000000+00:00 stderr F \n")
-    assert k8sfile.encode(data, streams={1, 2}, framed=True, timestamps=False) == (
-        frame(STDOUT, b"hello\n") + frame(STDERR, b"\n"), False)
-    assert k8sfile.encode(data, streams={2}, framed=False, timestamps=True) == (
-        b"2026-01-01T00:00:02.000000000Z \n", False)
-    assert k8sfile.encode(data, streams={1, 2}, framed=False, timestamps=False,
-                          until=k8sfile.time_key(1767225601.5)) == (b"hello\n", True)
+    def encoded(**kw: object) -> tuple[bytes, bool, int]:
+        out = k8sfile.encode(data, **kw)  # type: ignore[arg-type]
+        assert out is not None
+        return bytes(out.output), out.past_until, out.open_from
+
+    assert encoded(streams={1, 2}, framed=True, timestamps=False) == (
+        frame(STDOUT, b"hello\n") + frame(STDERR, b"\n"), False, len(data))
+    assert encoded(streams={2}, framed=False, timestamps=True) == (
+        b"2026-01-01T00:00:02.000000000Z \n", False, len(data))
+    assert encoded(streams={1, 2}, framed=False, timestamps=False,
+                   until=k8sfile.time_key(1767225601.5)) == (b"hello\n", True, len(data))
+    # Pieces: one message at the time of its first piece; one still open at the end is
+    # left for the next block.
+    data = (b"2026-01-01T00:00:01.000000001+00:00 stdout P hel\n"
+            b"2026-01-01T00:00:01.500000000+00:00 stdout P l\n"
+            b"2026-01-01T00:00:02.000000000+00:00 stdout F o\n"
+            b"2026-01-01T00:00:03.000000000+00:00 stderr P open\n")
+    assert encoded(streams={1, 2}, framed=True, timestamps=True) == (
+        frame(STDOUT, b"2026-01-01T00:00:01.000000001Z hello\n"), False,
+        data.index(b"2026-01-01T00:00:03"))
+    assert encoded(streams={1, 2}, framed=False, timestamps=False,
+                   since=k8sfile.time_key(1767225601.2))[0] == b""  # began before since
+    data = data.replace(b"stdout F o", b"stderr F o")  # a piece continued by the other stream
+    assert k8sfile.encode(data, streams={1, 2}, framed=True, timestamps=False) is None
     assert k8sfile.time_key(1767225601.000000001) == b"2026-01-01T00:00:01.000000000"
     assert k8sfile.time_key(1767225601.25) == b"2026-01-01T00:00:01.250000000"
 
@@ -217,22 +243,81 @@ def test_packing_lines_of_any_lengths(tmp_path: Path) -> None:
         for framed, timestamps in itertools.product((True, False), (True, False)):
             got = k8sfile.encode(data, streams={1, 2}, framed=framed, timestamps=timestamps)
             assert got is not None
-            assert bytes(got[0]) == _line_by_line(log, framed, timestamps)
+            assert bytes(got.output) == _line_by_line(log, framed, timestamps)
             got = k8sfile.encode(data, streams={2}, framed=framed, timestamps=timestamps)
             assert got is not None
-            assert bytes(got[0]) == _line_by_line(log, framed, timestamps, stdout=False)
+            assert bytes(got.output) == _line_by_line(log, framed, timestamps, stdout=False)
 
 
-def test_blocks_before_since_are_skipped_only_when_sure() -> None:
+def test_pieces_are_joined_in_blocks_as_line_by_line(tmp_path: Path) -> None:
+    """A fast writer's log, where conmon cut a line into pieces every few KB: the blocks
+    stay on the vectorised path and answer what the per-line reader does, wherever a block
+    boundary cuts a message, including messages longer than a block."""
     from stowd.engine import k8sfile
 
-    old = (b"2026-01-01T00:00:01.000000001+00:00 stdout F hello\n"
-           b"2026-01-01T00:00:02.000000000+00:00 stderr F there\n")
-    since = k8sfile.time_key(1767225605)
-    assert k8sfile.before(old, since)
-    assert k8sfile.before(memoryview(old), since)
-    assert not k8sfile.before(old, k8sfile.time_key(1767225601.5))  # the last one is newer
-    piece = old.replace(b"stdout F", b"stdout P")  # may begin a message that ends later
-    assert not k8sfile.before(piece, since)
-    assert not k8sfile.before(b"not a conmon line\n", since)
-    assert not k8sfile.before(b"x" * 5000 + b"\n", since)
+    log = tmp_path / "ctr.log"
+    _conmon_log(log, 3000, pieces=0.2, seed=11)
+    data = log.read_bytes()
+    assert data.count(b" P ") > 400
+    assert k8sfile.encode(data, streams={1, 2}, framed=True, timestamps=False) is not None
+    since, until = 1767225600 + 7.5, 1767225600 + 22.25
+    queries: list[dict[str, object]] = [
+        {}, {"stdout": False}, {"since": since}, {"until": until},
+        {"since": since, "until": until, "stderr": False}, {"tail": 333}]
+    for query, framed, timestamps, max_bytes in itertools.product(
+            queries, (True, False), (False, True), (1000, 4096, 1 << 20)):
+        assert _encoded(log, framed, timestamps, max_bytes, **query) == \
+            _line_by_line(log, framed, timestamps, **query), (query, framed, max_bytes)
+
+
+def test_since_bisects_instead_of_reading(tmp_path: Path) -> None:
+    """`since` starts where bisecting the times says, in the right rotated file, at the
+    first piece of a message; the answers equal reading everything and filtering."""
+    from stowd.engine import k8sfile
+
+    log = tmp_path / "ctr.log"
+    _conmon_log(log, 6000, pieces=0.3, seed=5)
+    data = log.read_bytes()
+    with log.open("rb") as f:
+        assert k8sfile.since_start(f, k8sfile.time_key(0)) == 0
+        assert k8sfile.since_start(f, k8sfile.time_key(1767225600 + 10_000)) == len(data)
+        since = k8sfile.time_key(1767225600 + 30.0000005)
+        start = k8sfile.since_start(f, since)
+    assert start is not None and 0 < start < len(data)
+    older = data[:start].split(b"\n")[:-1]
+    assert older[-1][43:44] == b"F"  # the message before ends there
+    assert max(line[:29] for line in older) < since
+    newer = data[start:].split(b"\n")
+    due = next(n for n, line in enumerate(newer) if line[:29] >= since)
+    assert all(line[43:44] == b"P" for line in newer[:due])  # only its message's pieces
+    for second in (0.0, 3.333, 29.99, 30.004, 59.5, 61.0):
+        since = 1767225600 + second
+        for framed in (True, False):
+            expected = _line_by_line(log, framed, False, since=since)
+            got = _encoded(log, framed, False, 1 << 20, since=since)
+            assert got == expected, second
+    # Not the fixed shape: read from the start and filtered, as before.
+    odd = tmp_path / "odd.log"
+    _write(odd, LINES)
+    with odd.open("rb") as f:
+        assert k8sfile.since_start(f, k8sfile.time_key(1767225602.0)) is None
+    with LogReader(str(odd), since=1767225602.0) as reader:
+        assert [m.data for m in read_all(reader)] == [b"two\n", b"three\n", b"\n",
+                                                      b"no-newline"]
+
+
+def test_since_across_rotated_files(tmp_path: Path) -> None:
+    from stowd.engine.logs import rotate
+
+    log = tmp_path / "ctr.log"
+    for batch in range(4):
+        _write(log, [f"2026-01-01T00:00:0{batch}.{i:09d}+00:00 stdout F b{batch}-{i}"
+                     for i in range(3)])
+        if batch < 3:
+            rotate(str(log), 3)
+    for since, first in ((1767225600.0, b"b1-0\n"), (1767225601.5, b"b2-0\n"),
+                         (1767225603.0, b"b3-0\n")):
+        with LogReader(str(log), since=since) as reader:
+            assert next(m.data for m in read_all(reader)) == first
+    with LogReader(str(log), since=1767225609.0) as reader:
+        assert list(read_all(reader)) == []
