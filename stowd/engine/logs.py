@@ -137,6 +137,7 @@ class LogReader:
         self._pending: dict[int, tuple[bytes, bytes]] = {}  # stream -> (time, pieces so far)
         self._carry = b""
         self.done = False  # past `until`: nothing more will match
+        self.at_end = False  # the last read reached the end of what was written so far
         self._since_key = k8sfile.time_key(since) if since else b""
         self._until_key = k8sfile.time_key(until) if until else b""
 
@@ -309,6 +310,7 @@ class LogReader:
                 if self._file is None:
                     return None
             raw = self._file.read(max_bytes)
+            self.at_end = len(raw) < max_bytes and not self._queue
             if not raw:
                 if self._queue:
                     # This file is done (older rotated file): go on with the next one.

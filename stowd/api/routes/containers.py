@@ -242,9 +242,18 @@ async def logs(request: web.Request) -> web.StreamResponse:
             chunk = await (ahead or asyncio.to_thread(read))
             ahead = None
             if chunk:
-                ahead = asyncio.ensure_future(asyncio.to_thread(read))
                 caught_up += len(chunk)
+                if not reader.at_end:
+                    ahead = asyncio.ensure_future(asyncio.to_thread(read))
+                    await response.write(chunk)
+                    continue
                 await response.write(chunk)
+                if stopped is not None and not stopped.done():
+                    # Caught up with a writer that is still writing: let it write a block's
+                    # worth before reading again. Chasing it read by read costs the
+                    # follower a fixed price per read, which a fast writer pays in speed.
+                    await asyncio.wait([stopped], timeout=_gather(caught_up))
+                    caught_up = 0
                 continue
             if stopped is not None and watch is not None and not stopped.done() \
                     and not reader.done:
@@ -252,9 +261,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
                 if not stopped.done():
                     # Let a busy writer write a block's worth before reading: one read per
                     # write of conmon's would cost the follower more than the writer.
-                    gather = FOLLOW_GATHER_BUSY if caught_up >= FOLLOW_BUSY_BYTES \
-                        else FOLLOW_GATHER
-                    await asyncio.wait([stopped], timeout=gather)
+                    await asyncio.wait([stopped], timeout=_gather(caught_up))
                 caught_up = 0
                 continue
             if stopped is not None and not reader.done and (chunk := await asyncio.to_thread(read)):
@@ -280,6 +287,11 @@ async def logs(request: web.Request) -> web.StreamResponse:
         await asyncio.to_thread(reader.close)
     await response.write_eof()
     return response
+
+
+def _gather(caught_up: int) -> float:
+    """How long a follower that just caught up lets output gather before reading again."""
+    return FOLLOW_GATHER_BUSY if caught_up >= FOLLOW_BUSY_BYTES else FOLLOW_GATHER
 
 
 async def _attach(request: web.Request) -> tuple[Container, AttachSession, LogReader | None]:
