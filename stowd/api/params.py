@@ -5,7 +5,9 @@ from typing import Any
 
 from aiohttp import web
 
+from stowd.engine.core.container import NANOS
 from stowd.engine.errors import InvalidParameter, TooLarge
+from stowd.engine.timespec import unix_nanos
 
 # The daemon's --max-json-body, set by make_app (a default for apps built in tests).
 JSON_LIMIT_KEY = web.AppKey("max_json_body", int)
@@ -37,13 +39,20 @@ def int_param(request: web.Request, key: str, default: int | None = None) -> int
 
 
 def time_param(request: web.Request, key: str) -> float | None:
-    """`since`/`until` of logs and events: Unix seconds (the client turns `10m` or an
-    RFC 3339 time into that); None when absent."""
+    """`since`/`until` of events: Unix seconds (the client turns `10m` or an RFC 3339 time
+    into that); None when absent."""
+    nanos = time_nanos_param(request, key)
+    return None if nanos is None else nanos / NANOS
+
+
+def time_nanos_param(request: web.Request, key: str) -> int | None:
+    """`since`/`until` in exact Unix nanoseconds (logs compare them with nanosecond
+    times); None when absent."""
     raw = request.query.get(key, "")
     if not raw:
         return None
     try:
-        return float(raw)
+        return unix_nanos(raw)
     except ValueError as exc:
         raise InvalidParameter(f"invalid value for {key}: {raw}") from exc
 

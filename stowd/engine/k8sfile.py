@@ -61,15 +61,12 @@ Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 
 
-def time_key(seconds: float) -> bytes:
-    """A unix time in the 29-byte form the log's times start with, so that they compare as
-    bytes (the times in a log are all UTC and of the same width)."""
-    whole = int(seconds // 1)
-    nanos = round((seconds - whole) * 1e9)
-    if nanos >= 1_000_000_000:
-        whole, nanos = whole + 1, nanos - 1_000_000_000
+def time_key(nanos: int) -> bytes:
+    """A Unix time in nanoseconds in the 29-byte form the log's times start with, so that
+    they compare as bytes (the times in a log are all UTC and of the same width)."""
+    whole, frac = divmod(nanos, 1_000_000_000)
     return datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S").encode() + \
-        b".%09d" % nanos
+        b".%09d" % frac
 
 
 def _items(buf: npt.NDArray[np.uint8], width: int, kind: str = "V") -> npt.NDArray[Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from stowd.engine import k8sfile
-from stowd.engine.core.container import parse_time
+from stowd.engine.core.container import parse_time_nanos
 from stowd.engine.errors import InvalidParameter
 
 STDOUT = 1
@@ -30,7 +30,7 @@ class LogMessage:
     time: str  # RFC3339Nano in UTC, Docker's spelling (…Z)
     stream: int  # STDOUT or STDERR
     data: bytes  # with its newline when the line was complete
-    seconds: float  # time as unix seconds, for since/until
+    nanos: int  # time as Unix nanoseconds, for since/until
 
 
 def frame(stream: int, data: bytes) -> bytes:
@@ -126,7 +126,8 @@ class LogReader:
     """Messages of a container's log (and its rotated files), in batches (blocking)."""
 
     def __init__(self, path: str, *, stdout: bool = True, stderr: bool = True,
-                 since: float = 0.0, until: float = 0.0, tail: int = -1) -> None:
+                 since: int = 0, until: int = 0, tail: int = -1) -> None:
+        """since/until: Unix nanoseconds (0: none)."""
         self.path = path
         self.streams = {s for s, on in ((STDOUT, stdout), (STDERR, stderr)) if on}
         self.since = since
@@ -244,7 +245,7 @@ class LogReader:
                     parsed = parse_line(line)
                     if parsed is None or parsed[1] not in self.streams or parsed[2]:
                         continue
-                    if self._out_of_window(parse_time(docker_time(parsed[0]))):
+                    if self._out_of_window(parse_time_nanos(docker_time(parsed[0]))):
                         continue
                     seen += 1
                     if seen > count:
@@ -253,8 +254,8 @@ class LogReader:
                 buf = head if head is not None else b""
         return 0, count - seen
 
-    def _out_of_window(self, seconds: float) -> bool:
-        return (self.since and seconds < self.since) or bool(self.until and seconds > self.until)
+    def _out_of_window(self, nanos: int) -> bool:
+        return bool((self.since and nanos < self.since) or (self.until and nanos > self.until))
 
     def read_encoded(self, *, framed: bool, timestamps: bool,
                      max_bytes: int = READ_SIZE) -> bytes | memoryview:
@@ -377,22 +378,22 @@ class LogReader:
         else:
             complete = pieces + b"\n"
         when = docker_time(start_ts)
-        seconds = parse_time(when)
-        if self.until and seconds > self.until:
+        nanos = parse_time_nanos(when)
+        if self.until and nanos > self.until:
             self.done = True
             return None
-        if self.since and seconds < self.since:
+        if self.since and nanos < self.since:
             return None
-        return LogMessage(when, stream, complete, seconds)
+        return LogMessage(when, stream, complete, nanos)
 
     def flush_partial(self) -> list[LogMessage]:
         """Pieces still waiting for their end: output that stopped without a newline."""
         out = []
         for stream, (ts, pieces) in sorted(self._pending.items()):
             when = docker_time(ts)
-            seconds = parse_time(when)
-            if pieces and not self._out_of_window(seconds):
-                out.append(LogMessage(when, stream, pieces, seconds))
+            nanos = parse_time_nanos(when)
+            if pieces and not self._out_of_window(nanos):
+                out.append(LogMessage(when, stream, pieces, nanos))
         self._pending.clear()
         return out
 

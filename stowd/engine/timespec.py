@@ -4,7 +4,7 @@
 import json
 import time
 
-from stowd.engine.core.container import parse_time
+from stowd.engine.core.container import NANOS, parse_time
 from stowd.engine.errors import InvalidParameter
 
 _DURATION_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
@@ -35,6 +35,21 @@ def parse_duration(text: str) -> int:
             raise InvalidParameter(f"time: invalid duration {json.dumps(text)}") from exc
         rest = rest[j:]
     return total
+
+
+def unix_nanos(text: str) -> int:
+    """Unix seconds as the API takes `since`/`until` (`1700000000`, or with up to nine
+    decimals as the CLI sends a time: `1700000000.123456789`) in exact nanoseconds; a float
+    would round them to about 240 ns, enough to miss the line a client resumes from."""
+    whole, dot, frac = text.strip().partition(".")
+    digits = whole.removeprefix("-")
+    if digits.isdigit() and (not dot or frac.isdigit()) and len(frac) <= 9:
+        nanos = int(digits) * NANOS + (int(frac.ljust(9, "0")) if frac else 0)
+        return -nanos if whole.startswith("-") else nanos
+    try:
+        return round(float(text) * NANOS)  # another spelling of a number (1.7e9)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"not a Unix time: {text!r}") from exc
 
 
 def parse_until(value: str, now: float | None = None) -> float:

@@ -267,7 +267,8 @@ def test_fast_output_cut_by_conmon_reads_back_whole(client: docker.DockerClient,
     line-by-line reader: 7 MB/s for `docker logs`), and every read shape, `since` in the
     middle and a follower included, answers the lines the container wrote."""
     from stowd.engine import k8sfile
-    from stowd.engine.core.container import parse_time
+    from stowd.engine.core.container import parse_time_nanos
+    from stowd.engine.timespec import unix_nanos
 
     line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n"  # 65 bytes
     count = 60_000
@@ -289,12 +290,30 @@ def test_fast_output_cut_by_conmon_reads_back_whole(client: docker.DockerClient,
     stamped = ctr.logs(timestamps=True).splitlines()
     assert len(stamped) == count
     middle = stamped[count // 2].split(b" ", 1)[0].decode()
-    since = api.logs(ctr.id, since=parse_time(middle))
-    # Lines from one 8 KB read of conmon's share a time: up to ~130 more than half.
-    assert since == line * since.count(b"\n")
-    assert count // 2 <= since.count(b"\n") <= count // 2 + 200
+    since_seconds = parse_time_nanos(middle) / 1e9
+    since = api.logs(ctr.id, since=since_seconds)
+    # docker-py sends str() of a float, which is not quite the middle line's time (the
+    # CLI sends exact nanoseconds, tested below): the lines at or after what it sent.
+    key = k8sfile.time_key(unix_nanos(str(since_seconds)))
+    assert since == line * sum(1 for stamp in stamped if stamp[:29] >= key)
+    assert abs(since.count(b"\n") - count // 2) < 200
     assert ctr.logs(tail=3) == line * 3
     ctr.remove()
+
+
+def test_cli_since_a_lines_own_time_includes_it(cli: Cli) -> None:
+    """`docker logs --since <time a line was stamped with>` (what a client resuming a log
+    does) starts at that line: the CLI sends seconds with nine decimals, which a float
+    would round past the line about half the time."""
+    name = f"ls-{uuid.uuid4().hex[:6]}"
+    cli("run", "--name", name, "busybox", "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo l$i; done")
+    stamped = cli("logs", "-t", name).stdout.splitlines()
+    assert len(stamped) == 8
+    for at in range(8):
+        stamp = stamped[at].split(" ", 1)[0]
+        shown = cli("logs", "--since", stamp, name).stdout.splitlines()
+        earlier_same_time = sum(1 for line in stamped[:at] if line.startswith(stamp + " "))
+        assert shown == [f"l{i}" for i in range(at + 1 - earlier_same_time, 9)], stamp
 
 
 def test_log_max_size_is_honoured(client: docker.DockerClient) -> None:

@@ -6,6 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from stowd.engine.logs import STDERR, STDOUT, LogReader, docker_time, frame, parse_line, read_all
+from stowd.engine.timespec import unix_nanos
+
+S = 1_000_000_000  # nanoseconds in a second: since/until are Unix nanoseconds
 
 
 def _write(path: Path, lines: list[str]) -> None:
@@ -20,6 +23,22 @@ LINES = [
     "2026-01-01T00:00:04.000000000+00:00 stdout F ",
     "2026-01-01T00:00:05.000000000+00:00 stdout P no-newline",
 ]
+
+
+def test_times_are_exact_to_the_nanosecond() -> None:
+    """The CLI sends `--since <a line's time>` as seconds with nine decimals; as a float
+    that rounds by up to ~120 ns and could leave out the line a client resumes from."""
+    from stowd.engine import k8sfile
+    from stowd.engine.core.container import parse_time_nanos
+
+    line_time = "2026-12-03T18:00:47.515533871Z"
+    nanos = unix_nanos("1796320847.515533871")
+    assert parse_time_nanos(line_time) == nanos == 1796320847515533871
+    assert k8sfile.time_key(nanos) == b"2026-12-03T18:00:47.515533871"
+    assert round(float("1796320847.515533871") * S) != nanos  # what a float would give
+    assert unix_nanos("1700000000") == 1700000000 * S
+    assert unix_nanos("1.7e9") == 1700000000 * S
+    assert unix_nanos("-1.5") == -3 * S // 2
 
 
 def test_parse_line_and_time() -> None:
@@ -56,10 +75,10 @@ def test_stream_selection_tail_since_until(tmp_path: Path) -> None:
     assert data(stderr=False, tail=2) == [b"three\n", b"\n"]
     assert data(tail=0) == []
     assert data(tail=100) == [b"one\n", b"two\n", b"three\n", b"\n"]
-    since = 1767225602.0  # 2026-01-01T00:00:02Z
+    since = 1767225602 * S  # 2026-01-01T00:00:02Z
     assert data(since=since) == [b"two\n", b"three\n", b"\n"]
     assert data(until=since) == [b"one\n"]
-    assert data(since=since, until=since + 1.5, tail=1) == [b"three\n"]
+    assert data(since=since, until=since + 3 * S // 2, tail=1) == [b"three\n"]
 
 
 def test_tail_reads_backwards_over_many_blocks(tmp_path: Path) -> None:
@@ -163,7 +182,7 @@ def test_block_encoding_matches_line_by_line(tmp_path: Path) -> None:
     _conmon_log(log, 1200)
     block = (log.read_bytes().split(b"\n", 1)[0] + b"\n")
     assert k8sfile.encode(block, streams={1, 2}, framed=True, timestamps=False) is not None
-    since, until = 1767225600 + 7.5, 1767225600 + 22.25
+    since, until = unix_nanos("1767225607.5"), unix_nanos("1767225622.25")
     queries: list[dict[str, object]] = [
         {}, {"stdout": False}, {"stderr": False}, {"since": since}, {"until": until},
         {"since": since, "until": until, "stderr": False}, {"tail": 0}, {"tail": 1},
@@ -206,7 +225,8 @@ def test_block_encoding_output_shape() -> None:
     assert encoded(streams={2}, framed=False, timestamps=True) == (
         b"2026-01-01T00:00:02.000000000Z \n", False, len(data))
     assert encoded(streams={1, 2}, framed=False, timestamps=False,
-                   until=k8sfile.time_key(1767225601.5)) == (b"hello\n", True, len(data))
+                   until=k8sfile.time_key(unix_nanos("1767225601.5"))) == (
+        b"hello\n", True, len(data))
     # Pieces: one message at the time of its first piece; one still open at the end is
     # left for the next block.
     data = (b"2026-01-01T00:00:01.000000001+00:00 stdout P hel\n"
@@ -216,12 +236,13 @@ def test_block_encoding_output_shape() -> None:
     assert encoded(streams={1, 2}, framed=True, timestamps=True) == (
         frame(STDOUT, b"2026-01-01T00:00:01.000000001Z hello\n"), False,
         data.index(b"2026-01-01T00:00:03"))
-    assert encoded(streams={1, 2}, framed=False, timestamps=False,
-                   since=k8sfile.time_key(1767225601.2))[0] == b""  # began before since
+    began = k8sfile.time_key(unix_nanos("1767225601.2"))  # after its first piece
+    assert encoded(streams={1, 2}, framed=False, timestamps=False, since=began)[0] == b""
     data = data.replace(b"stdout F o", b"stderr F o")  # a piece continued by the other stream
     assert k8sfile.encode(data, streams={1, 2}, framed=True, timestamps=False) is None
-    assert k8sfile.time_key(1767225601.000000001) == b"2026-01-01T00:00:01.000000000"
-    assert k8sfile.time_key(1767225601.25) == b"2026-01-01T00:00:01.250000000"
+    assert k8sfile.time_key(unix_nanos("1767225601.000000001")) == \
+        b"2026-01-01T00:00:01.000000001"
+    assert k8sfile.time_key(unix_nanos("1767225601.25")) == b"2026-01-01T00:00:01.250000000"
 
 
 def test_packing_lines_of_any_lengths(tmp_path: Path) -> None:
@@ -260,7 +281,7 @@ def test_pieces_are_joined_in_blocks_as_line_by_line(tmp_path: Path) -> None:
     data = log.read_bytes()
     assert data.count(b" P ") > 400
     assert k8sfile.encode(data, streams={1, 2}, framed=True, timestamps=False) is not None
-    since, until = 1767225600 + 7.5, 1767225600 + 22.25
+    since, until = unix_nanos("1767225607.5"), unix_nanos("1767225622.25")
     queries: list[dict[str, object]] = [
         {}, {"stdout": False}, {"since": since}, {"until": until},
         {"since": since, "until": until, "stderr": False}, {"tail": 333}]
@@ -280,8 +301,8 @@ def test_since_bisects_instead_of_reading(tmp_path: Path) -> None:
     data = log.read_bytes()
     with log.open("rb") as f:
         assert k8sfile.since_start(f, k8sfile.time_key(0)) == 0
-        assert k8sfile.since_start(f, k8sfile.time_key(1767225600 + 10_000)) == len(data)
-        since = k8sfile.time_key(1767225600 + 30.0000005)
+        assert k8sfile.since_start(f, k8sfile.time_key(1767235600 * S)) == len(data)
+        since = k8sfile.time_key(unix_nanos("1767225630.0000005"))
         start = k8sfile.since_start(f, since)
     assert start is not None and 0 < start < len(data)
     older = data[:start].split(b"\n")[:-1]
@@ -290,8 +311,8 @@ def test_since_bisects_instead_of_reading(tmp_path: Path) -> None:
     newer = data[start:].split(b"\n")
     due = next(n for n, line in enumerate(newer) if line[:29] >= since)
     assert all(line[43:44] == b"P" for line in newer[:due])  # only its message's pieces
-    for second in (0.0, 3.333, 29.99, 30.004, 59.5, 61.0):
-        since = 1767225600 + second
+    for second in ("00.0", "03.333", "29.99", "30.004", "59.5", "61.0", "30.000000500"):
+        since = unix_nanos(f"17672256{second}")
         for framed in (True, False):
             expected = _line_by_line(log, framed, False, since=since)
             got = _encoded(log, framed, False, 1 << 20, since=since)
@@ -300,8 +321,8 @@ def test_since_bisects_instead_of_reading(tmp_path: Path) -> None:
     odd = tmp_path / "odd.log"
     _write(odd, LINES)
     with odd.open("rb") as f:
-        assert k8sfile.since_start(f, k8sfile.time_key(1767225602.0)) is None
-    with LogReader(str(odd), since=1767225602.0) as reader:
+        assert k8sfile.since_start(f, k8sfile.time_key(1767225602 * S)) is None
+    with LogReader(str(odd), since=1767225602 * S) as reader:
         assert [m.data for m in read_all(reader)] == [b"two\n", b"three\n", b"\n",
                                                       b"no-newline"]
 
@@ -315,9 +336,9 @@ def test_since_across_rotated_files(tmp_path: Path) -> None:
                      for i in range(3)])
         if batch < 3:
             rotate(str(log), 3)
-    for since, first in ((1767225600.0, b"b1-0\n"), (1767225601.5, b"b2-0\n"),
-                         (1767225603.0, b"b3-0\n")):
+    for since, first in ((1767225600 * S, b"b1-0\n"), (unix_nanos("1767225601.5"), b"b2-0\n"),
+                         (1767225602 * S + 1, b"b2-1\n"), (1767225603 * S, b"b3-0\n")):
         with LogReader(str(log), since=since) as reader:
             assert next(m.data for m in read_all(reader)) == first
-    with LogReader(str(log), since=1767225609.0) as reader:
+    with LogReader(str(log), since=1767225609 * S) as reader:
         assert list(read_all(reader)) == []

@@ -18,7 +18,7 @@ from stowd.api.params import (
     int_param,
     json_body,
     read_limited,
-    time_param,
+    time_nanos_param,
 )
 from stowd.engine import listing
 from stowd.engine.attach import AttachSession
@@ -218,7 +218,8 @@ async def logs(request: web.Request) -> web.StreamResponse:
         tail = int(tail_raw)
     else:
         raise InvalidParameter(f"invalid value for tail: {tail_raw}")
-    since, until = time_param(request, "since") or 0.0, time_param(request, "until") or 0.0
+    since = time_nanos_param(request, "since") or 0
+    until = time_nanos_param(request, "until") or 0
     timestamps = bool_param(request, "timestamps")
     tty = bool(c.config.get("Tty"))
     ctype = stream_content_type(request, framed=not tty)

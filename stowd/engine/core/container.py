@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+NANOS = 1_000_000_000  # in a second
+
+
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 # Docker's container states, as `State.Status` and the list's `State` show them.
@@ -35,8 +38,14 @@ def rfc3339_nano(ts: float | None = None) -> str:
 @functools.lru_cache(maxsize=8192)
 def parse_time(text: str) -> float:
     """Seconds since the epoch for a Docker timestamp; 0 for the zero time."""
+    return parse_time_nanos(text) / NANOS
+
+
+def parse_time_nanos(text: str) -> int:
+    """Nanoseconds since the epoch for a Docker timestamp, exactly (a float rounds to about
+    240 ns today); 0 for the zero time."""
     if not text or text.startswith("0001-01-01"):
-        return 0.0
+        return 0
     main, _, rest = text.partition(".")
     frac = ""
     tz = "Z"
@@ -51,8 +60,9 @@ def parse_time(text: str) -> float:
         frac = digits
     elif text.endswith("Z"):
         main = text[:-1]
-    base = datetime.fromisoformat(main + ("+00:00" if tz == "Z" else tz)).timestamp()
-    return base + (float("0." + frac) if frac else 0.0)
+    base = datetime.fromisoformat(main + ("+00:00" if tz == "Z" else tz))
+    seconds = int(base.timestamp())
+    return seconds * NANOS + (int(frac[:9].ljust(9, "0")) if frac else 0)
 
 
 @dataclass
