@@ -35,13 +35,20 @@ def busybox_rootfs_tar(binary: str, out: io.BufferedIOBase) -> None:
             info.type = tarfile.DIRTYPE
             info.mode = 0o1777 if d == "tmp" else 0o755
             tar.addfile(info)
-        tar.add(binary, arcname="bin/busybox")
+        busybox = tar.gettarinfo(binary, arcname="bin/busybox")
+        with open(binary, "rb") as f:
+            tar.addfile(busybox, f)
         for applet in applets:
             if applet == "busybox":
                 continue
+            # A hard link's header carries its file's mode, owner and time, as GNU tar
+            # writes it: Docker's extraction applies the link's own header, so a link left
+            # at tarfile's 0644 made `sh` not executable in an image saved to dockerd.
             info = tarfile.TarInfo(f"bin/{applet}")
             info.type = tarfile.LNKTYPE
             info.linkname = "bin/busybox"
+            info.mode, info.mtime = busybox.mode, busybox.mtime
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "root", "root"
             tar.addfile(info)
         files = {
             "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:"
