@@ -1,11 +1,12 @@
 """Docker's `filters` query parameter: JSON in either of its two forms."""
 
 import json
+from collections.abc import Set
 
 from stowd.engine.errors import InvalidParameter
 
 
-def parse_filters(raw: str | None, accepted: set[str]) -> dict[str, list[str]]:
+def parse_filters(raw: str | None, accepted: Set[str]) -> dict[str, list[str]]:
     """{"key": {"v": true}} (the CLI's form) or {"key": ["v"]} (docker-py's) → {key: [v]}."""
     if not raw:
         return {}

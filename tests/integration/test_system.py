@@ -7,6 +7,7 @@ import platform
 import socket
 import subprocess
 import time
+import uuid
 from typing import Any
 
 import docker
@@ -344,6 +345,32 @@ def test_events_since_until_replays_and_ends(client: docker.DockerClient) -> Non
     events = list(client.events(since=since, until=until, decode=True,
                                 filters={"container": ctr.id}))
     assert [e["Action"] for e in events] == ["create", "destroy"]
+
+
+def test_events_filtered_by_network(client: docker.DockerClient, cli: Cli) -> None:
+    """`docker events --filter network=<name>` shows that network's events only (the key
+    was accepted and ignored: every event came through)."""
+    since = time.time()
+    net = client.networks.create(f"evnet-{uuid.uuid4().hex[:6]}")
+    other = client.networks.create(f"evother-{uuid.uuid4().hex[:6]}")
+    ctr = client.containers.create("busybox", ["true"])
+    net.connect(ctr)
+    other.connect(ctr)
+    net.disconnect(ctr)
+    ctr.remove()
+    net.remove()
+    other.remove()
+    until = time.time() + 0.2
+    shown = list(client.events(since=since, until=until, decode=True,
+                               filters={"network": net.name}))
+    assert [(e["Type"], e["Action"]) for e in shown] == [
+        ("network", "create"), ("network", "connect"), ("network", "disconnect"),
+        ("network", "destroy")]
+    assert {e["Actor"]["ID"] for e in shown} == {net.id}
+    out = cli("events", "--since", str(since), "--until", str(until), "--filter",
+              f"network={net.id[:12]}", "--format", "{{.Type}} {{.Action}}").stdout
+    assert out.split("\n")[:4] == ["network create", "network connect",
+                                    "network disconnect", "network destroy"]
 
 
 def test_events_subscriber_is_dropped_when_the_client_goes(daemon: Daemon,

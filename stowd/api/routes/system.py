@@ -16,9 +16,9 @@ from stowd.api.filters import parse_filters
 from stowd.api.params import api_version, time_param
 from stowd.engine import hostinfo
 from stowd.engine.core.container import PAUSED, RUNNING
-from stowd.engine.core.events import Event
+from stowd.engine.core.events import FILTERS as EVENT_FILTERS
+from stowd.engine.core.events import Event, EventFilter
 from stowd.engine.errors import NotImplementedByEngine, Unavailable
-from stowd.engine.labels import labels_match
 
 PING_HEADERS = {
     "Cache-Control": "no-cache, no-store, must-revalidate",
@@ -186,36 +186,6 @@ def _now_rfc3339() -> str:
     return rfc3339_nano()
 
 
-_EVENT_FILTERS = {"container", "event", "image", "label", "type", "volume", "network", "daemon",
-                  "plugin", "node", "service", "secret", "config", "scope"}
-
-
-def _event_matches(event: Event, filters: dict[str, list[str]]) -> bool:
-    attrs = event.attributes
-    for key, values in filters.items():
-        if key == "type" and event.type not in values:
-            return False
-        if key == "event" and not any(event.action == v or event.action.startswith(v + ":")
-                                      for v in values):
-            return False
-        if key == "container" and (event.type != "container" or not any(
-                event.actor_id.startswith(v) or attrs.get("name") == v for v in values)):
-            return False
-        if key == "image":
-            image = attrs.get("image", attrs.get("name", ""))
-            if not any(v in (image, event.actor_id) or event.actor_id.startswith(v)
-                       or image.split(":")[0] == v for v in values):
-                return False
-        if key == "label" and not labels_match(attrs, values):
-            return False
-        if key == "volume" and (event.type != "volume" or not any(
-                event.actor_id.startswith(v) for v in values)):
-            return False
-        if key == "scope" and "local" not in values:
-            return False
-    return True
-
-
 # How often a quiet /events stream checks that its client is still there: aiohttp does not
 # cancel a handler when the peer goes away, and a forgotten subscriber would leak.
 DISCONNECT_POLL = 1.0
@@ -223,7 +193,7 @@ DISCONNECT_POLL = 1.0
 
 async def events(request: web.Request) -> web.StreamResponse:
     engine = backend_of(request)
-    filters = parse_filters(request.query.get("filters"), _EVENT_FILTERS)
+    wanted = EventFilter(parse_filters(request.query.get("filters"), EVENT_FILTERS))
     since, until = time_param(request, "since"), time_param(request, "until")
     legacy = api_version(request) < (1, 52)
     queue = engine.events.subscribe()
@@ -237,8 +207,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         if since is not None:
             for event in list(engine.events.history):
                 ts = event.time_nano / 1e9
-                if ts >= since and (until is None or ts <= until) and _event_matches(event,
-                                                                                     filters):
+                if ts >= since and (until is None or ts <= until) and wanted.matches(event):
                     await response.write(line(event))
         while request.transport is not None and not request.transport.is_closing():
             timeout = DISCONNECT_POLL
@@ -255,7 +224,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 continue
             if until is not None and event.time_nano / 1e9 > until:
                 break
-            if _event_matches(event, filters):
+            if wanted.matches(event):
                 await response.write(line(event))
     except ConnectionResetError:
         pass  # the client went away mid-write
