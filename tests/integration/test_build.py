@@ -566,6 +566,11 @@ def test_build_cache_in_df_and_builder_prune(cli: Cli, client: docker.DockerClie
     ctx = write(tmp_path, {"Dockerfile": "FROM busybox\nRUN head -c 3000 /dev/zero > /z\n"
                            "ENV PRUNE=me\n"})
     build(cli, "-t", "built:prunable", str(ctx))
+    # As dockerd: df lists the images `docker images` lists, not the build's steps (they
+    # were counted twice, as images and as build cache).
+    listed = {i.id for i in client.images.list()}
+    assert {i["Id"] for i in client.df()["Images"]} == listed
+    assert len(client.images.list(all=True)) > len(listed)
     records = client.df()["BuildCache"]
     run_step = [r for r in records if r["Description"].startswith("/bin/sh -c head -c 3000")]
     assert len(run_step) == 1 and run_step[0]["Size"] >= 3000

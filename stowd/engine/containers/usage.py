@@ -7,6 +7,7 @@ from stowd.engine import diskusage
 from stowd.engine.containers.context import Ctx
 from stowd.engine.core.container import Container
 from stowd.engine.dirsize import dir_size
+from stowd.engine.images.listing import intermediate_ids
 from stowd.engine.volumes import Volume
 
 
@@ -29,6 +30,10 @@ async def disk_usage(x: Ctx, kinds: set[str]) -> tuple[
         all_images = await asyncio.to_thread(x.images.all)
         layers_size, images = await asyncio.to_thread(
             diskusage.image_usage, all_images, users, x.images.layer_size)
+        # As dockerd: every layer counts in LayersSize and in shared sizes, but a build's
+        # intermediate images are not listed (they are the BuildCache rows).
+        hidden = intermediate_ids(all_images)
+        images = [u for u in images if u.image.id not in hidden]
     containers = []
     if "container" in kinds:
         for c in x.core.handles.containers():

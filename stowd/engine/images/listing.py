@@ -86,6 +86,14 @@ def _bool_filter(filters: dict[str, list[str]], key: str) -> bool | None:
     raise InvalidParameter(f"Invalid filter '{key}=[{' '.join(values)}]'")
 
 
+def intermediate_ids(images: list[Image]) -> set[str]:
+    """Untagged images that other images name as their parent (a build's steps): what
+    `docker images` without -a and `docker system df` leave out of their image lists."""
+    parents = {i.parent for i in images if i.parent}
+    return {i.id for i in images
+            if not i.repo_tags and not i.repo_digests and i.id in parents}
+
+
 def select(images: list[Image], filters: dict[str, list[str]],
            resolve: Callable[[str], Image], now: float | None = None,
            show_intermediate: bool = True) -> list[Listed]:
@@ -93,7 +101,7 @@ def select(images: list[Image], filters: dict[str, list[str]],
 
     Without show_intermediate (`docker images` without -a), untagged images that other
     images name as their parent (a build's steps) are left out, as dockerd does."""
-    parents = {i.parent for i in images if i.parent}
+    hidden = set() if show_intermediate else intermediate_ids(images)
     now = time.time() if now is None else now
     dangling = _bool_filter(filters, "dangling")
     patterns = [path_match_regex(p) for p in filters.get("reference", [])]
@@ -103,8 +111,7 @@ def select(images: list[Image], filters: dict[str, list[str]],
     out = []
     for image in sorted(images, key=_created, reverse=True):
         created = _created(image)
-        if (not show_intermediate and not image.repo_tags and not image.repo_digests
-                and image.id in parents):
+        if image.id in hidden:
             continue
         if before is not None and created >= before:
             continue
