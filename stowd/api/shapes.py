@@ -307,8 +307,10 @@ def image_inspect(image: Image, layer_dirs: list[str], version: tuple[int, int])
         "Size": image.size,
         "VirtualSize": image.size,
         "GraphDriver": {
-            "Data": {"MergedDir": "", "UpperDir": layer_dirs[0] if layer_dirs else "",
-                     "LowerDir": ":".join(layer_dirs[1:]), "WorkDir": ""}
+            # As dockerd, no LowerDir for an image of one layer.
+            "Data": {"MergedDir": "", "UpperDir": layer_dirs[0],
+                     **({"LowerDir": ":".join(layer_dirs[1:])} if layer_dirs[1:] else {}),
+                     "WorkDir": ""}
             if layer_dirs else None,
             "Name": "overlay2",
         },

@@ -537,6 +537,8 @@ def test_inspect_by_every_kind_of_name(api: docker.APIClient) -> None:
         assert api.inspect_image(name)["Id"] == attrs["Id"], name
     assert attrs["RootFS"]["Type"] == "layers"
     assert attrs["Metadata"]["LastTagTime"]
+    # One layer: no LowerDir, as dockerd's overlay2 answers.
+    assert len(attrs["RootFS"]["Layers"]) == 1 and "LowerDir" not in attrs["GraphDriver"]["Data"]
 
 
 @pytest.mark.parametrize(("name", "status", "message"), [
