@@ -148,7 +148,14 @@ class LogReader:
         if self.tail >= 0:
             start_index, start_offset = len(files) - 1, -1
             remaining = self.tail
+            # Output that ended without a newline is the last message (flush_partial
+            # gives it out), as dockerd counts it: the tail begins with it or before.
+            pieces_at = self._pieces_at_end(files[-1]) if remaining > 0 else None
+            if pieces_at is not None:
+                start_offset, remaining = pieces_at, remaining - 1
             for index in range(len(files) - 1, -1, -1):
+                if pieces_at is not None and remaining == 0:
+                    break
                 offset, remaining = self._tail_in(files[index], remaining)
                 start_index, start_offset = index, offset
                 if remaining < 0:
@@ -196,6 +203,39 @@ class LogReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _pieces_at_end(self, path: str) -> int | None:
+        """Where the pieces (`P` lines) that end the log begin, when they are of a stream
+        and time the query shows: a message without its newline yet. None when the log
+        ends with a whole line (a line still being written is not looked at). Pieces that
+        the other stream's lines follow are not looked for: that tail then shows one
+        message more than asked (dockerd writes such output after those lines)."""
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return None
+        with f:
+            end = f.seek(0, os.SEEK_END)
+            look = min(end, 64 * 1024)
+            f.seek(end - look)
+            block = f.read(look)
+        block = block[:block.rfind(b"\n") + 1]
+        lines = block.split(b"\n")[:-1]
+        if end > look:
+            lines = lines[1:]  # the first may be cut
+        start = end - look + len(block)
+        found, first_time = None, b""
+        for line in reversed(lines):
+            parsed = parse_line(line)
+            if parsed is None or not parsed[2] or (found is not None and parsed[1] != found):
+                break
+            found = parsed[1]
+            start -= len(line) + 1
+            first_time = parsed[0]
+        if found is None or found not in self.streams or \
+                self._out_of_window(parse_time_nanos(docker_time(first_time))):
+            return None
+        return start
 
     def _tail_in(self, path: str, count: int) -> tuple[int, int]:
         """Where the last `count` shown messages of one file start, reading it backwards.

@@ -316,6 +316,16 @@ def test_cli_since_a_lines_own_time_includes_it(cli: Cli) -> None:
         assert shown == [f"l{i}" for i in range(at + 1 - earlier_same_time, 9)], stamp
 
 
+def test_cli_tail_counts_output_without_a_newline(cli: Cli) -> None:
+    """What dockerd 20.10 prints for the same container: output that ended without a
+    newline is the last message, and `--tail` counts it (it came on top of the tail)."""
+    name = f"lt-{uuid.uuid4().hex[:6]}"
+    cli("run", "--name", name, "busybox", "sh", "-c", 'echo out; echo two; printf "nonl"')
+    assert cli("logs", "--tail", "1", name).stdout == "nonl"
+    assert cli("logs", "--tail", "2", name).stdout == "two\nnonl"
+    assert cli("logs", name).stdout == "out\ntwo\nnonl"
+
+
 def test_log_max_size_is_honoured(client: docker.DockerClient) -> None:
     ctr = client.containers.run(
         "busybox", ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding; "

@@ -81,6 +81,28 @@ def test_stream_selection_tail_since_until(tmp_path: Path) -> None:
     assert data(since=since, until=since + 3 * S // 2, tail=1) == [b"three\n"]
 
 
+def test_tail_counts_output_that_ended_without_a_newline(tmp_path: Path) -> None:
+    """As dockerd: the last message of `printf "no-newline"` is that output, so `tail=1`
+    shows it alone (it was shown on top of the last whole line)."""
+    log = tmp_path / "ctr.log"
+    _write(log, LINES)
+
+    def data(**kw: object) -> list[bytes]:
+        with LogReader(str(log), **kw) as reader:  # type: ignore[arg-type]
+            return [m.data for m in read_all(reader)]
+
+    assert data(tail=1) == [b"no-newline"]
+    assert data(tail=2) == [b"\n", b"no-newline"]
+    assert data(tail=0) == []
+    assert data(tail=1, stdout=False) == [b"two\n"]  # the pieces are stdout's
+    assert data(tail=9) == data()
+    pieces = LINES[:-1] + ["2026-01-01T00:00:05.000000000+00:00 stdout P no-",
+                           "2026-01-01T00:00:05.100000000+00:00 stdout P newline"]
+    _write(log, pieces)
+    assert data(tail=1) == [b"no-newline"]
+    assert data(tail=1, until=1767225604 * S + S // 2) == [b"\n"]  # the pieces are later
+
+
 def test_tail_reads_backwards_over_many_blocks(tmp_path: Path) -> None:
     log = tmp_path / "ctr.log"
     lines = [f"2026-01-01T00:00:01.000000001+00:00 stdout F line-{i:06d}" for i in range(50000)]
