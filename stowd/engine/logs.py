@@ -8,10 +8,12 @@ whatever the log's size. Blocking: use from a worker thread.
 """
 
 import os
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
+from urllib.parse import quote_plus
 
 from stowd.engine import k8sfile
 from stowd.engine.core.container import parse_time_nanos
@@ -80,8 +82,8 @@ def parse_log_options(log_config: dict[str, object] | None) -> tuple[int, int]:
     opts = (log_config or {}).get("Config") or {}
     if not isinstance(opts, dict):
         raise InvalidParameter("LogConfig.Config must be a map of strings")
-    known = {"max-size", "max-file", "compress", "labels", "env", "env-regex", "tag", "mode",
-             "max-buffer-size"}
+    known = {"max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex",
+             "tag", "mode", "max-buffer-size"}
     for key in opts:
         if key not in known:
             raise InvalidParameter(f"unknown log opt '{key}' for json-file log driver")
@@ -297,7 +299,7 @@ class LogReader:
     def _out_of_window(self, nanos: int) -> bool:
         return bool((self.since and nanos < self.since) or (self.until and nanos > self.until))
 
-    def read_encoded(self, *, framed: bool, timestamps: bool,
+    def read_encoded(self, *, framed: bool, timestamps: bool, details: bytes | None = None,
                      max_bytes: int = READ_SIZE) -> bytes | memoryview:
         """Docker's logs output for the messages available now: stdcopy frames when
         `framed` (no TTY), each message after its time when `timestamps`. b"" once nothing
@@ -307,7 +309,12 @@ class LogReader:
             data = self._read_lines(max_bytes)
             if data is None:
                 return b""
-            out = self._encode_block(data, framed, timestamps)
+            if details is not None:  # rare: the line-by-line path
+                out: bytes | memoryview = encode_messages(
+                    self._messages(data), framed=framed, timestamps=timestamps,
+                    details=details)
+            else:
+                out = self._encode_block(data, framed, timestamps)
             if out or self.done:
                 return out
 
@@ -438,15 +445,44 @@ class LogReader:
         return out
 
 
-def encode_messages(messages: list[LogMessage], *, framed: bool, timestamps: bool) -> bytes:
-    """Messages as the logs API sends them (the line-by-line path)."""
+def encode_messages(messages: list[LogMessage], *, framed: bool, timestamps: bool,
+                    details: bytes | None = None) -> bytes:
+    """Messages as the logs API sends them (the line-by-line path); `details` goes before
+    each message's text (after its time), as `docker logs --details` shows them."""
     out = bytearray()
     for message in messages:
         data = message.data
+        if details is not None:
+            data = details + data
         if timestamps:
             data = message.time.encode() + b" " + data
         out += frame(message.stream, data) if framed else data
     return bytes(out)
+
+
+def details_prefix(config: dict[str, Any], log_config: dict[str, Any] | None) -> bytes:
+    """What `docker logs --details` puts before each message: the attributes the json-file
+    options `labels`, `labels-regex`, `env` and `env-regex` pick from the container's
+    labels and environment, as dockerd (daemon/logger/loginfo.go ExtraAttributes), sorted
+    by key, query-escaped, joined by commas, and a space (a lone space when there are
+    none)."""
+    opts = (log_config or {}).get("Config") or {}
+    labels: dict[str, str] = config.get("Labels") or {}
+    env = dict(e.split("=", 1) for e in config.get("Env") or [] if "=" in e)
+    attrs: dict[str, str] = {}
+    for names, source in ((opts.get("labels"), labels), (opts.get("env"), env)):
+        for name in str(names or "").split(","):
+            if name in source:
+                attrs[name] = source[name]
+    for pattern, source in ((opts.get("labels-regex"), labels), (opts.get("env-regex"), env)):
+        if pattern:
+            try:
+                wanted = re.compile(str(pattern))
+            except re.error:
+                continue  # dockerd refuses to start such a container's logger
+            attrs.update({k: v for k, v in source.items() if wanted.search(k)})
+    pairs = (f"{quote_plus(k)}={quote_plus(v)}" for k, v in sorted(attrs.items()))
+    return ",".join(pairs).encode() + b" "
 
 
 def read_all(reader: LogReader) -> Iterator[LogMessage]:

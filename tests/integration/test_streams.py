@@ -326,6 +326,22 @@ def test_cli_tail_counts_output_without_a_newline(cli: Cli) -> None:
     assert cli("logs", name).stdout == "out\ntwo\nnonl"
 
 
+def test_cli_logs_details(cli: Cli) -> None:
+    """`docker logs --details` shows the attributes the log options pick, as dockerd 20.10
+    printed for the same container (after the time with -t)."""
+    name = f"ld-{uuid.uuid4().hex[:6]}"
+    cli("run", "--name", name, "-l", "ab=c d", "--log-opt", "labels-regex=^a",
+        "--log-opt", "env-regex=^F", "-e", "FOO=x y,z", "-e", "FAR=1", "busybox", "echo",
+        "hello")
+    assert cli("logs", "--details", name).stdout == "FAR=1,FOO=x+y%2Cz,ab=c+d hello\n"
+    stamped = cli("logs", "--details", "-t", name).stdout
+    assert stamped.split(" ", 1)[1] == "FAR=1,FOO=x+y%2Cz,ab=c+d hello\n"
+    plain = f"ld-{uuid.uuid4().hex[:6]}"
+    cli("run", "--name", plain, "busybox", "echo", "plain")
+    assert cli("logs", "--details", plain).stdout == " plain\n"
+    assert cli("logs", plain).stdout == "plain\n"
+
+
 def test_log_max_size_is_honoured(client: docker.DockerClient) -> None:
     ctr = client.containers.run(
         "busybox", ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i-padding-padding; "

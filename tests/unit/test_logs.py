@@ -41,6 +41,21 @@ def test_times_are_exact_to_the_nanosecond() -> None:
     assert unix_nanos("-1.5") == -3 * S // 2
 
 
+def test_details_prefix_as_dockerd_writes_it() -> None:
+    """dockerd 20.10 printed `FAR=1,FOO=x+y%2Cz,ab=c+d ` before each line for this
+    container, and a lone space without log attributes."""
+    from stowd.engine.logs import details_prefix
+
+    config = {"Labels": {"ab": "c d", "other": "x"}, "Env": ["FOO=x y,z", "FAR=1", "PATH=/"]}
+    log_config = {"Type": "json-file",
+                  "Config": {"labels-regex": "^a", "env-regex": "^F"}}
+    assert details_prefix(config, log_config) == b"FAR=1,FOO=x+y%2Cz,ab=c+d "
+    named = {"Type": "json-file", "Config": {"labels": "other,missing", "env": "PATH"}}
+    assert details_prefix(config, named) == b"PATH=%2F,other=x "
+    assert details_prefix(config, None) == b" "
+    assert details_prefix({}, {"Config": {"env-regex": "("}}) == b" "  # not a pattern
+
+
 def test_parse_line_and_time() -> None:
     assert parse_line(b"2026-01-01T00:00:01.1+00:00 stdout F hi there\n") == (
         b"2026-01-01T00:00:01.1+00:00", STDOUT, False, b"hi there")

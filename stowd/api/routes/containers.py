@@ -24,7 +24,7 @@ from stowd.engine import listing
 from stowd.engine.attach import AttachSession
 from stowd.engine.core.container import Container
 from stowd.engine.errors import InvalidParameter
-from stowd.engine.logs import LogReader, encode_messages
+from stowd.engine.logs import LogReader, details_prefix, encode_messages
 from stowd.engine.logwatch import LogWatch
 
 log = logging.getLogger("stowd.api")
@@ -233,7 +233,10 @@ async def logs(request: web.Request) -> web.StreamResponse:
     # The watch exists before the first read, so nothing written after it is missed.
     watch = await asyncio.to_thread(LogWatch, path) if stopped is not None else None
     await asyncio.to_thread(reader.open)
-    read = functools.partial(reader.read_encoded, framed=not tty, timestamps=timestamps)
+    details = details_prefix(c.config, c.host_config.get("LogConfig")) \
+        if bool_param(request, "details") else None
+    read = functools.partial(reader.read_encoded, framed=not tty, timestamps=timestamps,
+                             details=details)
     ahead: asyncio.Future[bytes | memoryview] | None = None
     caught_up = 0  # bytes sent since the follower last waited
     try:
@@ -271,7 +274,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
             rest = await asyncio.to_thread(reader.flush_partial)
             if rest:
                 await response.write(encode_messages(rest, framed=not tty,
-                                                     timestamps=timestamps))
+                                                     timestamps=timestamps, details=details))
             break
     except ConnectionResetError:
         return response
