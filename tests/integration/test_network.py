@@ -9,6 +9,7 @@ import io
 import os
 import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -126,8 +127,11 @@ def test_seed_port_binding_answers_on_the_hosts_port(api: docker.APIClient,
         assert _get("http://127.0.0.1:5432/") == "seed"
         assert _get(f"http://{_gateway(daemon)}:5432/") == "seed"
         info = api.inspect_container(ctr["Id"])
+        # As dockerd 20.10 on a host with IPv6: also `::`, through the userland proxy.
         assert info["NetworkSettings"]["Ports"] == {
-            "5432/tcp": [{"HostIp": "0.0.0.0", "HostPort": "5432"}]}
+            "5432/tcp": [{"HostIp": "0.0.0.0", "HostPort": "5432"},
+                         {"HostIp": "::", "HostPort": "5432"}]}
+        assert _get("http://[::1]:5432/") == "seed"
     finally:
         api.remove_container(ctr["Id"], force=True)
 
@@ -138,10 +142,58 @@ def test_ephemeral_port_is_chosen_reported_and_answers(client: docker.DockerClie
     port = _host_port(api, ctr.id, "80/tcp")
     assert port > 1024
     assert _get(f"http://127.0.0.1:{port}/") == "eph"
-    assert cli("port", ctr.id, "80").stdout.strip() == f"0.0.0.0:{port}"
+    assert cli("port", ctr.id, "80").stdout.split() == [f"0.0.0.0:{port}", f"[::]:{port}"]
     [row] = api.containers(filters={"id": ctr.id})
     assert row["Ports"] == [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": port,
-                             "Type": "tcp"}]
+                             "Type": "tcp"},
+                            {"IP": "::", "PrivatePort": 80, "PublicPort": port, "Type": "tcp"}]
+
+
+def test_ipv6_loopback_reaches_a_published_port_through_the_proxy(own_daemon: Daemon) -> None:
+    """`localhost` is `[::1]` first for many clients: dockerd's docker-proxy serves `[::]`
+    of a container without IPv6, and stowd's userland proxy does too. Data goes through
+    whole both ways (with a half-close), the proxy comes back after a daemon restart, and
+    the port is free again once the container stops."""
+    client = own_daemon.client()
+    ctr = client.containers.run(
+        "busybox", ["sh", "-c", "mkdir -p /w && echo v6 > /w/index.html && "
+                    "(httpd -f -p 80 -h /w &) && exec nc -ll -p 81 -e cat"],
+        detach=True, ports={"80/tcp": None, "81/tcp": None})
+    port = _host_port(client.api, ctr.id, "80/tcp")
+    echo = _host_port(client.api, ctr.id, "81/tcp")
+    assert _get(f"http://[::1]:{port}/") == "v6"
+    assert _get(f"http://127.0.0.1:{port}/") == "v6"
+    payload = os.urandom(2_000_000)
+
+    def echoed() -> bytes:
+        with socket.create_connection(("::1", echo), timeout=10) as conn:
+            sender = threading.Thread(target=lambda: (conn.sendall(payload),
+                                                      conn.shutdown(socket.SHUT_WR)))
+            sender.start()
+            got = bytearray()
+            while chunk := conn.recv(65536):
+                got += chunk
+            sender.join()
+        return bytes(got)
+
+    until(lambda: echoed() == payload, 10, "the echo server did not answer in full")
+    own_daemon.stop()
+    own_daemon.start()
+    assert _get(f"http://[::1]:{port}/") == "v6"
+    ctr.stop(timeout=1)
+
+    def released() -> bool:  # the teardown after an exit finishes just after stop answers
+        with socket.socket(socket.AF_INET6) as again:
+            again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                again.bind(("::", port))
+                again.listen()
+            except OSError:
+                return False
+        return True
+
+    until(released, 10, f"[::]:{port} still held after the container stopped")
+    ctr.remove()
 
 
 def test_publish_all_covers_exposed_and_image_ports(client: docker.DockerClient,

@@ -75,10 +75,17 @@ def test_published_pairs_for_a_container_with_ipv6() -> None:
     reqs = ports.requests({"90/tcp": {}}, {"80/tcp": [{"HostPort": "8080"}],
                                            "81/tcp": [{"HostIp": "::1", "HostPort": "8181"}],
                                            "82/tcp": [{"HostIp": "127.0.0.1"}]}, True)
-    with6 = ports.for_container(reqs, ipv6=True)
+    with6 = ports.for_container(reqs, ipv6=True, host_ipv6=True)
     assert [(r.container_port, r.host_ip, r.with_ipv6) for r in with6] == [
         (80, "", True), (81, "::1", False), (82, "127.0.0.1", False), (90, "", True)]
-    assert [r.container_port for r in ports.for_container(reqs, ipv6=False)] == [80, 82, 90]
+    # Without IPv6 in the container: every-address TCP ports are paired on `::` through the
+    # userland proxy (as dockerd's docker-proxy), where the host has IPv6.
+    without = ports.for_container(reqs, ipv6=False, host_ipv6=True)
+    assert [(r.container_port, r.host_ip, r.with_ipv6, r.proxy_v6) for r in without] == [
+        (80, "", True, True), (82, "127.0.0.1", False, False), (90, "", True, True)]
+    assert not any(r.with_ipv6 for r in ports.for_container(reqs, ipv6=False, host_ipv6=False))
+    udp = ports.requests({}, {"53/udp": [{"HostPort": "5353"}]}, False)
+    assert not ports.for_container(udp, ipv6=False, host_ipv6=True)[0].with_ipv6
     with pytest.raises(InvalidParameter, match="invalid host IP"):
         ports.requests({}, {"80/tcp": [{"HostIp": "fd5d::zz"}]}, False)
 

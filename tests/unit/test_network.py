@@ -108,7 +108,7 @@ def test_ipv6_host_addresses_are_skipped_and_bad_ones_refused() -> None:
     # Kept in the request, left out for a container without IPv6 (test_ipv6.py: with it).
     reqs = ports.requests({}, {"80/tcp": [{"HostIp": "::", "HostPort": "80"}]}, False)
     assert reqs == [ports.PortRequest("tcp", 80, "::", 80, 80)]
-    assert ports.for_container(reqs, ipv6=False) == []
+    assert ports.for_container(reqs, ipv6=False, host_ipv6=True) == []
     with pytest.raises(InvalidParameter, match="invalid host IP"):
         ports.requests({}, {"80/tcp": [{"HostIp": "nope", "HostPort": "80"}]}, False)
     with pytest.raises(InvalidParameter):

@@ -13,6 +13,7 @@ memory, rebuilt at start-up from the running containers' records.
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import ipaddress
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from stowd.engine.core.container import Container, parse_time, rfc3339_nano
 from stowd.engine.core.core import Core
 from stowd.engine.errors import Conflict, Forbidden, InvalidParameter, NotFound, SystemError_
 from stowd.engine.labels import labels_match
-from stowd.engine.network import dns, ipam, legacy_links, links, netns, ports
+from stowd.engine.network import dns, ipam, legacy_links, links, netns, ports, proxy
 from stowd.engine.network.iptables import Firewall
 from stowd.engine.options import HOST_GATEWAY
 from stowd.engine.timespec import parse_until
@@ -176,6 +178,8 @@ class NetworkManager:
         self._base6_ready = False
         self._bindings: dict[str, list[ports.Binding]] = {}
         self._dns: dict[str, dns.DnsServer] = {}
+        self._proxies: dict[str, list[proxy.PortProxy]] = {}
+        self._host_ipv6 = ports.host_has_ipv6()
         self._lock = threading.Lock()  # pools, bindings, DNS servers: touched by threads too
         self._setup_lock = threading.Lock()  # bridges and base rules: made once
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -255,8 +259,9 @@ class NetworkManager:
 
     def _take_servers_and_ports(self) -> tuple[list[Any], list[Any]]:
         with self._lock:  # also taken by worker threads setting containers up
-            servers = list(self._dns.values())
+            servers = [*self._dns.values(), *(p for ps in self._proxies.values() for p in ps)]
             self._dns.clear()
+            self._proxies.clear()
             bindings = [b for bs in self._bindings.values() for b in bs]
             self._bindings.clear()
         return servers, bindings
@@ -745,7 +750,7 @@ class NetworkManager:
             reqs = ports.for_container(
                 ports.requests(c.config.get("ExposedPorts"), c.host_config.get("PortBindings"),
                                bool(c.host_config.get("PublishAllPorts"))),
-                ipv6=bool(primary.get("GlobalIPv6Address")))
+                ipv6=bool(primary.get("GlobalIPv6Address")), host_ipv6=self._host_ipv6)
         await self._save(c)
         bindings = await asyncio.to_thread(ports.reserve, reqs, self._port_held, c.name)
         with self._lock:
@@ -760,6 +765,7 @@ class NetworkManager:
                     c.id, primary["GlobalIPv6Address"], v6)
             await self._save(c)
         await asyncio.to_thread(self._build_sandbox, c, nets, bindings)
+        await self._start_proxies(c, bindings)
         if record["dns"]:
             await self._start_dns(c)
         await asyncio.to_thread(self._write_etc, c)
@@ -837,6 +843,47 @@ class NetworkManager:
             if v6:
                 self.firewall6.add_ports(c.id, primary["GlobalIPv6Address"], v6)
 
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        """Run fn on the event loop and wait for it: a port must be free once the stop
+        that released it has answered (called from worker threads, or on the loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is not None and self._loop.is_running():
+                done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+                def run() -> None:
+                    try:
+                        fn()
+                    except BaseException as exc:
+                        done.set_exception(exc)
+                    else:
+                        done.set_result(None)
+
+                self._loop.call_soon_threadsafe(run)
+                done.result(timeout=10)
+                return
+        fn()
+
+    async def _start_proxies(self, c: Container, bindings: list[ports.Binding]) -> None:
+        """Serve the `::` side of a container without IPv6 (proxy.py)."""
+        proxied = [b for b in bindings if b.proxied and b.sock is not None]
+        if not proxied:
+            return
+        target = next(iter(c.network["endpoints"].values()))["IPAddress"]
+        started = []
+        for b in proxied:
+            assert b.sock is not None
+            server = proxy.PortProxy(target, b.container_port)
+            await server.start(b.sock)
+            started.append(server)
+        with self._lock:
+            old = self._proxies.pop(c.id, [])
+            self._proxies[c.id] = started
+
+        for server in old:
+            server.close()
+
     async def _start_dns(self, c: Container) -> None:
         sandbox = c.network["sandbox"]
         # Where other names go: the container's --dns, else the host's resolvers (read now,
@@ -864,11 +911,12 @@ class NetworkManager:
             server = self._dns.pop(c.id, None)
             bindings = self._bindings.pop(c.id, [])
             self._upstreams.pop(c.id, None)
+            proxies = self._proxies.pop(c.id, [])
+        closers: list[Callable[[], None]] = [p.close for p in proxies]
         if server is not None:
-            if self._loop is not None and self._loop.is_running():
-                self._loop.call_soon_threadsafe(server.close)
-            else:
-                server.close()
+            closers.append(server.close)
+        for close in closers:
+            self._on_loop(close)
         ports.close_all(bindings)
         if record.get("port_rules") or record.get("ports"):
             try:
@@ -932,7 +980,7 @@ class NetworkManager:
             for b in bindings:
                 try:
                     b.sock = ports.bind(b.proto, "" if b.host_ip == "0.0.0.0" else b.host_ip,
-                                         b.host_port)
+                                         b.host_port, listens=b.proxied)
                 except OSError as exc:
                     log.warning("%s: cannot hold %s port %s:%s again: %s", c.id[:12], b.proto,
                                 b.host_ip, b.host_port, exc)
@@ -940,6 +988,10 @@ class NetworkManager:
         await asyncio.to_thread(hold)
         with self._lock:
             self._bindings[c.id] = bindings
+        try:
+            await self._start_proxies(c, bindings)
+        except OSError as exc:
+            log.warning("%s: cannot serve its IPv6 ports again: %s", c.id[:12], exc)
         if record.get("dns"):
             try:
                 await self._start_dns(c)
@@ -1280,9 +1332,10 @@ _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 def _by_family(bindings: list[ports.Binding]) -> tuple[list[ports.Binding],
                                                        list[ports.Binding]]:
-    """(IPv4 bindings, IPv6 bindings)."""
+    """(IPv4 bindings, IPv6 bindings DNATed to the container's IPv6 address): the ones
+    the userland proxy serves need no rule."""
     return ([b for b in bindings if ":" not in b.host_ip],
-            [b for b in bindings if ":" in b.host_ip])
+            [b for b in bindings if ":" in b.host_ip and not b.proxied])
 
 
 def _pool6(cfg: dict[str, Any]) -> ipam.Pool:

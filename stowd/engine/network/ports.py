@@ -36,6 +36,7 @@ class PortRequest:
     host_lo: int  # 0 and 0: an ephemeral port
     host_hi: int
     with_ipv6: bool = False  # host_ip "": also `::` on the same port
+    proxy_v6: bool = False  # ... through the userland proxy (the container has no IPv6)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Binding:
     host_ip: str
     host_port: int
     sock: socket.socket | None = None
+    proxied: bool = False  # `::` of a container without IPv6: proxy.py forwards it
 
     @property
     def key(self) -> str:
@@ -59,12 +61,14 @@ class Binding:
 
     def to_record(self) -> dict[str, object]:
         return {"proto": self.proto, "container_port": self.container_port,
-                "host_ip": self.host_ip, "host_port": self.host_port}
+                "host_ip": self.host_ip, "host_port": self.host_port,
+                **({"proxied": True} if self.proxied else {})}
 
     @classmethod
     def from_record(cls, rec: dict[str, object]) -> "Binding":
         return cls(str(rec["proto"]), int(rec["container_port"]),  # type: ignore[call-overload]
-                   str(rec["host_ip"]), int(rec["host_port"]))  # type: ignore[call-overload]
+                   str(rec["host_ip"]), int(rec["host_port"]),  # type: ignore[call-overload]
+                   proxied=bool(rec.get("proxied")))
 
 
 def _split_key(key: str) -> tuple[int, int, str]:
@@ -150,21 +154,39 @@ def requests(exposed: dict[str, object] | None, bindings: dict[str, object] | No
     return out
 
 
-def for_container(reqs: list[PortRequest], ipv6: bool) -> list[PortRequest]:
+def for_container(reqs: list[PortRequest], ipv6: bool, host_ipv6: bool) -> list[PortRequest]:
     """The requests as published for a container with (or without) an IPv6 address on its
-    first network: every-address ones on both families, IPv6 host addresses only with it."""
+    first network: every-address ones on both families (without it, TCP on `::` goes
+    through the userland proxy, where the host has IPv6), IPv6 host addresses only with
+    it."""
     if not ipv6:
-        return [r for r in reqs if ":" not in r.host_ip]
+        return [dataclasses.replace(r, with_ipv6=True, proxy_v6=True)
+                if not r.host_ip and r.proto == "tcp" and host_ipv6 else r
+                for r in reqs if ":" not in r.host_ip]
     return [dataclasses.replace(r, with_ipv6=True) if not r.host_ip else r for r in reqs]
 
 
-def bind(proto: str, host_ip: str, port: int) -> socket.socket:
+def host_has_ipv6() -> bool:
+    """Whether `::` can be bound here (IPv6 not disabled): blocking, a socket call."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def bind(proto: str, host_ip: str, port: int, listens: bool = False) -> socket.socket:
+    """A socket bound to the port; one that `listens` (the userland proxy's) may take a
+    port whose connections it closed are still in TIME_WAIT, as docker-proxy's can."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     v6 = ":" in host_ip
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
     try:
         if v6:  # `::` reserves IPv6 only: the IPv4 side has a socket of its own
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if listens:  # only there: two bound, non-listening sockets may share a port with it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if proto == "udp":  # it never reads: keep what lands there small
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
         sock.bind((host_ip or "0.0.0.0", port))
@@ -203,7 +225,7 @@ def _reserve_pair(req: PortRequest, held: Callable[[str, str, int], bool],
     for _ in range(PAIR_TRIES if req.host_lo == 0 else 1):
         first = _reserve_one(req, held, who)
         try:
-            sock = bind(req.proto, "::", first.host_port)
+            sock = bind(req.proto, "::", first.host_port, listens=req.proxy_v6)
         except OSError as exc:
             first.close()
             if req.host_lo == 0:
@@ -213,7 +235,8 @@ def _reserve_pair(req: PortRequest, held: Callable[[str, str, int], bool],
             raise SystemError_(f"driver failed programming external connectivity on endpoint "
                                f"{who}: cannot publish {req.proto} [::]:{first.host_port}: "
                                f"bind: {reason}") from None
-        return [first, Binding(req.proto, req.container_port, "::", first.host_port, sock)]
+        return [first, Binding(req.proto, req.container_port, "::", first.host_port, sock,
+                               proxied=req.proxy_v6)]
     raise SystemError_(f"driver failed programming external connectivity on endpoint {who}: "
                        f"cannot publish {req.proto}: no port free on both IPv4 and IPv6")
 
