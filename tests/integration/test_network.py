@@ -196,6 +196,37 @@ def test_ipv6_loopback_reaches_a_published_port_through_the_proxy(own_daemon: Da
     ctr.remove()
 
 
+def test_a_port_an_earlier_server_left_in_time_wait_can_be_published(
+        client: docker.DockerClient) -> None:
+    """A dev server stopped a moment ago leaves its port's connections in TIME_WAIT for a
+    minute: dockerd (docker-proxy, SO_REUSEADDR) publishes that port, and so does stowd
+    now (it failed with `bind: address already in use`). While the container has it, no
+    other program can bind it, SO_REUSEADDR or not."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    peer = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server closes first: its side of the port goes to TIME_WAIT
+    assert peer.recv(1) == b""
+    peer.close()
+    server.close()
+    states = subprocess.run(["ss", "-tan", f"sport = :{port}"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "TIME-WAIT" in states
+    ctr = _httpd(client, "tw", ports={"80/tcp": port})
+    try:
+        assert _get(f"http://127.0.0.1:{port}/") == "tw"
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("0.0.0.0", port))
+    finally:
+        ctr.remove(force=True)
+
+
 def test_publish_all_covers_exposed_and_image_ports(client: docker.DockerClient,
                                                     api: docker.APIClient,
                                                     daemon: Daemon) -> None:

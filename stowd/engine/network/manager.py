@@ -980,7 +980,7 @@ class NetworkManager:
             for b in bindings:
                 try:
                     b.sock = ports.bind(b.proto, "" if b.host_ip == "0.0.0.0" else b.host_ip,
-                                         b.host_port, listens=b.proxied)
+                                         b.host_port)
                 except OSError as exc:
                     log.warning("%s: cannot hold %s port %s:%s again: %s", c.id[:12], b.proto,
                                 b.host_ip, b.host_port, exc)

@@ -4,15 +4,16 @@ A request comes from HostConfig.PortBindings (HostPort fixed, empty = ephemeral,
 to pick from; HostIp empty = every host address) and PublishAllPorts (every exposed port on
 an ephemeral port). Each host port is reserved by binding a socket to it, as docker-proxy
 does, so a port in use fails `start` before anything else is set up, and nothing else can
-take the port while the container has it. The traffic itself never reaches that socket:
-iptables DNATs it to the container (see iptables.py).
+take the port while the container has it (`bind` says how). IPv4 traffic never reaches
+that socket: iptables DNATs it to the container (see iptables.py).
 
 A container whose first network has IPv6 is published on both families, as dockerd 20.10
 does on a host with IPv6: each binding for every address (`HostIp` empty) is a pair,
 `0.0.0.0` and `::` on the same host port (an ephemeral port is one free on both), the
 `::` one DNATed by ip6tables to the container's IPv6
 address. A `HostIp` of an IPv6 address publishes there only. Containers without IPv6 leave
-IPv6 host addresses out.
+IPv6 host addresses out, but their every-address TCP ports are paired on `::` too, served
+by the userland proxy (proxy.py) where the host has IPv6, as docker-proxy serves them.
 """
 
 import contextlib
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from stowd.engine.errors import InvalidParameter, SystemError_
 
 PROTOCOLS = ("tcp", "udp")
+LISTEN_BACKLOG = 128  # the proxy's accept queue; a DNATed port's socket never sees a SYN
 
 
 @dataclass(frozen=True)
@@ -176,20 +178,27 @@ def host_has_ipv6() -> bool:
     return True
 
 
-def bind(proto: str, host_ip: str, port: int, listens: bool = False) -> socket.socket:
-    """A socket bound to the port; one that `listens` (the userland proxy's) may take a
-    port whose connections it closed are still in TIME_WAIT, as docker-proxy's can."""
+def bind(proto: str, host_ip: str, port: int) -> socket.socket:
+    """A socket holding the port. A TCP one listens, as docker-proxy's do, with
+    SO_REUSEADDR: a port whose last connections (an earlier server's, or the userland
+    proxy's) are still in TIME_WAIT can be taken, and nothing else can bind it meanwhile (a
+    listening socket conflicts with every other bind; a bound, non-listening one with
+    SO_REUSEADDR would let another SO_REUSEADDR socket share the port). Traffic never
+    reaches it: iptables DNATs it to the container, and the userland proxy (proxy.py)
+    serves the `::` side of a container without IPv6 from this very socket."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     v6 = ":" in host_ip
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
     try:
         if v6:  # `::` reserves IPv6 only: the IPv4 side has a socket of its own
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if listens:  # only there: two bound, non-listening sockets may share a port with it
+        if proto == "tcp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if proto == "udp":  # it never reads: keep what lands there small
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
         sock.bind((host_ip or "0.0.0.0", port))
+        if proto == "tcp":
+            sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
         raise
@@ -225,7 +234,7 @@ def _reserve_pair(req: PortRequest, held: Callable[[str, str, int], bool],
     for _ in range(PAIR_TRIES if req.host_lo == 0 else 1):
         first = _reserve_one(req, held, who)
         try:
-            sock = bind(req.proto, "::", first.host_port, listens=req.proxy_v6)
+            sock = bind(req.proto, "::", first.host_port)
         except OSError as exc:
             first.close()
             if req.host_lo == 0:
