@@ -149,7 +149,8 @@ def test_parse_size_and_log_options() -> None:
             parse_log_options({"Config": bad})
 
 
-def test_rotation_and_reading_across_files(tmp_path: Path) -> None:
+def _rotated_log(tmp_path: Path) -> Path:
+    """Four batches of three lines (second N, line i: `bN-i`), rotated with max-file 3."""
     from stowd.engine.logs import rotate
 
     log = tmp_path / "ctr.log"
@@ -158,6 +159,11 @@ def test_rotation_and_reading_across_files(tmp_path: Path) -> None:
                      for i in range(3)])
         if batch < 3:
             rotate(str(log), 3)
+    return log
+
+
+def test_rotation_and_reading_across_files(tmp_path: Path) -> None:
+    log = _rotated_log(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ctr.log", "ctr.log.1", "ctr.log.2"]
     with LogReader(str(log)) as reader:
         assert [m.data for m in read_all(reader)] == [
@@ -365,14 +371,7 @@ def test_since_bisects_instead_of_reading(tmp_path: Path) -> None:
 
 
 def test_since_across_rotated_files(tmp_path: Path) -> None:
-    from stowd.engine.logs import rotate
-
-    log = tmp_path / "ctr.log"
-    for batch in range(4):
-        _write(log, [f"2026-01-01T00:00:0{batch}.{i:09d}+00:00 stdout F b{batch}-{i}"
-                     for i in range(3)])
-        if batch < 3:
-            rotate(str(log), 3)
+    log = _rotated_log(tmp_path)
     for since, first in ((1767225600 * S, b"b1-0\n"), (unix_nanos("1767225601.5"), b"b2-0\n"),
                          (1767225602 * S + 1, b"b2-1\n"), (1767225603 * S, b"b3-0\n")):
         with LogReader(str(log), since=since) as reader:
