@@ -87,6 +87,15 @@ def parse_log_options(log_config: dict[str, object] | None) -> tuple[int, int]:
     for key in opts:
         if key not in known:
             raise InvalidParameter(f"unknown log opt '{key}' for json-file log driver")
+    for key in ("labels-regex", "env-regex"):
+        if opts.get(key):
+            try:
+                re.compile(str(opts[key]))
+            except re.error as exc:
+                # dockerd takes it and fails every start ("failed to initialize logging
+                # driver: error parsing regexp"); refused here, before anything is made.
+                raise InvalidParameter(f"invalid log opt '{key}': error parsing regexp: "
+                                       f"{exc}") from None
     max_size = parse_size(str(opts.get("max-size", "") or ""))
     raw_files = str(opts.get("max-file", "") or "1")
     if not raw_files.isdigit() or int(raw_files) < 1:
@@ -475,11 +484,8 @@ def details_prefix(config: dict[str, Any], log_config: dict[str, Any] | None) ->
             if name in source:
                 attrs[name] = source[name]
     for pattern, source in ((opts.get("labels-regex"), labels), (opts.get("env-regex"), env)):
-        if pattern:
-            try:
-                wanted = re.compile(str(pattern))
-            except re.error:
-                continue  # dockerd refuses to start such a container's logger
+        if pattern:  # checked at create (parse_log_options)
+            wanted = re.compile(str(pattern))
             attrs.update({k: v for k, v in source.items() if wanted.search(k)})
     pairs = (f"{quote_plus(k)}={quote_plus(v)}" for k, v in sorted(attrs.items()))
     return ",".join(pairs).encode() + b" "

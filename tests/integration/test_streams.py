@@ -376,7 +376,7 @@ def test_log_max_file_rotates_and_reads_across_files(client: docker.DockerClient
 
 def test_bad_log_options_are_400(api: docker.APIClient) -> None:
     for config in ({"max-size": "lots"}, {"max-file": "0", "max-size": "1m"},
-                   {"nonsense": "1"}):
+                   {"nonsense": "1"}, {"labels-regex": "(unclosed"}):
         res = api.post(url(api, "/containers/create"), json={
             "Image": "busybox", "Cmd": ["true"],
             "HostConfig": {"LogConfig": {"Type": "json-file", "Config": config}}})

@@ -53,7 +53,13 @@ def test_details_prefix_as_dockerd_writes_it() -> None:
     named = {"Type": "json-file", "Config": {"labels": "other,missing", "env": "PATH"}}
     assert details_prefix(config, named) == b"PATH=%2F,other=x "
     assert details_prefix(config, None) == b" "
-    assert details_prefix({}, {"Config": {"env-regex": "("}}) == b" "  # not a pattern
+    import pytest
+
+    from stowd.engine.errors import InvalidParameter
+    from stowd.engine.logs import parse_log_options
+
+    with pytest.raises(InvalidParameter, match="invalid log opt 'env-regex'"):
+        parse_log_options({"Config": {"env-regex": "("}})  # dockerd fails every start
 
 
 def test_parse_line_and_time() -> None:

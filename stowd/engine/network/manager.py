@@ -179,7 +179,7 @@ class NetworkManager:
         self._bindings: dict[str, list[ports.Binding]] = {}
         self._dns: dict[str, dns.DnsServer] = {}
         self._proxies: dict[str, list[proxy.PortProxy]] = {}
-        self._host_ipv6 = ports.host_has_ipv6()
+        self._host_ipv6 = False  # whether `::` can be bound here: found at open
         self._lock = threading.Lock()  # pools, bindings, DNS servers: touched by threads too
         self._setup_lock = threading.Lock()  # bridges and base rules: made once
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -193,6 +193,7 @@ class NetworkManager:
         await asyncio.to_thread(self._open_blocking)
 
     def _open_blocking(self) -> None:
+        self._host_ipv6 = ports.host_has_ipv6()
         self.netns_dir.mkdir(parents=True, exist_ok=True)
         for record in self.core.db.opened.all_networks():
             net = Network(record)
@@ -871,18 +872,17 @@ class NetworkManager:
         if not proxied:
             return
         target = next(iter(c.network["endpoints"].values()))["IPAddress"]
-        started = []
+        started: list[proxy.PortProxy] = []
+        with self._lock:  # recorded as they start: release closes those a failure leaves
+            old = self._proxies.pop(c.id, [])
+            self._proxies[c.id] = started
+        for server in old:
+            server.close()
         for b in proxied:
             assert b.sock is not None
             server = proxy.PortProxy(target, b.container_port)
             await server.start(b.sock)
             started.append(server)
-        with self._lock:
-            old = self._proxies.pop(c.id, [])
-            self._proxies[c.id] = started
-
-        for server in old:
-            server.close()
 
     async def _start_dns(self, c: Container) -> None:
         sandbox = c.network["sandbox"]
